@@ -1,0 +1,112 @@
+//! Command line: `media-store <subcommand>`.
+//!
+//! Exit codes: 0 success, 1 problems found (by checking subcommands), 2 error.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::AppState;
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "media-store",
+    version,
+    about = "Content-addressed media store daemon",
+    after_help = "Exit codes: 0 success, 1 problems found, 2 error."
+)]
+pub struct Cli {
+    /// TOML config file (every key also has a MEDIA_STORE_* environment variable).
+    #[arg(long, global = true, env = "MEDIA_STORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data folder (blobs, staging, index); overrides the config.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP daemon.
+    Serve {
+        /// Address to listen on; overrides the config (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print every configuration key with its environment variable.
+    ConfigKeys,
+}
+
+impl Cli {
+    pub fn load_config(&self, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            data_dir: self.data_dir.clone(),
+            listen,
+        };
+        Ok(Config::load(
+            self.config.as_deref(),
+            &Config::process_env(),
+            &overrides,
+        )?)
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Serve { listen } => {
+            let config = cli.load_config(*listen)?;
+            init_tracing(&config.log);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(config))?;
+            Ok(0)
+        }
+        Command::ConfigKeys => {
+            for (path, env) in Config::keys() {
+                println!("{path}\t{env}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDIA_STORE_LOG_FILTER")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let (state, report) = AppState::open(config)?;
+    if let Some(path) = &report.generated_token {
+        println!("generated an API token; it is stored in {}", path.display());
+    }
+    if report.stale_staging_files_removed > 0 {
+        tracing::warn!(
+            count = report.stale_staging_files_removed,
+            "removed staging files left by an earlier crash"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // One machine-readable line: tests and scripts read the bound address from it.
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "media-store serving");
+    crate::server::run(listener, state, crate::server::termination_signal()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

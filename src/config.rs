@@ -1,0 +1,379 @@
+//! Configuration: built-in defaults, then the TOML file, then `MEDIA_STORE_*`
+//! environment variables, then command-line flags.
+//!
+//! Every key has an environment variable derived from its TOML path:
+//! `upload.max_bytes` is `MEDIA_STORE_UPLOAD_MAX_BYTES`. The value is parsed as
+//! a TOML value of the key's type (strings may be given bare). This module is the
+//! only reader of the process environment; it takes the environment as a map so
+//! that tests can layer configs without touching `std::env`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "MEDIA_STORE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder holding blobs, staging files and the SQLite index.
+    pub data_dir: PathBuf,
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Service bearer token; when empty, `<data_dir>/api-token` is used (generated on first start).
+    pub api_token: String,
+    /// Prefix of `file_url` (e.g. `https://media.example.org`); empty gives a host-relative path.
+    pub public_base_url: String,
+    /// Log filter in `tracing` EnvFilter syntax.
+    pub log: String,
+    pub upload: UploadConfig,
+    pub index: IndexConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Largest accepted upload in bytes, whatever its type.
+    pub max_bytes: u64,
+    /// Per-family maxima (`image`, `audio`, `video`, `application`, `text`), each capped by `max_bytes`.
+    pub family_max_bytes: BTreeMap<String, u64>,
+    /// Allowed types: exact MIME types or families such as `image/*`.
+    pub allowed_types: Vec<String>,
+    /// Refused types even when a family above allows them; wins over `allowed_types`.
+    pub denied_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Most uploads committed by one SQLite transaction (group commit).
+    pub group_commit_max: usize,
+    /// Read connections kept open for metadata queries.
+    pub reader_connections: usize,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./media-data"),
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            api_token: String::new(),
+            public_base_url: String::new(),
+            log: "info".into(),
+            upload: UploadConfig::default(),
+            index: IndexConfig::default(),
+        }
+    }
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            max_bytes: 2048 * MIB,
+            family_max_bytes: BTreeMap::from([
+                ("image".into(), 50 * MIB),
+                ("audio".into(), 500 * MIB),
+                ("video".into(), 2048 * MIB),
+                ("application".into(), 200 * MIB),
+                ("text".into(), 20 * MIB),
+            ]),
+            allowed_types: [
+                "image/*",
+                "audio/*",
+                "video/*",
+                "application/pdf",
+                "application/zip",
+                "application/msword",
+                "application/vnd.ms-excel",
+                "application/vnd.ms-powerpoint",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+                "application/vnd.oasis.opendocument.text",
+                "application/vnd.oasis.opendocument.spreadsheet",
+                "application/vnd.oasis.opendocument.presentation",
+                "application/rtf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
+            denied_types: [
+                "image/svg+xml",
+                "text/html",
+                "application/xhtml+xml",
+                "text/javascript",
+                "application/javascript",
+                "application/x-executable",
+                "application/x-msdownload",
+                "application/vnd.microsoft.portable-executable",
+                "application/x-mach-binary",
+                "application/x-elf",
+                "application/x-sharedlib",
+                "application/x-shellscript",
+                "application/java-archive",
+                "application/wasm",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            group_commit_max: 128,
+            reader_connections: 4,
+        }
+    }
+}
+
+/// Flags given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Resolves the layered configuration.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_parts(&text, env, overrides)
+    }
+
+    /// Like [`Config::load`] with the file's text already read.
+    pub fn from_parts(
+        file_text: &str,
+        env: &BTreeMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let from_file: toml::Table =
+            toml::from_str(file_text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut merged = defaults.clone();
+        merge(&mut merged, from_file);
+        apply_env(&mut merged, &defaults, env, "")?;
+        let mut config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.upload.max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "upload.max_bytes must be positive".into(),
+            ));
+        }
+        if self.index.group_commit_max == 0 || self.index.reader_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "index.group_commit_max and index.reader_connections must be positive".into(),
+            ));
+        }
+        for t in self
+            .upload
+            .allowed_types
+            .iter()
+            .chain(&self.upload.denied_types)
+        {
+            if !t.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "type pattern {t:?} is neither type/subtype nor family/*"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key as (TOML path, environment variable), for docs and tests.
+    pub fn keys() -> Vec<(String, String)> {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let mut out = Vec::new();
+        collect_keys(&defaults, "", &mut out);
+        out
+    }
+
+    /// The process environment's `MEDIA_STORE_*` variables.
+    pub fn process_env() -> BTreeMap<String, String> {
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect()
+    }
+}
+
+fn env_name(path: &str) -> String {
+    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_uppercase())
+}
+
+fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String)>) {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        match value {
+            // Maps with free-form keys (family_max_bytes) are set as one TOML inline table.
+            toml::Value::Table(t) if !is_free_form(&path) => {
+                collect_keys(t, &format!("{path}."), out)
+            }
+            _ => out.push((path.clone(), env_name(&path))),
+        }
+    }
+}
+
+fn is_free_form(path: &str) -> bool {
+    path == "upload.family_max_bytes"
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+fn apply_env(
+    merged: &mut toml::Table,
+    defaults: &toml::Table,
+    env: &BTreeMap<String, String>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (key, default) in defaults {
+        let path = format!("{prefix}{key}");
+        if let toml::Value::Table(sub) = default
+            && !is_free_form(&path)
+        {
+            if let Some(toml::Value::Table(target)) = merged.get_mut(key) {
+                apply_env(target, sub, env, &format!("{path}."))?;
+            }
+            continue;
+        }
+        let name = env_name(&path);
+        let Some(raw) = env.get(&name) else { continue };
+        let value = parse_env_value(raw, default).ok_or_else(|| {
+            ConfigError::Invalid(format!("{name}={raw:?} is not a valid value for {path}"))
+        })?;
+        merged.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+/// Parses an environment value as the same TOML type as the key's default.
+fn parse_env_value(raw: &str, default: &toml::Value) -> Option<toml::Value> {
+    match default {
+        toml::Value::String(_) => Some(toml::Value::String(raw.to_owned())),
+        _ => {
+            let parsed: toml::Table = toml::from_str(&format!("v = {raw}")).ok()?;
+            let v = parsed.get("v")?.clone();
+            (std::mem::discriminant(&v) == std::mem::discriminant(default)).then_some(v)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::from_parts("", &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let file = "listen = \"127.0.0.1:9000\"\n[upload]\nmax_bytes = 100\n[upload.family_max_bytes]\nimage = 10\n";
+        let e = env(&[
+            ("MEDIA_STORE_UPLOAD_MAX_BYTES", "200"),
+            ("MEDIA_STORE_API_TOKEN", "secret"),
+            ("MEDIA_STORE_UPLOAD_DENIED_TYPES", "[\"video/*\"]"),
+        ]);
+        let flags = Overrides {
+            data_dir: Some("/srv/m".into()),
+            listen: None,
+        };
+        let c = Config::from_parts(file, &e, &flags).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.upload.max_bytes, 200);
+        assert_eq!(c.api_token, "secret");
+        assert_eq!(c.upload.denied_types, vec!["video/*"]);
+        assert_eq!(c.upload.family_max_bytes.get("image"), Some(&10));
+        // A partial map in the file keeps the other families' defaults.
+        assert_eq!(c.upload.family_max_bytes.get("video"), Some(&(2048 * MIB)));
+        assert_eq!(c.data_dir, PathBuf::from("/srv/m"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_env_values() {
+        assert!(Config::from_parts("nope = 1", &env(&[]), &Overrides::default()).is_err());
+        let e = env(&[("MEDIA_STORE_UPLOAD_MAX_BYTES", "lots")]);
+        assert!(Config::from_parts("", &e, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn every_key_has_an_env_name() {
+        let keys = Config::keys();
+        assert!(keys.contains(&(
+            "upload.max_bytes".into(),
+            "MEDIA_STORE_UPLOAD_MAX_BYTES".into()
+        )));
+        assert!(keys.contains(&("data_dir".into(), "MEDIA_STORE_DATA_DIR".into())));
+    }
+
+    #[test]
+    fn example_config_lists_every_key() {
+        let example = include_str!("../media-store.example.toml");
+        for (path, env) in Config::keys() {
+            let leaf = path.rsplit('.').next().unwrap();
+            assert!(example.contains(&env), "example config lacks {env}");
+            assert!(example.contains(leaf), "example config lacks {path}");
+        }
+        // And the example parses as a valid config equal to the defaults.
+        let c = Config::from_parts(example, &BTreeMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

@@ -1,0 +1,48 @@
+//! The HTTP layer: every route in one place, plus the layers around them.
+//! Handlers parse, call a domain service and serialize; nothing below this
+//! module knows about axum.
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/media",
+            // Uploads are streamed and limited by the policy, not buffered.
+            post(routes::media::create_media)
+                .layer(DefaultBodyLimit::disable())
+                .get(routes::media::list_media),
+        )
+        .route(
+            "/v1/media/{id}",
+            get(routes::media::get_media).delete(routes::media::delete_media),
+        )
+        .route("/healthz", get(routes::health::healthz))
+        .fallback(|| async {
+            ApiError::new(
+                crate::error::ErrorKind::NotFound,
+                "no_route",
+                "no such route",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                code: "method_not_allowed",
+                message: "method not allowed on this route".into(),
+            }
+        })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,41 @@
+//! `/healthz`: read-only probes of the index and the data folder; never repairs.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+
+pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let index_ok = state
+        .media()
+        .index()
+        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .is_ok();
+    let store = state.media().store().clone();
+    let data_ok = crate::tasks::blocking(move || {
+        [store.blobs_dir(), store.tmp_dir()].iter().all(|d| {
+            nix::unistd::access(
+                *d,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok()
+        })
+    })
+    .await
+    .unwrap_or(false);
+    let healthy = index_ok && data_ok;
+    let word = |ok: bool| if ok { "ok" } else { "failing" };
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "checks": { "index": word(index_ok), "data_dir": word(data_ok) },
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

@@ -1,0 +1,278 @@
+//! `/v1/media`: upload, get, list, delete. Parse, call `media::`, serialize.
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
+use crate::http::views::{MediaPage, MediaView, UploadView};
+use crate::index::media::{ListQuery, TypeFilter};
+use crate::media::{MediaError, UploadMeta};
+use crate::timefmt::parse_instant_ms;
+
+/// Multipart framing (boundaries, part headers) allowed on top of the largest file.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+#[derive(Deserialize)]
+pub struct UploadParams {
+    uploader_id: Option<i64>,
+    filename: Option<String>,
+}
+
+/// `POST /v1/media?uploader_id=N`: a multipart form (field `file`) or the raw bytes.
+pub async fn create_media(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<UploadParams>,
+    request: Request,
+) -> Result<(StatusCode, Json<UploadView>), ApiError> {
+    let uploader_id = params.uploader_id.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_uploader_id",
+            "query parameter `uploader_id` is required",
+        )
+    })?;
+    let media = state.media();
+    let declared_len = content_length(request.headers())?;
+    let ingested = if is_multipart(request.headers()) {
+        if let Some(len) = declared_len {
+            media.precheck_len(len.saturating_sub(MULTIPART_OVERHEAD))?;
+        }
+        let mut form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+        loop {
+            let field = form
+                .next_field()
+                .await
+                .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?
+                .ok_or_else(|| {
+                    ApiError::bad_request("missing_file_field", "the form has no `file` field")
+                })?;
+            if field.name() != Some("file") {
+                continue;
+            }
+            let original_name = field
+                .file_name()
+                .and_then(clean_filename)
+                .or_else(|| params.filename.as_deref().and_then(clean_filename));
+            let meta = UploadMeta {
+                uploader_id,
+                original_name,
+                declared_len: None,
+            };
+            // Inside a form, a broken body is a broken multipart framing.
+            break media.ingest(meta, field).await.map_err(|e| match e {
+                MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
+                e => e.into(),
+            })?;
+        }
+    } else {
+        let original_name = params.filename.as_deref().and_then(clean_filename);
+        let meta = UploadMeta {
+            uploader_id,
+            original_name,
+            declared_len,
+        };
+        media
+            .ingest(meta, request.into_body().into_data_stream())
+            .await?
+    };
+    let view = UploadView {
+        media: MediaView::new(&ingested.row, state.public_base_url()),
+        deduplicated: ingested.deduplicated,
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                ApiError::bad_request("bad_header", "Content-Length is not a number")
+            })
+        })
+        .transpose()
+}
+
+/// Keeps only the last path component, without control characters, at most 255 bytes.
+fn clean_filename(raw: &str) -> Option<String> {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let mut name: String = last.chars().filter(|c| !c.is_control()).collect();
+    while name.len() > 255 {
+        name.pop();
+    }
+    let name = name.trim().to_owned();
+    (!name.is_empty() && name != "." && name != "..").then_some(name)
+}
+
+/// `GET /v1/media/{id}`
+pub async fn get_media(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<MediaView>, ApiError> {
+    let row = state.media().get(id).await?;
+    Ok(Json(MediaView::new(&row, state.public_base_url())))
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    uploader_id: Option<i64>,
+    #[serde(rename = "type")]
+    file_type: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 1000;
+
+/// `GET /v1/media?uploader_id=&type=&since=&until=&limit=&cursor=`, newest first.
+pub async fn list_media(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<Json<MediaPage>, ApiError> {
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let file_type = p.file_type.as_deref().map(parse_type_filter).transpose()?;
+    let instant = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                parse_instant_ms(s).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_time",
+                        format!("`{name}` must be RFC 3339 or Unix seconds"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let query = ListQuery {
+        uploader_id: p.uploader_id,
+        file_type,
+        since_ms: instant("since", &p.since)?,
+        until_ms: instant("until", &p.until)?,
+        before_id: p.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit,
+    };
+    let rows = state.media().list(query).await?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| encode_cursor(r.id)))
+        .flatten();
+    let base = state.public_base_url();
+    Ok(Json(MediaPage {
+        items: rows.iter().map(|r| MediaView::new(r, base)).collect(),
+        next_cursor,
+    }))
+}
+
+fn parse_type_filter(t: &str) -> Result<TypeFilter, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "bad_type",
+            "`type` must be a MIME type (image/png) or a family (image/*)",
+        )
+    };
+    let (family, sub) = t.split_once('/').ok_or_else(bad)?;
+    if family.is_empty() || sub.is_empty() {
+        return Err(bad());
+    }
+    Ok(if sub == "*" {
+        TypeFilter::Family(family.to_ascii_lowercase())
+    } else {
+        TypeFilter::Exact(t.to_ascii_lowercase())
+    })
+}
+
+/// Cursors are opaque to clients: the last id seen, versioned and base64url-encoded.
+fn encode_cursor(last_id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1:{last_id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("v1:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| {
+            ApiError::bad_request("bad_cursor", "`cursor` is not one this server issued")
+        })
+}
+
+/// `DELETE /v1/media/{id}`: removes the row and drops the blob reference (204).
+pub async fn delete_media(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    state.media().delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_forgeries() {
+        assert_eq!(decode_cursor(&encode_cursor(42)).unwrap(), 42);
+        assert!(decode_cursor("42").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:1")).is_err());
+    }
+
+    #[test]
+    fn filenames_lose_paths_and_control_characters() {
+        assert_eq!(
+            clean_filename("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            clean_filename("C:\\x\\photo.jpg").as_deref(),
+            Some("photo.jpg")
+        );
+        assert_eq!(clean_filename("a\u{0}b\n.png").as_deref(), Some("ab.png"));
+        assert_eq!(clean_filename(".."), None);
+        assert_eq!(clean_filename(&"é".repeat(300)).map(|s| s.len()), Some(254));
+    }
+
+    #[test]
+    fn type_filter_takes_families_and_exact_types() {
+        assert_eq!(
+            parse_type_filter("image/*").unwrap(),
+            TypeFilter::Family("image".into())
+        );
+        assert_eq!(
+            parse_type_filter("Image/PNG").unwrap(),
+            TypeFilter::Exact("image/png".into())
+        );
+        assert!(parse_type_filter("image").is_err());
+        assert!(parse_type_filter("/x").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! JSON shapes of the API. Index rows never leave the process directly.
+
+use serde::Serialize;
+
+use crate::index::media::MediaRow;
+use crate::timefmt::rfc3339_ms;
+
+#[derive(Debug, Serialize)]
+pub struct MediaView {
+    pub id: i64,
+    pub uploader_id: i64,
+    pub file_url: String,
+    pub file_type: String,
+    pub size: u64,
+    pub blake3: String,
+    pub uploaded_at: String,
+    pub original_name: Option<String>,
+}
+
+impl MediaView {
+    pub fn new(row: &MediaRow, public_base_url: &str) -> Self {
+        MediaView {
+            id: row.id,
+            uploader_id: row.uploader_id,
+            file_url: file_url(public_base_url, row.id),
+            file_type: row.file_type.clone(),
+            size: row.size,
+            blake3: row.hash.to_hex().to_string(),
+            uploaded_at: rfc3339_ms(row.uploaded_at_ms),
+            original_name: row.original_name.clone(),
+        }
+    }
+}
+
+/// The stable, unsigned address of a media file; signed download URLs add a query to it.
+pub fn file_url(public_base_url: &str, id: i64) -> String {
+    format!("{}/files/{id}", public_base_url.trim_end_matches('/'))
+}
+
+#[derive(Debug, Serialize)]
+pub struct UploadView {
+    #[serde(flatten)]
+    pub media: MediaView,
+    pub deduplicated: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MediaPage {
+    pub items: Vec<MediaView>,
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,323 @@
+//! Typed queries over `media` and `blobs`. Each function takes a connection or a
+//! transaction; the caller decides the transaction boundaries.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+
+/// One upload as the index records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaRow {
+    pub id: i64,
+    pub uploader_id: i64,
+    pub file_type: String,
+    pub hash: blake3::Hash,
+    pub size: u64,
+    pub original_name: Option<String>,
+    pub uploaded_at_ms: i64,
+}
+
+/// A media row to insert; the id and time are assigned by [`insert_media`].
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    pub uploader_id: i64,
+    pub file_type: String,
+    pub hash: blake3::Hash,
+    pub size: u64,
+    pub original_name: Option<String>,
+}
+
+const COLUMNS: &str = "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
+    let hash: [u8; 32] = r.get(3)?;
+    Ok(MediaRow {
+        id: r.get(0)?,
+        uploader_id: r.get(1)?,
+        file_type: r.get(2)?,
+        hash: blake3::Hash::from_bytes(hash),
+        size: r.get(4)?,
+        original_name: r.get(5)?,
+        uploaded_at_ms: r.get(6)?,
+    })
+}
+
+/// The blob's reference count, or `None` when the index has no row for it.
+pub fn blob_refcount(conn: &Connection, hash: &blake3::Hash) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row(
+            "SELECT refcount FROM blobs WHERE hash = ?1",
+            [hash.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Adds one reference to a blob, creating its row (or reviving a zero-count
+/// row, which clears its GC tombstone).
+pub fn add_blob_ref(conn: &Connection, hash: &blake3::Hash, size: u64, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO blobs (hash, size, refcount, zero_since, created_at)
+         VALUES (?1, ?2, 1, NULL, ?3)
+         ON CONFLICT (hash) DO UPDATE SET refcount = refcount + 1, zero_since = NULL",
+        params![hash.as_bytes(), size, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Drops one reference; a blob whose count reaches 0 is stamped with the time,
+/// which starts its GC grace period.
+pub fn release_blob_ref(conn: &Connection, hash: &blake3::Hash, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE blobs SET refcount = refcount - 1,
+                zero_since = CASE WHEN refcount = 1 THEN ?2 ELSE zero_since END
+         WHERE hash = ?1 AND refcount > 0",
+        params![hash.as_bytes(), now_ms],
+    )?;
+    Ok(())
+}
+
+/// Inserts a media row with the next id. `uploaded_at` is the later of now and
+/// the newest existing row's time, so time never goes backwards as ids grow.
+pub fn insert_media(conn: &Connection, new: &NewMedia, now_ms: i64) -> Result<MediaRow> {
+    let newest: Option<i64> =
+        conn.query_row("SELECT max(uploaded_at) FROM media", [], |r| r.get(0))?;
+    let uploaded_at_ms = newest.map_or(now_ms, |n| n.max(now_ms));
+    let family = crate::policy::family(&new.file_type);
+    conn.execute(
+        "INSERT INTO media (uploader_id, file_type, family, hash, size, original_name, uploaded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            new.uploader_id,
+            new.file_type,
+            family,
+            new.hash.as_bytes(),
+            new.size,
+            new.original_name,
+            uploaded_at_ms
+        ],
+    )?;
+    Ok(MediaRow {
+        id: conn.last_insert_rowid(),
+        uploader_id: new.uploader_id,
+        file_type: new.file_type.clone(),
+        hash: new.hash,
+        size: new.size,
+        original_name: new.original_name.clone(),
+        uploaded_at_ms,
+    })
+}
+
+pub fn get_media(conn: &Connection, id: i64) -> Result<Option<MediaRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM media WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// Deletes a media row and releases its blob reference. Returns the row that was.
+pub fn delete_media(conn: &Connection, id: i64, now_ms: i64) -> Result<Option<MediaRow>> {
+    let Some(row) = get_media(conn, id)? else {
+        return Ok(None);
+    };
+    conn.execute("DELETE FROM media WHERE id = ?1", [id])?;
+    release_blob_ref(conn, &row.hash, now_ms)?;
+    Ok(Some(row))
+}
+
+/// How a listing filters by type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypeFilter {
+    Exact(String),
+    Family(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub uploader_id: Option<i64>,
+    pub file_type: Option<TypeFilter>,
+    /// Inclusive lower bound on `uploaded_at`.
+    pub since_ms: Option<i64>,
+    /// Exclusive upper bound on `uploaded_at`.
+    pub until_ms: Option<i64>,
+    /// Only rows with an id below this (the keyset cursor).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// Lists newest first. Every filter combination is served by an index that
+/// ends in `id`, so SQLite walks it backwards and stops after `limit` rows;
+/// time bounds become id bounds through `media_by_time` because `uploaded_at`
+/// grows with `id`.
+pub fn list_media(conn: &Connection, q: &ListQuery) -> Result<Vec<MediaRow>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM media WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(u) = q.uploader_id {
+        sql.push_str(" AND uploader_id = ?");
+        args.push(u.into());
+    }
+    match &q.file_type {
+        Some(TypeFilter::Exact(t)) => {
+            sql.push_str(" AND file_type = ?");
+            args.push(t.clone().into());
+        }
+        Some(TypeFilter::Family(f)) => {
+            sql.push_str(" AND family = ?");
+            args.push(f.clone().into());
+        }
+        None => {}
+    }
+    if let Some(before) = q.before_id {
+        sql.push_str(" AND id < ?");
+        args.push(before.into());
+    }
+    if let Some(since) = q.since_ms {
+        sql.push_str(
+            " AND uploaded_at >= ? AND id >= coalesce((SELECT id FROM media WHERE uploaded_at >= ? \
+             ORDER BY uploaded_at, id LIMIT 1), 9223372036854775807)",
+        );
+        args.push(since.into());
+        args.push(since.into());
+    }
+    if let Some(until) = q.until_ms {
+        sql.push_str(
+            " AND uploaded_at < ? AND id <= coalesce((SELECT id FROM media WHERE uploaded_at < ? \
+             ORDER BY uploaded_at DESC, id DESC LIMIT 1), -1)",
+        );
+        args.push(until.into());
+        args.push(until.into());
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push(i64::from(q.limit).into());
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrations().to_latest(&mut c).unwrap();
+        c
+    }
+
+    fn new(uploader: i64, t: &str, content: &[u8]) -> NewMedia {
+        NewMedia {
+            uploader_id: uploader,
+            file_type: t.into(),
+            hash: blake3::hash(content),
+            size: content.len() as u64,
+            original_name: None,
+        }
+    }
+
+    #[test]
+    fn refcount_goes_to_zero_with_tombstone_and_revives() {
+        let c = conn();
+        let h = blake3::hash(b"x");
+        add_blob_ref(&c, &h, 1, 10).unwrap();
+        add_blob_ref(&c, &h, 1, 11).unwrap();
+        assert_eq!(blob_refcount(&c, &h).unwrap(), Some(2));
+        release_blob_ref(&c, &h, 20).unwrap();
+        release_blob_ref(&c, &h, 30).unwrap();
+        let (rc, zero): (i64, Option<i64>) = c
+            .query_row("SELECT refcount, zero_since FROM blobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((rc, zero), (0, Some(30)));
+        // Never below zero.
+        release_blob_ref(&c, &h, 40).unwrap();
+        assert_eq!(blob_refcount(&c, &h).unwrap(), Some(0));
+        add_blob_ref(&c, &h, 1, 50).unwrap();
+        let zero: Option<i64> = c
+            .query_row("SELECT zero_since FROM blobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(zero, None);
+    }
+
+    #[test]
+    fn uploaded_at_never_decreases_with_id() {
+        let c = conn();
+        let n = new(1, "image/png", b"a");
+        add_blob_ref(&c, &n.hash, 1, 0).unwrap();
+        let a = insert_media(&c, &n, 1000).unwrap();
+        let b = insert_media(&c, &n, 500).unwrap(); // clock stepped back
+        assert!(b.id > a.id);
+        assert_eq!(b.uploaded_at_ms, 1000);
+    }
+
+    #[test]
+    fn list_filters_and_pages_newest_first() {
+        let c = conn();
+        for i in 0..10i64 {
+            let t = if i % 2 == 0 { "image/png" } else { "video/mp4" };
+            let n = new(i % 3, t, &i.to_le_bytes());
+            add_blob_ref(&c, &n.hash, 8, 0).unwrap();
+            insert_media(&c, &n, 1000 * i).unwrap();
+        }
+        let all = list_media(
+            &c,
+            &ListQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            (1..=10).rev().collect::<Vec<_>>()
+        );
+        let images = list_media(
+            &c,
+            &ListQuery {
+                file_type: Some(TypeFilter::Family("image".into())),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(images.iter().all(|r| r.file_type == "image/png"));
+        assert_eq!(images.len(), 5);
+        let page = list_media(
+            &c,
+            &ListQuery {
+                before_id: Some(5),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![4, 3]);
+        let window = list_media(
+            &c,
+            &ListQuery {
+                since_ms: Some(2000),
+                until_ms: Some(5000),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            window.iter().map(|r| r.uploaded_at_ms).collect::<Vec<_>>(),
+            vec![4000, 3000, 2000]
+        );
+        let none = list_media(
+            &c,
+            &ListQuery {
+                since_ms: Some(99_000),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(none.is_empty());
+    }
+}

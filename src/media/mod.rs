@@ -1,0 +1,313 @@
+//! The media service: ingest, query and delete uploads.
+//!
+//! This is the one module that combines the blob store and the index, and so the
+//! one that owns the order of operations (storage-layout.md, "Write protocol"):
+//! on upload the blob file is made durable and installed *before* the row that
+//! points at it commits; on delete the row goes first and the file is left for
+//! garbage collection.
+
+use std::fmt::Display;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::error::{Classify, ErrorKind};
+use crate::index::media::{self as q, ListQuery, MediaRow, NewMedia};
+use crate::index::{Index, IndexError};
+use crate::policy::{self, Policy, PolicyError, SNIFF_LEN};
+use crate::store::{BlobStore, StagingFile, StoreError};
+use crate::timefmt::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("could not read the upload body: {0}")]
+    Body(String),
+    #[error("media {0} does not exist")]
+    NotFound(i64),
+    #[error("background task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Classify for MediaError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            MediaError::Policy(e) => e.kind(),
+            MediaError::Store(e) => e.kind(),
+            MediaError::Index(e) => e.kind(),
+            MediaError::Body(_) => ErrorKind::BadRequest,
+            MediaError::NotFound(_) => ErrorKind::NotFound,
+            MediaError::Task(_) => ErrorKind::Internal,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            MediaError::Policy(e) => e.code(),
+            MediaError::Store(e) => e.code(),
+            MediaError::Index(e) => e.code(),
+            MediaError::Body(_) => "bad_body",
+            MediaError::NotFound(_) => "media_not_found",
+            MediaError::Task(_) => "internal",
+        }
+    }
+}
+
+/// Carries a store failure out of an index write job with its classification intact.
+fn job_error(e: StoreError) -> IndexError {
+    IndexError::Job {
+        kind: e.kind(),
+        code: e.code(),
+        message: e.to_string(),
+    }
+}
+
+type Result<T, E = MediaError> = std::result::Result<T, E>;
+
+/// What the client told us about an upload besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    pub uploader_id: i64,
+    pub original_name: Option<String>,
+    /// The body's length when the request declared it (raw uploads only).
+    pub declared_len: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub row: MediaRow,
+    /// True when the content was already stored and no new blob was written.
+    pub deduplicated: bool,
+}
+
+/// How many body chunks may wait for the disk writer. Bounds memory per upload
+/// (hyper's chunks are at most a few hundred KiB) while the network and the disk
+/// overlap.
+const WRITE_QUEUE_CHUNKS: usize = 16;
+
+#[derive(Clone)]
+pub struct MediaService {
+    store: BlobStore,
+    index: Index,
+    policy: Policy,
+}
+
+impl MediaService {
+    pub fn new(store: BlobStore, index: Index, policy: Policy) -> Self {
+        MediaService {
+            store,
+            index,
+            policy,
+        }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Checks a declared length before reading any of the body.
+    pub fn precheck_len(&self, declared: u64) -> Result<()> {
+        if declared > self.policy.max_bytes() {
+            return Err(PolicyError::TooLarge {
+                limit: self.policy.max_bytes(),
+                mime: None,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Streams an upload to disk, checks it against the policy, and records it.
+    pub async fn ingest<S, E>(&self, meta: UploadMeta, body: S) -> Result<Ingested>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        if let Some(len) = meta.declared_len {
+            self.precheck_len(len)?;
+        }
+        let store = self.store.clone();
+        let staged = crate::tasks::blocking(move || store.stage()).await??;
+        let (chunks, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_CHUNKS);
+        let writer = crate::tasks::blocking(move || write_chunks(staged, rx));
+
+        let received = self.receive(body, chunks).await;
+        // The writer ends once `chunks` is dropped (inside `receive`); on error its
+        // staging file is dropped with it, which removes it.
+        // A writer failure (disk full) explains an early stop better than what the
+        // receiver saw after it.
+        let staged = writer.await??;
+        let (mime, limit) = received?;
+        if staged.len() > limit {
+            return Err(PolicyError::TooLarge {
+                limit,
+                mime: Some(mime.into()),
+            }
+            .into());
+        }
+        self.commit(staged, mime, meta).await
+    }
+
+    /// Feeds the body to the disk writer while sniffing its type and enforcing
+    /// the size limit. Returns the type and the limit that applies to it.
+    async fn receive<S, E>(
+        &self,
+        mut body: S,
+        chunks: mpsc::Sender<Bytes>,
+    ) -> Result<(&'static str, u64)>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let mut head: Vec<u8> = Vec::with_capacity(SNIFF_LEN);
+        let mut sniffed: Option<(&'static str, u64)> = None;
+        let mut limit = self.policy.max_bytes();
+        let mut total: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(PolicyError::TooLarge {
+                    limit,
+                    mime: sniffed.map(|(m, _)| m.to_owned()),
+                }
+                .into());
+            }
+            if sniffed.is_none() {
+                let take = (SNIFF_LEN - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+                if head.len() == SNIFF_LEN {
+                    let found = self.admit(&head, false)?;
+                    limit = found.1;
+                    sniffed = Some(found);
+                    if total > limit {
+                        return Err(PolicyError::TooLarge {
+                            limit,
+                            mime: Some(found.0.into()),
+                        }
+                        .into());
+                    }
+                }
+            }
+            if chunks.send(chunk).await.is_err() {
+                // The writer stopped early: it failed, and `ingest` reports why.
+                break;
+            }
+        }
+        match sniffed {
+            Some(found) => Ok(found),
+            None => self.admit(&head, true),
+        }
+    }
+
+    fn admit(&self, head: &[u8], complete: bool) -> Result<(&'static str, u64)> {
+        let mime = policy::sniff(head, complete).ok_or(PolicyError::Unrecognised)?;
+        Ok((mime, self.policy.admit(mime)?))
+    }
+
+    /// Installs the staged blob (unless the content is already stored) and
+    /// records the media row, in one index transaction.
+    async fn commit(
+        &self,
+        staged: StagingFile,
+        mime: &'static str,
+        meta: UploadMeta,
+    ) -> Result<Ingested> {
+        let hash = staged.hash();
+        let size = staged.len();
+        // A duplicate needs no fsync: its staged copy is about to be dropped.
+        // Checked again under the index writer, which alone decides.
+        let store = self.store.clone();
+        let staged = crate::tasks::blocking(move || -> Result<StagingFile> {
+            let mut staged = staged;
+            if !store.contains(&hash) {
+                staged.sync()?;
+            }
+            Ok(staged)
+        })
+        .await??;
+
+        let store = self.store.clone();
+        let new = NewMedia {
+            uploader_id: meta.uploader_id,
+            file_type: mime.to_owned(),
+            hash,
+            size,
+            original_name: meta.original_name,
+        };
+        let (row, deduplicated) = self
+            .index
+            .write(move |ctx| {
+                let now = now_ms();
+                // Under the writer (and SQLite's write lock, which `gc` also takes),
+                // "row and file exist" cannot change before this transaction ends.
+                let deduplicated =
+                    q::blob_refcount(ctx.tx, &hash)?.is_some() && store.contains(&hash);
+                if deduplicated {
+                    drop(staged);
+                } else {
+                    let mut staged = staged;
+                    staged.sync().map_err(job_error)?;
+                    let dirs = store.install(staged, &hash).map_err(job_error)?;
+                    ctx.require_durable(dirs);
+                }
+                q::add_blob_ref(ctx.tx, &hash, size, now)?;
+                let row = q::insert_media(ctx.tx, &new, now)?;
+                Ok((row, deduplicated))
+            })
+            .await?;
+        tracing::info!(
+            media.id = row.id,
+            blob.hash = %hash.to_hex(),
+            size_bytes = size,
+            file_type = mime,
+            deduplicated,
+            "stored upload"
+        );
+        Ok(Ingested { row, deduplicated })
+    }
+
+    pub async fn get(&self, id: i64) -> Result<MediaRow> {
+        self.index
+            .read(move |c| q::get_media(c, id))
+            .await?
+            .ok_or(MediaError::NotFound(id))
+    }
+
+    pub async fn list(&self, query: ListQuery) -> Result<Vec<MediaRow>> {
+        Ok(self.index.read(move |c| q::list_media(c, &query)).await?)
+    }
+
+    /// Deletes the media row and drops its blob reference. The blob file stays
+    /// until garbage collection finds its count at zero past the grace period.
+    pub async fn delete(&self, id: i64) -> Result<MediaRow> {
+        let row = self
+            .index
+            .write(move |ctx| q::delete_media(ctx.tx, id, now_ms()))
+            .await?
+            .ok_or(MediaError::NotFound(id))?;
+        tracing::info!(media.id = id, blob.hash = %row.hash.to_hex(), "deleted media");
+        Ok(row)
+    }
+}
+
+/// Runs on a blocking thread: hashes and writes chunks as they arrive.
+fn write_chunks(mut staged: StagingFile, mut rx: mpsc::Receiver<Bytes>) -> Result<StagingFile> {
+    while let Some(chunk) = rx.blocking_recv() {
+        staged.write_chunk(&chunk)?;
+    }
+    Ok(staged)
+}

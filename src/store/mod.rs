@@ -1,0 +1,298 @@
+//! The blob store: content-addressed files on local disk.
+//!
+//! Owns `blobs/` and `tmp/` inside the data folder. It stages uploads in `tmp/`,
+//! installs them under their BLAKE3 hash with an atomic rename, and opens them for
+//! reading. It never opens SQLite and never decides that a blob may be deleted.
+//! Invariant upheld (storage-layout.md, I1): a file under `blobs/` is only ever
+//! created by renaming a fully written and fsynced staging file.
+
+mod layout;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub use layout::{blob_relative_path, parse_hash_hex};
+
+use crate::error::{Classify, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob store I/O failed: {context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the data disk is full")]
+    DiskFull(#[source] io::Error),
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        // ENOSPC / EDQUOT: the client may retry later; say so rather than "internal".
+        if matches!(source.raw_os_error(), Some(28) | Some(122)) {
+            return StoreError::DiskFull(source);
+        }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::DiskFull(_) => ErrorKind::InsufficientStorage,
+            StoreError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            StoreError::DiskFull(_) => "disk_full",
+            StoreError::Io { .. } => "internal",
+        }
+    }
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Handle on the blob folders of one data folder. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) `blobs/` and `tmp/` under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let blobs = data_dir.join("blobs");
+        let tmp = data_dir.join("tmp");
+        for dir in [&blobs, &tmp] {
+            fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        }
+        Ok(BlobStore { blobs, tmp })
+    }
+
+    pub fn blobs_dir(&self) -> &Path {
+        &self.blobs
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Where the blob with this hash lives (whether or not it exists).
+    pub fn blob_path(&self, hash: &blake3::Hash) -> PathBuf {
+        self.blobs.join(blob_relative_path(hash))
+    }
+
+    pub fn contains(&self, hash: &blake3::Hash) -> bool {
+        self.blob_path(hash).is_file()
+    }
+
+    pub fn open_blob(&self, hash: &blake3::Hash) -> io::Result<File> {
+        File::open(self.blob_path(hash))
+    }
+
+    /// Creates a new, uniquely named staging file in `tmp/`.
+    pub fn stage(&self) -> Result<StagingFile> {
+        for _ in 0..8 {
+            let name = format!("{:032x}.part", rand::random::<u128>());
+            let path = self.tmp.join(name);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(StagingFile {
+                        path,
+                        file,
+                        hasher: blake3::Hasher::new(),
+                        len: 0,
+                        synced: false,
+                        installed: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StoreError::io("create staging file", e)),
+            }
+        }
+        Err(StoreError::io(
+            "create staging file",
+            io::Error::other("no unique name after 8 tries"),
+        ))
+    }
+
+    /// Moves a finished staging file to its content address.
+    ///
+    /// The staging file must be synced first ([`StagingFile::sync`]); the rename is
+    /// atomic, so readers see either no blob or the whole blob. Returns the
+    /// directories whose entries changed: they must be fsynced (or the file system
+    /// synced) before the blob is recorded as present.
+    pub fn install(&self, mut staged: StagingFile, hash: &blake3::Hash) -> Result<Vec<PathBuf>> {
+        debug_assert!(
+            staged.synced,
+            "is a bug: blobs are installed only after fsync"
+        );
+        let target = self.blob_path(hash);
+        let shard = target.parent().expect("blob paths have a shard folder");
+        let mut changed = Vec::with_capacity(3);
+        if !shard.is_dir() {
+            // New shard folders are new entries in their parents too.
+            let outer = shard.parent().expect("shard has a parent");
+            if !outer.is_dir() {
+                changed.push(self.blobs.clone());
+            }
+            fs::create_dir_all(shard)
+                .map_err(|e| StoreError::io(format!("create {}", shard.display()), e))?;
+            changed.push(outer.to_owned());
+        }
+        fs::rename(&staged.path, &target)
+            .map_err(|e| StoreError::io(format!("install blob {}", hash.to_hex()), e))?;
+        staged.installed = true;
+        changed.push(shard.to_owned());
+        Ok(changed)
+    }
+
+    /// Removes staging files last modified before `older_than` ago (all of them
+    /// for `Duration::ZERO`). Returns how many were removed.
+    pub fn clean_tmp(&self, older_than: Duration) -> Result<usize> {
+        let cutoff = SystemTime::now() - older_than;
+        let mut removed = 0;
+        let entries =
+            fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list staging folder", e))?;
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let stale = meta.modified().map(|m| m <= cutoff).unwrap_or(true);
+            if meta.is_file()
+                && (older_than.is_zero() || stale)
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// An upload being written to `tmp/`. Hashes what it writes; removes its file
+/// when dropped unless it was installed.
+#[derive(Debug)]
+pub struct StagingFile {
+    path: PathBuf,
+    file: File,
+    hasher: blake3::Hasher,
+    len: u64,
+    synced: bool,
+    installed: bool,
+}
+
+impl StagingFile {
+    /// Appends a chunk, hashing it on the way.
+    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
+        self.hasher.update(chunk);
+        self.file
+            .write_all(chunk)
+            .map_err(|e| StoreError::io("write staging file", e))?;
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn hash(&self) -> blake3::Hash {
+        self.hasher.finalize()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Makes the staged bytes durable (fdatasync).
+    pub fn sync(&mut self) -> Result<()> {
+        if !self.synced {
+            self.file
+                .sync_data()
+                .map_err(|e| StoreError::io("fsync staging file", e))?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagingFile {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Makes a directory's entries durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Makes every directory in `dirs` durable: one fsync each for a few, one
+/// `syncfs` of the whole file system when many changed in the same batch
+/// (group commit: one flush then covers all of them).
+pub fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
+    const SYNCFS_FROM: usize = 4;
+    let mut unique: Vec<&PathBuf> = dirs.iter().collect();
+    unique.sort();
+    unique.dedup();
+    if unique.len() >= SYNCFS_FROM {
+        let fd = File::open(unique[0])?;
+        nix::unistd::syncfs(&fd).map_err(io::Error::from)
+    } else {
+        unique.into_iter().try_for_each(|d| fsync_dir(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_blob_is_installed_under_its_hash_and_tmp_is_left_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut staged = store.stage().unwrap();
+        staged.write_chunk(b"hello ").unwrap();
+        staged.write_chunk(b"world").unwrap();
+        let hash = staged.hash();
+        assert_eq!(hash, blake3::hash(b"hello world"));
+        staged.sync().unwrap();
+        let dirs = store.install(staged, &hash).unwrap();
+        make_dirs_durable(&dirs).unwrap();
+        assert_eq!(fs::read(store.blob_path(&hash)).unwrap(), b"hello world");
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_staging_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut staged = store.stage().unwrap();
+        staged.write_chunk(b"partial").unwrap();
+        drop(staged);
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn clean_tmp_respects_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        fs::write(store.tmp_dir().join("left.part"), b"x").unwrap();
+        assert_eq!(store.clean_tmp(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(store.clean_tmp(Duration::ZERO).unwrap(), 1);
+    }
+}

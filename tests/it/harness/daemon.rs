@@ -1,0 +1,208 @@
+//! Two ways to run the daemon: `TestApp` (in-process server on a real socket)
+//! and `TestDaemon` (the real `media-store` binary as a child process).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use media_store::config::{Config, Overrides};
+use tempfile::TempDir;
+
+use super::TOKEN;
+
+/// The in-process server: fast, and still real HTTP over a loopback socket.
+pub struct TestApp {
+    pub base: String,
+    pub data: PathBuf,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with("").await
+    }
+
+    /// Starts with extra TOML config (the data folder and token are set by the harness).
+    pub async fn start_with(toml: &str) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = Self::start_in(dir.path(), toml).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// Starts on an existing data folder (restart tests).
+    pub async fn start_in(data: &Path, toml: &str) -> TestApp {
+        let env = BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), TOKEN.to_string())]);
+        let overrides = Overrides {
+            data_dir: Some(data.to_owned()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+        };
+        let config = Config::from_parts(toml, &env, &overrides).expect("test config is valid");
+        let (state, _) = media_store::AppState::open(config).expect("app opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(media_store::server::run(listener, state, async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            base: format!("http://{addr}"),
+            data: data.to_owned(),
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server and waits until it has released the data folder.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        // The index writer thread exits once the last state handle is gone.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The real binary, for signals, crashes and restarts.
+pub struct TestDaemon {
+    pub base: String,
+    pub data: PathBuf,
+    pub child: Child,
+    log_dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl TestDaemon {
+    pub fn binary() -> &'static str {
+        env!("CARGO_BIN_EXE_media-store")
+    }
+
+    /// Starts `media-store serve` on `data` with a generated config.
+    pub fn start(data: &Path, log_dir: &Path, toml: &str) -> TestDaemon {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let config = log_dir.join("config.toml");
+        std::fs::write(&config, toml).unwrap();
+        let stdout_path = log_dir.join("stdout.log");
+        let child = Command::new(Self::binary())
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--config")
+            .arg(&config)
+            .env("MEDIA_STORE_API_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).unwrap())
+            .stderr(File::create(log_dir.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("spawn media-store");
+        let mut daemon = TestDaemon {
+            base: String::new(),
+            data: data.to_owned(),
+            child,
+            log_dir: log_dir.to_owned(),
+            client: reqwest::Client::new(),
+        };
+        daemon.base = daemon.wait_for_address(&stdout_path);
+        daemon
+    }
+
+    fn wait_for_address(&mut self, stdout: &Path) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(stdout).unwrap_or_default();
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("listening on ")) {
+                return line.trim().to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "media-store exited with {status} before listening:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "media-store did not report its address in 20 s:\n{}",
+            self.logs()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.log_dir.join(n)).unwrap_or_default();
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}",
+            read("stdout.log"),
+            read("stderr.log")
+        )
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        panic!(
+            "media-store did not exit within 20 s of SIGTERM:\n{}",
+            self.logs()
+        );
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..200 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            self.kill9();
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Test data and data-folder inspection.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::TOKEN;
+
+/// A file from the shared real-media corpus (`../shared/testdata`).
+pub fn testdata(rel: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata")
+        .join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("missing test file {}: {e}", path.display()))
+}
+
+/// A valid PNG whose bytes are unique to `seed` (a text chunk carries it).
+pub fn unique_png(seed: u64) -> Vec<u8> {
+    let mut png = testdata("png/gray1.png");
+    // Insert a tEXt chunk after IHDR (8-byte signature + 25-byte IHDR chunk).
+    let text = format!("seed\0{seed}");
+    let mut chunk = Vec::new();
+    chunk.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    chunk.extend_from_slice(b"tEXt");
+    chunk.extend_from_slice(text.as_bytes());
+    let crc = crc32(&chunk[4..]);
+    chunk.extend_from_slice(&crc.to_be_bytes());
+    png.splice(33..33, chunk);
+    png
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An MP4 of `len` bytes: a real `ftyp` box, then deterministic filler.
+pub fn fake_mp4(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&[0, 0, 0, 0x18]);
+    v.extend_from_slice(b"ftypisom\0\0\x02\0isomiso2");
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+/// Uploads raw bytes; returns (status, JSON body).
+pub async fn upload_raw(
+    client: &reqwest::Client,
+    base: &str,
+    uploader: i64,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let resp = client
+        .post(format!("{base}/v1/media?uploader_id={uploader}"))
+        .header("authorization", bearer())
+        .body(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = client
+        .get(url)
+        .header("authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Every file under `blobs/`.
+pub fn blob_files(data: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("blobs"), &mut out);
+    out.sort();
+    out
+}
+
+pub fn tmp_files(data: &Path) -> usize {
+    std::fs::read_dir(data.join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Opens the index read-only, as an operator's sqlite3 shell would.
+pub fn index(data: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open_with_flags(
+        data.join("index.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    c
+}
+
+pub fn refcount(data: &Path, blake3_hex: &str) -> Option<i64> {
+    let hash = blake3::Hash::from_hex(blake3_hex).unwrap();
+    index(data)
+        .query_row(
+            "SELECT refcount FROM blobs WHERE hash = ?1",
+            [hash.as_bytes()],
+            |r| r.get(0),
+        )
+        .ok()
+}
+
+/// The invariants of storage-layout.md that must hold in any data folder at rest:
+/// every media row's blob exists with the right size and hash, every refcount
+/// equals its number of media rows, and no file under blobs/ is partial.
+pub fn assert_consistent(data: &Path) {
+    let idx = index(data);
+    let mut stmt = idx
+        .prepare("SELECT b.hash, b.size, b.refcount, (SELECT count(*) FROM media m WHERE m.hash = b.hash) FROM blobs b")
+        .unwrap();
+    let rows: Vec<([u8; 32], u64, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (hash, size, rc, media) in rows {
+        let hash = blake3::Hash::from_bytes(hash);
+        assert_eq!(
+            rc,
+            media,
+            "refcount of {} is {rc} but {media} media rows use it",
+            hash.to_hex()
+        );
+        if rc > 0 {
+            let path = data
+                .join("blobs")
+                .join(media_store::store::blob_relative_path(&hash));
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("blob {} missing: {e}", hash.to_hex()));
+            assert_eq!(bytes.len() as u64, size);
+            assert_eq!(
+                blake3::hash(&bytes),
+                hash,
+                "blob {} is corrupt",
+                hash.to_hex()
+            );
+        }
+    }
+    let orphan_rows: i64 = idx
+        .query_row(
+            "SELECT count(*) FROM media WHERE hash NOT IN (SELECT hash FROM blobs)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphan_rows, 0, "media rows without a blob row");
+    for file in blob_files(data) {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            name,
+            "partial or corrupt file under blobs/"
+        );
+    }
+}

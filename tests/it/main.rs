@@ -1,0 +1,8 @@
+//! One integration-test binary (one link step, shared harness).
+
+mod harness;
+
+mod crash;
+mod errors;
+mod listing;
+mod upload;
