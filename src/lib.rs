@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod index;
+pub mod lifecycle;
 pub mod media;
 pub mod policy;
 pub mod server;
