@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 
 use crate::config::Config;
@@ -20,9 +21,11 @@ use crate::store::{self, BlobStore};
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
-    config: Config,
+    /// The running config; replaced whole by [`AppState::reload`].
+    config: ArcSwap<Config>,
     media: MediaService,
-    api_token: String,
+    /// The token from the data folder, used while the config sets none.
+    file_token: Option<String>,
     /// Held for the daemon's lifetime: a second daemon on the same data folder
     /// would delete this one's staging files at its start.
     _lock: Option<nix::fcntl::Flock<fs::File>>,
@@ -51,12 +54,12 @@ impl AppState {
             config.index.reader_connections,
             store::make_dirs_durable,
         )?;
-        let (api_token, generated_token) = load_or_create_token(&config)?;
+        let (file_token, generated_token) = load_or_create_token(&config)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
         let state = AppState(Arc::new(Inner {
-            config,
+            config: ArcSwap::from_pointee(config),
             media,
-            api_token,
+            file_token,
             _lock: Some(lock),
         }));
         Ok((
@@ -68,20 +71,42 @@ impl AppState {
         ))
     }
 
-    pub fn config(&self) -> &Config {
-        &self.0.config
+    /// The running config (a snapshot: a reload does not change it under you).
+    pub fn config(&self) -> Arc<Config> {
+        self.0.config.load_full()
     }
 
     pub fn media(&self) -> &MediaService {
         &self.0.media
     }
 
-    pub fn api_token(&self) -> &str {
-        &self.0.api_token
+    /// The service token: the configured one, else the data folder's.
+    pub fn api_token(&self) -> String {
+        let config = self.0.config.load();
+        if config.api_token.is_empty() {
+            self.0.file_token.clone().unwrap_or_default()
+        } else {
+            config.api_token.clone()
+        }
     }
 
-    pub fn public_base_url(&self) -> &str {
-        &self.0.config.public_base_url
+    pub fn public_base_url(&self) -> String {
+        self.0.config.load().public_base_url.clone()
+    }
+
+    /// Applies a re-read config to the running daemon. Keys that need a restart
+    /// keep their running values; their names are returned.
+    pub fn reload(&self, new: Config) -> Vec<&'static str> {
+        let running = self.0.config.load_full();
+        let (applied, ignored) = new.with_restart_keys_from(&running);
+        if applied.api_token.is_empty() && self.0.file_token.is_none() {
+            // No token to fall back on: keep the running one rather than lock everyone out.
+            tracing::warn!("reload would leave no API token; keeping the running config");
+            return vec!["api_token"];
+        }
+        self.0.media.set_policy(Policy::new(applied.upload.clone()));
+        self.0.config.store(Arc::new(applied));
+        ignored
     }
 }
 
@@ -107,10 +132,11 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>>
 
 const TOKEN_FILE: &str = "api-token";
 
-/// The configured token, or the one stored in the data folder, or a new one.
-fn load_or_create_token(config: &Config) -> anyhow::Result<(String, Option<PathBuf>)> {
+/// With no token configured: the one stored in the data folder, or a new one
+/// (whose path is returned too).
+fn load_or_create_token(config: &Config) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
     if !config.api_token.is_empty() {
-        return Ok((config.api_token.clone(), None));
+        return Ok((None, None));
     }
     let path = config.data_dir.join(TOKEN_FILE);
     match fs::read_to_string(&path) {
@@ -127,7 +153,7 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(String, Option<PathB
             if token.is_empty() {
                 bail!("{} is empty", path.display());
             }
-            Ok((token, None))
+            Ok((Some(token), None))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token =
@@ -140,7 +166,7 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(String, Option<PathB
                 .with_context(|| format!("cannot create {}", path.display()))?;
             writeln!(file, "{token}")?;
             file.sync_all()?;
-            Ok((token, Some(path)))
+            Ok((Some(token), Some(path)))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }

@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = cli.load_config(*listen)?;
             init_tracing(&config.log);
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(serve(config))?;
+            runtime.block_on(serve(&cli, *listen, config))?;
             Ok(0)
         }
         Command::ConfigKeys => {
@@ -85,7 +85,7 @@ pub fn init_tracing(filter: &str) {
         .try_init();
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
     let (state, report) = AppState::open(config)?;
@@ -98,6 +98,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "removed staging files left by an earlier crash"
         );
     }
+    // Kept alive for as long as we serve.
+    let _watcher = match &cli.config {
+        Some(path) => {
+            let (file, data_dir) = (path.clone(), cli.data_dir.clone());
+            let load = move || -> anyhow::Result<Config> {
+                let overrides = Overrides {
+                    data_dir: data_dir.clone(),
+                    listen: listen_flag,
+                };
+                Ok(Config::load(
+                    Some(&file),
+                    &Config::process_env(),
+                    &overrides,
+                )?)
+            };
+            Some(crate::reload::watch_config(path, state.clone(), load)?)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

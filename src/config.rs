@@ -220,6 +220,32 @@ impl Config {
         Ok(())
     }
 
+    /// Keys read only at start: a reload keeps the running values of these.
+    pub const RESTART_KEYS: &'static [&'static str] = &["data_dir", "listen", "log", "index"];
+
+    /// For a reload: `self` with the restart-only keys taken from `running`.
+    /// Returns the restart-only keys whose new value was not applied.
+    pub fn with_restart_keys_from(mut self, running: &Config) -> (Config, Vec<&'static str>) {
+        let mut ignored = Vec::new();
+        if self.data_dir != running.data_dir {
+            ignored.push("data_dir");
+            self.data_dir = running.data_dir.clone();
+        }
+        if self.listen != running.listen {
+            ignored.push("listen");
+            self.listen = running.listen;
+        }
+        if self.log != running.log {
+            ignored.push("log");
+            self.log = running.log.clone();
+        }
+        if self.index != running.index {
+            ignored.push("index");
+            self.index = running.index.clone();
+        }
+        (self, ignored)
+    }
+
     /// Every key as (TOML path, environment variable), for docs and tests.
     pub fn keys() -> Vec<(String, String)> {
         let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
@@ -352,6 +378,18 @@ mod tests {
         assert!(Config::from_parts("nope = 1", &env(&[]), &Overrides::default()).is_err());
         let e = env(&[("MEDIA_STORE_UPLOAD_MAX_BYTES", "lots")]);
         assert!(Config::from_parts("", &e, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn reload_keeps_restart_only_keys() {
+        let running = Config::default();
+        let mut edited = Config::default();
+        edited.listen = "127.0.0.1:1".parse().unwrap();
+        edited.upload.max_bytes = 5;
+        let (applied, ignored) = edited.with_restart_keys_from(&running);
+        assert_eq!(applied.listen, running.listen);
+        assert_eq!(applied.upload.max_bytes, 5);
+        assert_eq!(ignored, vec!["listen"]);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod index;
 pub mod lifecycle;
 pub mod media;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tasks;

@@ -7,6 +7,9 @@
 //! garbage collection.
 
 use std::fmt::Display;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -94,7 +97,8 @@ const WRITE_QUEUE_CHUNKS: usize = 16;
 pub struct MediaService {
     store: BlobStore,
     index: Index,
-    policy: Policy,
+    /// Swapped whole on config reload; an upload keeps the policy it started with.
+    policy: Arc<ArcSwap<Policy>>,
 }
 
 impl MediaService {
@@ -102,8 +106,12 @@ impl MediaService {
         MediaService {
             store,
             index,
-            policy,
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
         }
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     pub fn index(&self) -> &Index {
@@ -114,18 +122,15 @@ impl MediaService {
         &self.store
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
     }
 
     /// Checks a declared length before reading any of the body.
     pub fn precheck_len(&self, declared: u64) -> Result<()> {
-        if declared > self.policy.max_bytes() {
-            return Err(PolicyError::TooLarge {
-                limit: self.policy.max_bytes(),
-                mime: None,
-            }
-            .into());
+        let limit = self.policy.load().max_bytes();
+        if declared > limit {
+            return Err(PolicyError::TooLarge { limit, mime: None }.into());
         }
         Ok(())
     }
@@ -144,7 +149,8 @@ impl MediaService {
         let (chunks, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_CHUNKS);
         let writer = crate::tasks::blocking(move || write_chunks(staged, rx));
 
-        let received = self.receive(body, chunks).await;
+        let policy = self.policy.load_full();
+        let received = receive(&policy, body, chunks).await;
         // The writer ends once `chunks` is dropped (inside `receive`); on error its
         // staging file is dropped with it, which removes it.
         // A writer failure (disk full) explains an early stop better than what the
@@ -159,63 +165,6 @@ impl MediaService {
             .into());
         }
         self.commit(staged, mime, meta).await
-    }
-
-    /// Feeds the body to the disk writer while sniffing its type and enforcing
-    /// the size limit. Returns the type and the limit that applies to it.
-    async fn receive<S, E>(
-        &self,
-        mut body: S,
-        chunks: mpsc::Sender<Bytes>,
-    ) -> Result<(&'static str, u64)>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-        E: Display,
-    {
-        let mut head: Vec<u8> = Vec::with_capacity(SNIFF_LEN);
-        let mut sniffed: Option<(&'static str, u64)> = None;
-        let mut limit = self.policy.max_bytes();
-        let mut total: u64 = 0;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
-            total += chunk.len() as u64;
-            if total > limit {
-                return Err(PolicyError::TooLarge {
-                    limit,
-                    mime: sniffed.map(|(m, _)| m.to_owned()),
-                }
-                .into());
-            }
-            if sniffed.is_none() {
-                let take = (SNIFF_LEN - head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..take]);
-                if head.len() == SNIFF_LEN {
-                    let found = self.admit(&head, false)?;
-                    limit = found.1;
-                    sniffed = Some(found);
-                    if total > limit {
-                        return Err(PolicyError::TooLarge {
-                            limit,
-                            mime: Some(found.0.into()),
-                        }
-                        .into());
-                    }
-                }
-            }
-            if chunks.send(chunk).await.is_err() {
-                // The writer stopped early: it failed, and `ingest` reports why.
-                break;
-            }
-        }
-        match sniffed {
-            Some(found) => Ok(found),
-            None => self.admit(&head, true),
-        }
-    }
-
-    fn admit(&self, head: &[u8], complete: bool) -> Result<(&'static str, u64)> {
-        let mime = policy::sniff(head, complete).ok_or(PolicyError::Unrecognised)?;
-        Ok((mime, self.policy.admit(mime)?))
     }
 
     /// Installs the staged blob (unless the content is already stored) and
@@ -302,6 +251,59 @@ impl MediaService {
         tracing::info!(media.id = id, blob.hash = %row.hash.to_hex(), "deleted media");
         Ok(row)
     }
+}
+
+/// Feeds the body to the disk writer while sniffing its type and enforcing the
+/// size limit. Returns the type and the limit that applies to it.
+async fn receive<S, E>(
+    policy: &Policy,
+    mut body: S,
+    chunks: mpsc::Sender<Bytes>,
+) -> Result<(&'static str, u64)>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let mut head: Vec<u8> = Vec::with_capacity(SNIFF_LEN);
+    let mut sniffed: Option<(&'static str, u64)> = None;
+    let mut limit = policy.max_bytes();
+    let mut total: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
+        total += chunk.len() as u64;
+        let too_large = |limit, mime: Option<&str>| PolicyError::TooLarge {
+            limit,
+            mime: mime.map(str::to_owned),
+        };
+        if total > limit {
+            return Err(too_large(limit, sniffed.map(|(m, _)| m)).into());
+        }
+        if sniffed.is_none() {
+            let take = (SNIFF_LEN - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            if head.len() == SNIFF_LEN {
+                let found = admit(policy, &head, false)?;
+                limit = found.1;
+                sniffed = Some(found);
+                if total > limit {
+                    return Err(too_large(limit, Some(found.0)).into());
+                }
+            }
+        }
+        if chunks.send(chunk).await.is_err() {
+            // The writer stopped early: it failed, and `ingest` reports why.
+            break;
+        }
+    }
+    match sniffed {
+        Some(found) => Ok(found),
+        None => admit(policy, &head, true),
+    }
+}
+
+fn admit(policy: &Policy, head: &[u8], complete: bool) -> Result<(&'static str, u64)> {
+    let mime = policy::sniff(head, complete).ok_or(PolicyError::Unrecognised)?;
+    Ok((mime, policy.admit(mime)?))
 }
 
 /// Runs on a blocking thread: hashes and writes chunks as they arrive.

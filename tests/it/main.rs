@@ -5,4 +5,5 @@ mod harness;
 mod crash;
 mod errors;
 mod listing;
+mod reload;
 mod upload;

@@ -194,9 +194,18 @@ async fn large_upload_streams_without_buffering_and_hashes_right() {
 #[tokio::test]
 async fn second_daemon_on_the_same_data_folder_is_refused() {
     let app = TestApp::start().await;
-    let env = std::collections::BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), "x".to_string())]);
-    let overrides = media_store::config::Overrides { data_dir: Some(app.data.clone()), listen: None };
+    let env =
+        std::collections::BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), "x".to_string())]);
+    let overrides = media_store::config::Overrides {
+        data_dir: Some(app.data.clone()),
+        listen: None,
+    };
     let config = media_store::Config::from_parts("", &env, &overrides).unwrap();
-    let err = media_store::AppState::open(config).err().expect("second open must fail");
-    assert!(err.to_string().contains("another media-store daemon"), "{err}");
+    let err = media_store::AppState::open(config)
+        .err()
+        .expect("second open must fail");
+    assert!(
+        err.to_string().contains("another media-store daemon"),
+        "{err}"
+    );
 }

@@ -84,7 +84,7 @@ pub async fn create_media(
             .await?
     };
     let view = UploadView {
-        media: MediaView::new(&ingested.row, state.public_base_url()),
+        media: MediaView::new(&ingested.row, &state.public_base_url()),
         deduplicated: ingested.deduplicated,
     };
     Ok((StatusCode::CREATED, Json(view)))
@@ -130,7 +130,7 @@ pub async fn get_media(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<MediaView>, ApiError> {
     let row = state.media().get(id).await?;
-    Ok(Json(MediaView::new(&row, state.public_base_url())))
+    Ok(Json(MediaView::new(&row, &state.public_base_url())))
 }
 
 #[derive(Deserialize)]
@@ -187,7 +187,7 @@ pub async fn list_media(
         .flatten();
     let base = state.public_base_url();
     Ok(Json(MediaPage {
-        items: rows.iter().map(|r| MediaView::new(r, base)).collect(),
+        items: rows.iter().map(|r| MediaView::new(r, &base)).collect(),
         next_cursor,
     }))
 }
