@@ -383,8 +383,10 @@ mod tests {
     #[test]
     fn reload_keeps_restart_only_keys() {
         let running = Config::default();
-        let mut edited = Config::default();
-        edited.listen = "127.0.0.1:1".parse().unwrap();
+        let mut edited = Config {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            ..Config::default()
+        };
         edited.upload.max_bytes = 5;
         let (applied, ignored) = edited.with_restart_keys_from(&running);
         assert_eq!(applied.listen, running.listen);
