@@ -34,6 +34,8 @@ pub enum MediaError {
     Body(String),
     #[error("media {0} does not exist")]
     NotFound(i64),
+    #[error("the content does not match the `blake3` hash given with it")]
+    HashMismatch,
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -44,7 +46,7 @@ impl Classify for MediaError {
             MediaError::Policy(e) => e.kind(),
             MediaError::Store(e) => e.kind(),
             MediaError::Index(e) => e.kind(),
-            MediaError::Body(_) => ErrorKind::BadRequest,
+            MediaError::Body(_) | MediaError::HashMismatch => ErrorKind::BadRequest,
             MediaError::NotFound(_) => ErrorKind::NotFound,
             MediaError::Task(_) => ErrorKind::Internal,
         }
@@ -56,6 +58,7 @@ impl Classify for MediaError {
             MediaError::Index(e) => e.code(),
             MediaError::Body(_) => "bad_body",
             MediaError::NotFound(_) => "media_not_found",
+            MediaError::HashMismatch => "hash_mismatch",
             MediaError::Task(_) => "internal",
         }
     }
@@ -79,6 +82,9 @@ pub struct UploadMeta {
     pub original_name: Option<String>,
     /// The body's length when the request declared it (raw uploads only).
     pub declared_len: Option<u64>,
+    /// The content's BLAKE3 hash as the client states it (`?blake3=`): content
+    /// already stored is then only hashed to check the claim, never written.
+    pub claimed_hash: Option<blake3::Hash>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,27 +150,93 @@ impl MediaService {
         if let Some(len) = meta.declared_len {
             self.precheck_len(len)?;
         }
-        let store = self.store.clone();
-        let staged = crate::tasks::blocking(move || store.stage()).await??;
+        // Content the client says we already hold is only hashed, never written.
+        let sink = match meta.claimed_hash {
+            Some(claimed) if self.holds(claimed).await? => Sink::HashOnly(blake3::Hasher::new(), 0),
+            _ => {
+                let store = self.store.clone();
+                Sink::Staged(crate::tasks::blocking(move || store.stage()).await??)
+            }
+        };
         let (chunks, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_CHUNKS);
-        let writer = crate::tasks::blocking(move || write_chunks(staged, rx));
+        let writer = crate::tasks::blocking(move || write_chunks(sink, rx));
 
         let policy = self.policy.load_full();
         let received = receive(&policy, body, chunks).await;
         // The writer ends once `chunks` is dropped (inside `receive`); on error its
-        // staging file is dropped with it, which removes it.
-        // A writer failure (disk full) explains an early stop better than what the
-        // receiver saw after it.
-        let staged = writer.await??;
+        // staging file is dropped with it, which removes it. A writer failure (disk
+        // full) explains an early stop better than what the receiver saw after it.
+        let sink = writer.await??;
         let (mime, limit) = received?;
-        if staged.len() > limit {
+        if sink.len() > limit {
             return Err(PolicyError::TooLarge {
                 limit,
                 mime: Some(mime.into()),
             }
             .into());
         }
-        self.commit(staged, mime, meta).await
+        if let Some(claimed) = meta.claimed_hash
+            && claimed != sink.hash()
+        {
+            return Err(MediaError::HashMismatch);
+        }
+        match sink {
+            Sink::Staged(staged) => self.commit(staged, mime, meta).await,
+            Sink::HashOnly(hasher, size) => {
+                self.commit_known(hasher.finalize(), size, mime, meta).await
+            }
+        }
+    }
+
+    /// Whether the index has the blob and its file exists.
+    async fn holds(&self, hash: blake3::Hash) -> Result<bool> {
+        let known = self
+            .index
+            .read(move |c| q::blob_refcount(c, &hash))
+            .await?
+            .is_some();
+        let store = self.store.clone();
+        Ok(known && crate::tasks::blocking(move || store.contains(&hash)).await?)
+    }
+
+    /// Records an upload whose content was already stored when it began (only
+    /// hashed, never staged). If garbage collection removed the blob meanwhile,
+    /// the bytes are gone and the client must send them again.
+    async fn commit_known(
+        &self,
+        hash: blake3::Hash,
+        size: u64,
+        mime: &'static str,
+        meta: UploadMeta,
+    ) -> Result<Ingested> {
+        let store = self.store.clone();
+        let new = NewMedia {
+            uploader_id: meta.uploader_id,
+            file_type: mime.to_owned(),
+            hash,
+            size,
+            original_name: meta.original_name,
+        };
+        let row = self
+            .index
+            .write(move |ctx| {
+                let now = now_ms();
+                if q::blob_refcount(ctx.tx, &hash)?.is_none() || !store.contains(&hash) {
+                    return Err(IndexError::Job {
+                        kind: ErrorKind::Conflict,
+                        code: "blob_gone",
+                        message: "the stored content was removed while uploading; send it again without `blake3`".into(),
+                    });
+                }
+                q::add_blob_ref(ctx.tx, &hash, size, now)?;
+                q::insert_media(ctx.tx, &new, now)
+            })
+            .await?;
+        tracing::info!(media.id = row.id, blob.hash = %hash.to_hex(), size_bytes = size, "stored upload of known content");
+        Ok(Ingested {
+            row,
+            deduplicated: true,
+        })
     }
 
     /// Installs the staged blob (unless the content is already stored) and
@@ -306,10 +378,40 @@ fn admit(policy: &Policy, head: &[u8], complete: bool) -> Result<(&'static str, 
     Ok((mime, policy.admit(mime)?))
 }
 
-/// Runs on a blocking thread: hashes and writes chunks as they arrive.
-fn write_chunks(mut staged: StagingFile, mut rx: mpsc::Receiver<Bytes>) -> Result<StagingFile> {
-    while let Some(chunk) = rx.blocking_recv() {
-        staged.write_chunk(&chunk)?;
+/// Where an upload's bytes go.
+enum Sink {
+    /// A staging file (hashing as it writes).
+    Staged(StagingFile),
+    /// Nowhere: content already stored is only hashed, to prove the claim.
+    HashOnly(blake3::Hasher, u64),
+}
+
+impl Sink {
+    fn len(&self) -> u64 {
+        match self {
+            Sink::Staged(s) => s.len(),
+            Sink::HashOnly(_, n) => *n,
+        }
     }
-    Ok(staged)
+
+    fn hash(&self) -> blake3::Hash {
+        match self {
+            Sink::Staged(s) => s.hash(),
+            Sink::HashOnly(h, _) => h.finalize(),
+        }
+    }
+}
+
+/// Runs on a blocking thread: hashes (and writes) chunks as they arrive.
+fn write_chunks(mut sink: Sink, mut rx: mpsc::Receiver<Bytes>) -> Result<Sink> {
+    while let Some(chunk) = rx.blocking_recv() {
+        match &mut sink {
+            Sink::Staged(staged) => staged.write_chunk(&chunk)?,
+            Sink::HashOnly(hasher, len) => {
+                hasher.update(&chunk);
+                *len += chunk.len() as u64;
+            }
+        }
+    }
+    Ok(sink)
 }

@@ -209,3 +209,51 @@ async fn second_daemon_on_the_same_data_folder_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn content_declared_as_already_stored_is_hashed_but_never_written() {
+    let app = TestApp::start().await;
+    let video = fake_mp4(3 * 1024 * 1024, 77);
+    let hash = blake3::hash(&video).to_hex().to_string();
+    let (status, first) = upload_raw(&app.client, &app.base, 1, video.clone()).await;
+    assert_eq!(status, 201);
+    // With tmp/ replaced by a plain file, any attempt to stage would fail: a
+    // 201 proves the duplicate was never written anywhere.
+    let tmp = app.data.join("tmp");
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a folder").unwrap();
+    let post = |q: String, body: Vec<u8>| {
+        app.client
+            .post(app.url(&format!("/v1/media?uploader_id=2{q}")))
+            .header("authorization", bearer())
+            .body(body)
+            .send()
+    };
+    let resp = post(format!("&blake3={hash}"), video.clone()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["deduplicated"], true);
+    assert_eq!(body["blake3"], hash);
+    assert_ne!(body["id"], first["id"]);
+    // A false claim about stored content is refused and records nothing.
+    let mut other = video.clone();
+    other[5000] ^= 1;
+    let resp = post(format!("&blake3={hash}"), other).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "hash_mismatch");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(refcount(&app.data, &hash), Some(2));
+    // A claim for content not stored yet takes the normal path, and is checked too.
+    let fresh = fake_mp4(100_000, 78);
+    let fresh_hash = blake3::hash(&fresh).to_hex().to_string();
+    let resp = post(format!("&blake3={hash}"), fresh.clone()).await.unwrap();
+    assert_eq!(resp.status(), 400, "claimed hash of other content");
+    let resp = post(format!("&blake3={fresh_hash}"), fresh).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = post("&blake3=xyz".into(), video).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(tmp_files(&app.data), 0);
+    assert_consistent(&app.data);
+}

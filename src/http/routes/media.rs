@@ -22,6 +22,7 @@ const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 pub struct UploadParams {
     uploader_id: Option<i64>,
     filename: Option<String>,
+    blake3: Option<String>,
 }
 
 /// `POST /v1/media?uploader_id=N`: a multipart form (field `file`) or the raw bytes.
@@ -37,6 +38,14 @@ pub async fn create_media(
             "query parameter `uploader_id` is required",
         )
     })?;
+    let claimed_hash = params
+        .blake3
+        .as_deref()
+        .map(|h| {
+            blake3::Hash::from_hex(h)
+                .map_err(|_| ApiError::bad_request("bad_hash", "`blake3` must be 64 hex digits"))
+        })
+        .transpose()?;
     let media = state.media();
     let declared_len = content_length(request.headers())?;
     let ingested = if is_multipart(request.headers()) {
@@ -65,6 +74,7 @@ pub async fn create_media(
                 uploader_id,
                 original_name,
                 declared_len: None,
+                claimed_hash,
             };
             // Inside a form, a broken body is a broken multipart framing.
             break media.ingest(meta, field).await.map_err(|e| match e {
@@ -78,6 +88,7 @@ pub async fn create_media(
             uploader_id,
             original_name,
             declared_len,
+            claimed_hash,
         };
         media
             .ingest(meta, request.into_body().into_data_stream())
