@@ -46,6 +46,11 @@ impl Classify for IndexError {
         match self {
             IndexError::Busy | IndexError::WriterGone => ErrorKind::Unavailable,
             IndexError::Sqlite(e) if is_busy(e) => ErrorKind::Unavailable,
+            IndexError::Sqlite(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                ErrorKind::InsufficientStorage
+            }
             IndexError::Job { kind, .. } => *kind,
             _ => ErrorKind::Internal,
         }
@@ -54,6 +59,7 @@ impl Classify for IndexError {
         match self {
             IndexError::Job { code, .. } => code,
             e if e.kind() == ErrorKind::Unavailable => "index_unavailable",
+            e if e.kind() == ErrorKind::InsufficientStorage => "disk_full",
             _ => "internal",
         }
     }

@@ -3,6 +3,7 @@
 mod harness;
 
 mod crash;
+mod diskfull;
 mod errors;
 mod listing;
 mod reload;

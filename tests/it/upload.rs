@@ -229,7 +229,9 @@ async fn content_declared_as_already_stored_is_hashed_but_never_written() {
             .body(body)
             .send()
     };
-    let resp = post(format!("&blake3={hash}"), video.clone()).await.unwrap();
+    let resp = post(format!("&blake3={hash}"), video.clone())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["deduplicated"], true);
@@ -248,7 +250,9 @@ async fn content_declared_as_already_stored_is_hashed_but_never_written() {
     // A claim for content not stored yet takes the normal path, and is checked too.
     let fresh = fake_mp4(100_000, 78);
     let fresh_hash = blake3::hash(&fresh).to_hex().to_string();
-    let resp = post(format!("&blake3={hash}"), fresh.clone()).await.unwrap();
+    let resp = post(format!("&blake3={hash}"), fresh.clone())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400, "claimed hash of other content");
     let resp = post(format!("&blake3={fresh_hash}"), fresh).await.unwrap();
     assert_eq!(resp.status(), 201);
