@@ -260,6 +260,22 @@ fn in_savepoint<T>(
     }
 }
 
+/// Runs one job; a panicking job is rolled back to its savepoint and answered
+/// with an error, so one bug cannot take the writer thread (and every later
+/// write) down with it.
+fn run_job(job: Job, ctx: &mut WriteCtx<'_>) -> Completion {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(ctx))) {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::error!("an index write job panicked; its changes were rolled back");
+            let _ = ctx.tx.execute_batch("ROLLBACK TO job; RELEASE job");
+            // The job's reply channel was dropped during unwinding: its caller sees
+            // `WriterGone` (503) and the batch commits without it.
+            Box::new(|_| {})
+        }
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -303,7 +319,7 @@ fn run_batch(conn: &mut Connection, jobs: impl Iterator<Item = Job>, barrier: Du
             tx: &tx,
             durable_dirs: &mut durable_dirs,
         };
-        jobs.map(|job| job(&mut ctx)).collect()
+        jobs.map(|job| run_job(job, &mut ctx)).collect()
     };
     let outcome = barrier(&durable_dirs)
         .map_err(|e| IndexError::CommitFailed(format!("durability barrier: {e}")))
@@ -322,6 +338,37 @@ mod tests {
 
     fn no_barrier(_: &[PathBuf]) -> std::io::Result<()> {
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_does_not_stop_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.db"), 64, 2, no_barrier).unwrap();
+        let failed = index
+            .write(|ctx| -> Result<()> {
+                ctx.tx
+                    .execute("INSERT INTO meta (key, value) VALUES ('a', 'v')", [])?;
+                panic!("bug in a job");
+            })
+            .await;
+        assert!(matches!(failed, Err(IndexError::WriterGone)));
+        index
+            .write(|ctx| {
+                Ok(ctx
+                    .tx
+                    .execute("INSERT INTO meta (key, value) VALUES ('b', 'v')", [])?)
+            })
+            .await
+            .unwrap();
+        let keys: Vec<String> = index
+            .read(|c| {
+                let mut s = c.prepare("SELECT key FROM meta ORDER BY key")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, vec!["b".to_string()]);
     }
 
     #[tokio::test]
