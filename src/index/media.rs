@@ -170,25 +170,49 @@ pub fn list_media(conn: &Connection, q: &ListQuery) -> Result<Vec<MediaRow>> {
         }
         None => {}
     }
+    // SQLite uses one lower and one upper bound on `id` per index search, so
+    // every bound is folded into a single max(...)/min(...) expression: with
+    // separate `id < cursor` and `id <= until_bound` terms it may pick the
+    // looser one and scan millions of rows that the other rejects.
+    let mut lower: Vec<&str> = Vec::new();
+    let mut upper: Vec<&str> = Vec::new();
+    let mut lower_args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut upper_args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(before) = q.before_id {
-        sql.push_str(" AND id < ?");
-        args.push(before.into());
+        upper.push("?");
+        upper_args.push(before.saturating_sub(1).into());
     }
     if let Some(since) = q.since_ms {
-        sql.push_str(
-            " AND uploaded_at >= ? AND id >= coalesce((SELECT id FROM media WHERE uploaded_at >= ? \
+        // `+` keeps the planner off `media_by_time` for the outer query: the id
+        // bounds below select the same rows, already in id order.
+        sql.push_str(" AND +uploaded_at >= ?");
+        args.push(since.into());
+        lower.push(
+            "coalesce((SELECT id FROM media WHERE uploaded_at >= ? \
              ORDER BY uploaded_at, id LIMIT 1), 9223372036854775807)",
         );
-        args.push(since.into());
-        args.push(since.into());
+        lower_args.push(since.into());
     }
     if let Some(until) = q.until_ms {
-        sql.push_str(
-            " AND uploaded_at < ? AND id <= coalesce((SELECT id FROM media WHERE uploaded_at < ? \
+        sql.push_str(" AND +uploaded_at < ?");
+        args.push(until.into());
+        upper.push(
+            "coalesce((SELECT id FROM media WHERE uploaded_at < ? \
              ORDER BY uploaded_at DESC, id DESC LIMIT 1), -1)",
         );
-        args.push(until.into());
-        args.push(until.into());
+        upper_args.push(until.into());
+    }
+    let fold = |f: &str, terms: &[&str]| match terms {
+        [one] => one.to_string(),
+        many => format!("{f}({})", many.join(", ")),
+    };
+    if !lower.is_empty() {
+        sql.push_str(&format!(" AND id >= {}", fold("max", &lower)));
+        args.extend(lower_args);
+    }
+    if !upper.is_empty() {
+        sql.push_str(&format!(" AND id <= {}", fold("min", &upper)));
+        args.extend(upper_args);
     }
     sql.push_str(" ORDER BY id DESC LIMIT ?");
     args.push(i64::from(q.limit).into());
