@@ -97,7 +97,7 @@ pub struct Ingested {
 /// How many body chunks may wait for the disk writer. Bounds memory per upload
 /// (hyper's chunks are at most a few hundred KiB) while the network and the disk
 /// overlap.
-const WRITE_QUEUE_CHUNKS: usize = 16;
+const WRITE_QUEUE_CHUNKS: usize = 32;
 
 #[derive(Clone)]
 pub struct MediaService {
@@ -402,16 +402,28 @@ impl Sink {
     }
 }
 
-/// Runs on a blocking thread: hashes (and writes) chunks as they arrive.
+/// Runs on a blocking thread: hashes (and writes) chunks as they arrive, all
+/// the chunks already queued in one go.
 fn write_chunks(mut sink: Sink, mut rx: mpsc::Receiver<Bytes>) -> Result<Sink> {
-    while let Some(chunk) = rx.blocking_recv() {
+    let mut queued: Vec<Bytes> = Vec::with_capacity(WRITE_QUEUE_CHUNKS);
+    while let Some(first) = rx.blocking_recv() {
+        queued.push(first);
+        while let Ok(more) = rx.try_recv() {
+            queued.push(more);
+        }
         match &mut sink {
-            Sink::Staged(staged) => staged.write_chunk(&chunk)?,
+            Sink::Staged(staged) => {
+                let slices: Vec<&[u8]> = queued.iter().map(|b| &b[..]).collect();
+                staged.write_chunks(&slices)?;
+            }
             Sink::HashOnly(hasher, len) => {
-                hasher.update(&chunk);
-                *len += chunk.len() as u64;
+                for chunk in &queued {
+                    hasher.update(chunk);
+                    *len += chunk.len() as u64;
+                }
             }
         }
+        queued.clear();
     }
     Ok(sink)
 }
