@@ -225,7 +225,8 @@ impl Config {
     }
 
     /// Keys read only at start: a reload keeps the running values of these.
-    pub const RESTART_KEYS: &'static [&'static str] = &["data_dir", "listen", "log", "index", "mysql"];
+    pub const RESTART_KEYS: &'static [&'static str] =
+        &["data_dir", "listen", "log", "index", "mysql"];
 
     /// For a reload: `self` with the restart-only keys taken from `running`.
     /// Returns the restart-only keys whose new value was not applied.

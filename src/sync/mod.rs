@@ -210,7 +210,11 @@ impl MysqlSync {
         let Some(shared) = &self.shared else {
             return json!({ "enabled": false, "connected": false, "backlog": 0, "last_error": null, "last_sync_at": null });
         };
-        let s = shared.status.lock().expect("sync status lock poisoned").clone();
+        let s = shared
+            .status
+            .lock()
+            .expect("sync status lock poisoned")
+            .clone();
         json!({
             "enabled": true,
             "connected": s.connected,

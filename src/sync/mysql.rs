@@ -75,9 +75,8 @@ pub fn migrate(conn: &mut Conn) -> Result<Vec<u32>> {
             applied_at TIMESTAMP    NOT NULL DEFAULT CURRENT_TIMESTAMP
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
     )?;
-    let got: Option<Option<i64>> = conn.query_first(
-        "SELECT GET_LOCK(CONCAT('ms_migrate:', MD5(DATABASE())), 60)",
-    )?;
+    let got: Option<Option<i64>> =
+        conn.query_first("SELECT GET_LOCK(CONCAT('ms_migrate:', MD5(DATABASE())), 60)")?;
     if got != Some(Some(1)) {
         return Err(SyncError::Locked);
     }
@@ -260,7 +259,8 @@ impl MysqlReferences {
     fn query_chunk(&self, conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>> {
         let marks = vec!["?"; ids.len()].join(",");
         let sql = self.query.replace(IDS_PLACEHOLDER, &marks);
-        Ok(conn.exec_map(sql, ids.to_vec(), |id: Option<i64>| id)?
+        Ok(conn
+            .exec_map(sql, ids.to_vec(), |id: Option<i64>| id)?
             .into_iter()
             .flatten()
             .collect())

@@ -56,7 +56,8 @@ pub fn compare(
         }
         // A full page may have more rows after its last id: only the ids below
         // the smaller such bound are complete on both sides in this round.
-        let bound = |len: usize, last: Option<i64>| (len == chunk).then(|| last.map(|l| l + 1)).flatten();
+        let bound =
+            |len: usize, last: Option<i64>| (len == chunk).then(|| last.map(|l| l + 1)).flatten();
         let end = [
             bound(ours.len(), ours.last().map(|r| r.id)),
             bound(theirs.len(), theirs.last().map(|r| r.id)),

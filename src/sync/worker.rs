@@ -159,18 +159,27 @@ impl Worker {
         };
         let base = self.shared.base_url.load_full();
         let target = format!("{place}|{base}");
-        let requested = self.shared.reconcile_requested.swap(false, Ordering::SeqCst);
+        let requested = self
+            .shared
+            .reconcile_requested
+            .swap(false, Ordering::SeqCst);
         if requested || reconciled.as_deref() != Some(target.as_str()) {
             let t = target.clone();
-            let owed = requested || self.index.read_blocking(move |c| outbox::reconcile_owed(c, &t))?;
+            let owed = requested
+                || self
+                    .index
+                    .read_blocking(move |c| outbox::reconcile_owed(c, &t))?;
             if owed {
                 tracing::info!(mysql = %place, "full reconcile of media_files started");
-                let report = reconcile::compare(&self.index, conn, self.cfg.reconcile_chunk, &base, true)
-                    .inspect_err(|_| {
-                        if requested {
-                            self.shared.reconcile_requested.store(true, Ordering::SeqCst);
-                        }
-                    })?;
+                let report =
+                    reconcile::compare(&self.index, conn, self.cfg.reconcile_chunk, &base, true)
+                        .inspect_err(|_| {
+                            if requested {
+                                self.shared
+                                    .reconcile_requested
+                                    .store(true, Ordering::SeqCst);
+                            }
+                        })?;
                 tracing::info!(
                     index_rows = report.index_rows,
                     mysql_rows = report.mysql_rows,

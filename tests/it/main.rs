@@ -5,5 +5,6 @@ mod harness;
 mod crash;
 mod errors;
 mod listing;
+mod mysql;
 mod reload;
 mod upload;
