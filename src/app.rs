@@ -24,6 +24,8 @@ struct Inner {
     /// The running config; replaced whole by [`AppState::reload`].
     config: ArcSwap<Config>,
     media: MediaService,
+    /// The MySQL mirror's worker handle; dropping it stops the worker.
+    mysql: crate::sync::MysqlSync,
     /// The token from the data folder, used while the config sets none.
     file_token: Option<String>,
     /// Held for the daemon's lifetime: a second daemon on the same data folder
@@ -55,10 +57,13 @@ impl AppState {
             store::make_dirs_durable,
         )?;
         let (file_token, generated_token) = load_or_create_token(&config)?;
+        crate::telemetry::prometheus();
+        let mysql = crate::sync::MysqlSync::start(&config, &index)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
             media,
+            mysql,
             file_token,
             _lock: Some(lock),
         }));
@@ -78,6 +83,10 @@ impl AppState {
 
     pub fn media(&self) -> &MediaService {
         &self.0.media
+    }
+
+    pub fn mysql(&self) -> &crate::sync::MysqlSync {
+        &self.0.mysql
     }
 
     /// The service token: the configured one, else the data folder's.
@@ -105,6 +114,7 @@ impl AppState {
             return vec!["api_token"];
         }
         self.0.media.set_policy(Policy::new(applied.upload.clone()));
+        self.0.mysql.set_public_base_url(&applied.public_base_url);
         self.0.config.store(Arc::new(applied));
         ignored
     }

@@ -40,6 +40,22 @@ pub enum Command {
     },
     /// Print every configuration key with its environment variable.
     ConfigKeys,
+    /// Apply the bundled MySQL migrations (media_files); idempotent.
+    Migrate {
+        /// MySQL URL (mysql://user:pass@host:port/db or ...?socket=/path); default: mysql.url.
+        #[arg(long, value_name = "URL")]
+        mysql: Option<String>,
+    },
+    /// MySQL mirror maintenance. --reconcile compares media_files with the index and
+    /// repairs missing, extra and differing rows (exit 1 if --dry-run found any).
+    MysqlSync {
+        /// Compare the whole table with the index (required: the only action so far).
+        #[arg(long, required = true)]
+        reconcile: bool,
+        /// Report the differences, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl Cli {
@@ -71,6 +87,47 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{path}\t{env}");
             }
             Ok(0)
+        }
+        Command::Migrate { mysql } => {
+            let mut config = cli.load_config(None)?;
+            init_tracing(&config.log);
+            if let Some(url) = mysql {
+                config.mysql.url = url.clone();
+                config.mysql.validate().map_err(anyhow::Error::msg)?;
+            }
+            crate::sync::mysql::migrate_cli(&config.mysql)?;
+            Ok(0)
+        }
+        Command::MysqlSync { dry_run, .. } => {
+            let config = cli.load_config(None)?;
+            init_tracing(&config.log);
+            let (report, applied) = crate::sync::reconcile::run_cli(&config, *dry_run)?;
+            println!(
+                "reconcile: index_rows={} mysql_rows={} missing={} extra={} differing={}",
+                report.index_rows,
+                report.mysql_rows,
+                report.missing,
+                report.extra,
+                report.differing
+            );
+            use crate::sync::reconcile::Applied;
+            match applied {
+                Applied::DryRun => {
+                    println!("dry run: nothing changed");
+                    Ok(if report.differences() > 0 { 1 } else { 0 })
+                }
+                Applied::Repaired { rows } => {
+                    println!("repaired: {rows} rows written to MySQL");
+                    Ok(0)
+                }
+                Applied::QueuedForDaemon => {
+                    println!(
+                        "queued: {} repairs; the running daemon holds the mirror and will apply them",
+                        report.differences()
+                    );
+                    Ok(0)
+                }
+            }
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub log: String,
     pub upload: UploadConfig,
     pub index: IndexConfig,
+    /// The MySQL mirror of the index (`media_files`) and the GC safety belt.
+    pub mysql: crate::sync::MysqlConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +80,7 @@ impl Default for Config {
             log: "info".into(),
             upload: UploadConfig::default(),
             index: IndexConfig::default(),
+            mysql: crate::sync::MysqlConfig::default(),
         }
     }
 }
@@ -205,6 +208,7 @@ impl Config {
                 "index.group_commit_max and index.reader_connections must be positive".into(),
             ));
         }
+        self.mysql.validate().map_err(ConfigError::Invalid)?;
         for t in self
             .upload
             .allowed_types
@@ -221,7 +225,8 @@ impl Config {
     }
 
     /// Keys read only at start: a reload keeps the running values of these.
-    pub const RESTART_KEYS: &'static [&'static str] = &["data_dir", "listen", "log", "index"];
+    pub const RESTART_KEYS: &'static [&'static str] =
+        &["data_dir", "listen", "log", "index", "mysql"];
 
     /// For a reload: `self` with the restart-only keys taken from `running`.
     /// Returns the restart-only keys whose new value was not applied.
@@ -242,6 +247,10 @@ impl Config {
         if self.index != running.index {
             ignored.push("index");
             self.index = running.index.clone();
+        }
+        if self.mysql != running.mysql {
+            ignored.push("mysql");
+            self.mysql = running.mysql.clone();
         }
         (self, ignored)
     }

@@ -11,6 +11,7 @@
 //! config   defaults <- TOML file <- MEDIA_STORE_* env <- CLI flags
 //! server   run(listener, state, shutdown): serves until shutdown, then drains
 //! cli      clap subcommands
+//! sync     MySQL mirror of the index: outbox (SQLite triggers) -> worker thread -> media_files
 //! ```
 //!
 //! The on-disk layout, the write protocol and every invariant the code relies on
@@ -28,7 +29,9 @@ pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod tasks;
+pub mod telemetry;
 pub mod timefmt;
 
 pub use app::AppState;

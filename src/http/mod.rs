@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
             get(routes::media::get_media).delete(routes::media::delete_media),
         )
         .route("/healthz", get(routes::health::healthz))
+        .route("/metrics", get(routes::metrics::metrics))
         .fallback(|| async {
             ApiError::new(
                 crate::error::ErrorKind::NotFound,

@@ -6,5 +6,6 @@ mod crash;
 mod diskfull;
 mod errors;
 mod listing;
+mod mysql;
 mod reload;
 mod upload;

@@ -26,11 +26,19 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     })
     .await
     .unwrap_or(false);
+    let backlog = state
+        .media()
+        .index()
+        .read(crate::sync::outbox::backlog)
+        .await
+        .ok();
     let healthy = index_ok && data_ok;
     let word = |ok: bool| if ok { "ok" } else { "failing" };
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
         "checks": { "index": word(index_ok), "data_dir": word(data_ok) },
+        // Detail only: MySQL being down does not make media-store unhealthy.
+        "mysql": state.mysql().health(backlog),
     });
     let status = if healthy {
         StatusCode::OK

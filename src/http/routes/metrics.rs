@@ -1,0 +1,19 @@
+//! `GET /metrics`: Prometheus text exposition of the process's metrics.
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+pub async fn metrics() -> impl IntoResponse {
+    match crate::telemetry::prometheus() {
+        Some(handle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            "# metrics recorder unavailable\n".to_owned(),
+        ),
+    }
+}

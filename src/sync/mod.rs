@@ -1,0 +1,250 @@
+//! The MySQL mirror: keeps the chat backend's `media_files` table equal to the
+//! index, and answers the GC safety belt ("is this media id still referenced
+//! by a chat message?").
+//!
+//! The index stays the source of truth; uploads never wait for MySQL.
+//! - `outbox`: the SQLite side. Triggers on `media` append the changed id to
+//!   `mysql_outbox` in the same transaction as the change (migration 0003), so
+//!   no code path can change media without the mirror hearing of it.
+//! - `worker`: one std thread (the `mysql` crate is blocking) that drains the
+//!   outbox in order, in batches: it re-reads each id's current row and upserts
+//!   it into MySQL, or deletes it there; entries are deleted only after MySQL
+//!   has committed, so replays are harmless and nothing is lost. MySQL down,
+//!   slow or restarted: reconnect with capped exponential backoff.
+//! - `reconcile`: compares the whole table with the index in id chunks and
+//!   queues every difference into the outbox (so repairs take the same path).
+//! - `mysql`: connection options, the MySQL migrations, statements, and
+//!   [`MysqlReferences`] (the `ExternalReferences` implementation).
+//!
+//! Writes to SQLite only to ack or queue outbox entries. Invariants upheld:
+//! storage-layout.md, "MySQL mirror" (M1–M4).
+
+pub mod config;
+pub mod mysql;
+pub mod outbox;
+pub mod reconcile;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+
+pub use self::config::MysqlConfig;
+pub use self::mysql::MysqlReferences;
+pub use self::worker::{Drained, drain_batch};
+use crate::error::{Classify, ErrorKind};
+use crate::index::{Index, IndexError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("MySQL request failed")]
+    Mysql(#[from] ::mysql::Error),
+    #[error("index request failed")]
+    Index(#[from] IndexError),
+    #[error("mysql.url is not a valid MySQL URL")]
+    Url(#[source] ::mysql::UrlError),
+    #[error("another media-store process is syncing to this MySQL database (mirror lock held)")]
+    Locked,
+    #[error(
+        "MySQL schema is at version {found}, this media-store needs {needed}: run `media-store migrate --mysql URL`"
+    )]
+    Schema { found: u32, needed: u32 },
+    #[error("media id {0} does not fit media_files.id (INT)")]
+    IdOutOfRange(i64),
+}
+
+impl Classify for SyncError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SyncError::Index(e) => e.kind(),
+            SyncError::Mysql(_) | SyncError::Locked => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            SyncError::Index(e) => e.code(),
+            SyncError::Mysql(_) | SyncError::Locked => "mysql_unavailable",
+            _ => "internal",
+        }
+    }
+}
+
+impl SyncError {
+    /// The error with its causes, for logs and `/healthz` (no URL, so no password).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+}
+
+pub type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+/// What `/healthz` and the metrics show about the mirror.
+#[derive(Debug, Default, Clone)]
+struct Status {
+    connected: bool,
+    last_error: Option<String>,
+    /// Unix ms of the last batch MySQL committed.
+    last_sync_ms: Option<i64>,
+}
+
+/// State shared by the daemon and its worker thread.
+struct Shared {
+    /// std Mutex: held only to copy or update a few fields, never across I/O.
+    status: Mutex<Status>,
+    /// Set when the daemon drops its handle; the worker exits at its next check.
+    stop: Mutex<bool>,
+    /// Wakes the worker from a poll or backoff wait (stop).
+    wake: Condvar,
+    /// `public_base_url`, live: `file_url` is derived from it.
+    base_url: ArcSwap<String>,
+    /// The base URL changed at runtime: every file_url must be rewritten.
+    reconcile_requested: AtomicBool,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        *self.stop.lock().expect("sync stop lock poisoned")
+    }
+
+    /// Sleeps up to `d`; returns early (true) when stopping.
+    fn wait(&self, d: Duration) -> bool {
+        let guard = self.stop.lock().expect("sync stop lock poisoned");
+        let (guard, _) = self
+            .wake
+            .wait_timeout_while(guard, d, |stop| !*stop)
+            .expect("sync stop lock poisoned");
+        *guard
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().expect("sync status lock poisoned"));
+    }
+}
+
+/// The daemon's handle on the mirror. Dropping it stops the worker thread
+/// (which may finish its current MySQL round trip first; an unacked batch is
+/// simply sent again next time).
+pub struct MysqlSync {
+    shared: Option<Arc<Shared>>,
+}
+
+impl MysqlSync {
+    /// Enables or disables the outbox triggers to match the config and, with a
+    /// MySQL URL, starts the worker thread. Called once at daemon start, before
+    /// serving (it opens its own short-lived connection to the index file).
+    pub fn start(
+        config: &crate::Config,
+        index: &Index,
+    ) -> std::result::Result<MysqlSync, anyhow::Error> {
+        let cfg = &config.mysql;
+        let conn = crate::index::open_connection(index.path())?;
+        if !cfg.enabled() {
+            let dropped = outbox::disable(&conn)?;
+            if dropped > 0 {
+                tracing::warn!(
+                    entries = dropped,
+                    "mysql.url is empty: dropped the unsent MySQL outbox; enabling MySQL later runs a full reconcile"
+                );
+            }
+            return Ok(MysqlSync { shared: None });
+        }
+        let opts = mysql::opts(cfg)?;
+        if outbox::enable(&conn)? {
+            tracing::info!("MySQL mirror enabled: a full reconcile will run once connected");
+        }
+        drop(conn);
+        let shared = Arc::new(Shared {
+            status: Mutex::new(Status::default()),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            base_url: ArcSwap::from_pointee(config.public_base_url.clone()),
+            reconcile_requested: AtomicBool::new(false),
+        });
+        let worker = worker::Worker {
+            index: index.clone(),
+            opts,
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+        };
+        std::thread::Builder::new()
+            .name("mysql-sync".into())
+            .spawn(move || worker.run())?;
+        Ok(MysqlSync {
+            shared: Some(shared),
+        })
+    }
+
+    /// A handle with no worker (mirror disabled); for tools that build state by hand.
+    pub fn disabled() -> MysqlSync {
+        MysqlSync { shared: None }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Applies a reloaded `public_base_url`: every mirrored `file_url` is
+    /// rewritten by a reconcile when it changed.
+    pub fn set_public_base_url(&self, base: &str) {
+        if let Some(shared) = &self.shared
+            && shared.base_url.load().as_str() != base
+        {
+            shared.base_url.store(Arc::new(base.to_owned()));
+            shared.reconcile_requested.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The `mysql` object of `/healthz`. `backlog` is the outbox length (None
+    /// when the index could not be read).
+    pub fn health(&self, backlog: Option<i64>) -> Value {
+        let Some(shared) = &self.shared else {
+            return json!({ "enabled": false, "connected": false, "backlog": 0, "last_error": null, "last_sync_at": null });
+        };
+        let s = shared
+            .status
+            .lock()
+            .expect("sync status lock poisoned")
+            .clone();
+        json!({
+            "enabled": true,
+            "connected": s.connected,
+            "backlog": backlog,
+            "last_error": s.last_error,
+            "last_sync_at": s.last_sync_ms.map(crate::timefmt::rfc3339_ms),
+        })
+    }
+}
+
+impl Drop for MysqlSync {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            *shared.stop.lock().expect("sync stop lock poisoned") = true;
+            shared.wake.notify_all();
+        }
+    }
+}
+
+/// Metric names (Prometheus text on `GET /metrics`).
+pub mod metric {
+    /// Outbox entries not yet committed to MySQL (gauge).
+    pub const BACKLOG: &str = "media_store_mysql_outbox_backlog";
+    /// 1 while the worker holds a working MySQL connection (gauge).
+    pub const CONNECTED: &str = "media_store_mysql_connected";
+    /// Media rows upserted or deleted in MySQL (counter).
+    pub const ROWS_SYNCED: &str = "media_store_mysql_rows_synced_total";
+    /// Failed sync attempts (counter).
+    pub const ERRORS: &str = "media_store_mysql_sync_errors_total";
+    /// Seconds from a media change's commit to its MySQL commit (histogram).
+    pub const LAG: &str = "media_store_mysql_sync_lag_seconds";
+}

@@ -1,0 +1,331 @@
+//! The MySQL side: connection options, the schema migrations, the mirror's
+//! statements, and the GC safety belt ([`MysqlReferences`]).
+//!
+//! Every write is idempotent (`INSERT … ON DUPLICATE KEY UPDATE`, `DELETE …
+//! WHERE id IN (…)`) with the index's own ids, so sending a batch twice (after a
+//! crash between the MySQL commit and the outbox ack) changes nothing.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
+
+use super::config::{IDS_PLACEHOLDER, MysqlConfig};
+use super::{Result, SyncError};
+use crate::index::media::MediaRow;
+
+/// `migrations/mysql/`, in order. A hand-written runner rather than refinery:
+/// MySQL DDL is not transactional, so all a runner can do is apply each file
+/// once under a lock and record it; that is a few lines, and it keeps us on the
+/// one `mysql` driver version the worker uses.
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "media_files",
+        include_str!("../../migrations/mysql/0001_media_files.sql"),
+    ),
+    (
+        2,
+        "media_store_columns",
+        include_str!("../../migrations/mysql/0002_media_store_columns.sql"),
+    ),
+];
+
+/// The schema version this build writes.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Connection options from the config, with our timeouts and a UTC session
+/// (`uploaded_at` is a TIMESTAMP: converting through a zone with DST could
+/// shift or merge instants).
+pub fn opts(cfg: &MysqlConfig) -> Result<Opts> {
+    let base = Opts::from_url(&cfg.url).map_err(SyncError::Url)?;
+    let io = Some(Duration::from_millis(cfg.io_timeout_ms));
+    Ok(OptsBuilder::from_opts(base)
+        .tcp_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+        .read_timeout(io)
+        .write_timeout(io)
+        .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"])
+        .into())
+}
+
+/// Which database the mirror writes, without credentials (for logs and to
+/// notice a changed target).
+pub fn describe(opts: &Opts) -> String {
+    let place = match opts.get_socket() {
+        Some(socket) => format!("unix:{socket}"),
+        None => format!("{}:{}", opts.get_ip_or_hostname(), opts.get_tcp_port()),
+    };
+    format!("{place}/{}", opts.get_db_name().unwrap_or(""))
+}
+
+pub fn connect(opts: &Opts) -> Result<Conn> {
+    Ok(Conn::new(opts.clone())?)
+}
+
+/// Applies the migrations not yet recorded in `media_store_schema`; returns the
+/// versions applied now. Safe to run concurrently and repeatedly.
+pub fn migrate(conn: &mut Conn) -> Result<Vec<u32>> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS media_store_schema (
+            version    INT          NOT NULL PRIMARY KEY,
+            name       VARCHAR(100) NOT NULL,
+            applied_at TIMESTAMP    NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+    )?;
+    let got: Option<Option<i64>> =
+        conn.query_first("SELECT GET_LOCK(CONCAT('ms_migrate:', MD5(DATABASE())), 60)")?;
+    if got != Some(Some(1)) {
+        return Err(SyncError::Locked);
+    }
+    let result = (|| {
+        let done: Vec<u32> = conn.query("SELECT version FROM media_store_schema")?;
+        let mut applied = Vec::new();
+        for (version, name, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            conn.query_drop(*sql)?;
+            conn.exec_drop(
+                "INSERT INTO media_store_schema (version, name) VALUES (?, ?)",
+                (version, name),
+            )?;
+            tracing::info!(version, name, "applied MySQL migration");
+            applied.push(*version);
+        }
+        Ok(applied)
+    })();
+    let _ = conn.query_drop("DO RELEASE_LOCK(CONCAT('ms_migrate:', MD5(DATABASE())))");
+    result
+}
+
+/// Fails unless every migration has been applied.
+pub fn check_schema(conn: &mut Conn) -> Result<()> {
+    let found: Option<Option<u32>> = conn
+        .query_first("SELECT MAX(version) FROM media_store_schema")
+        .or_else(|e| match &e {
+            // 1146: table does not exist (never migrated).
+            mysql::Error::MySqlError(m) if m.code == 1146 => Ok(None),
+            _ => Err(e),
+        })?;
+    let found = found.flatten().unwrap_or(0);
+    if found < latest_version() {
+        return Err(SyncError::Schema {
+            found,
+            needed: latest_version(),
+        });
+    }
+    Ok(())
+}
+
+/// Takes the database's mirror lock (held until the connection closes): two
+/// writers draining outboxes into one table could apply an older read of a row
+/// after a newer one. Returns false when another connection holds it.
+pub fn try_lock_mirror(conn: &mut Conn) -> Result<bool> {
+    let got: Option<Option<i64>> =
+        conn.query_first("SELECT GET_LOCK(CONCAT('ms_mirror:', MD5(DATABASE())), 0)")?;
+    Ok(got == Some(Some(1)))
+}
+
+/// A `media_files` row, as the mirror writes it and reconcile compares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorRow {
+    pub id: i64,
+    pub uploader_id: i64,
+    pub file_url: String,
+    pub file_type: String,
+    /// Unix seconds (the column is a second-precision TIMESTAMP).
+    pub uploaded_at_s: i64,
+    pub size: u64,
+    pub blake3: String,
+}
+
+impl MirrorRow {
+    pub fn from_media(row: &MediaRow, public_base_url: &str) -> MirrorRow {
+        MirrorRow {
+            id: row.id,
+            uploader_id: row.uploader_id,
+            // The API's own function, so the mirror and the API never disagree.
+            file_url: crate::http::views::file_url(public_base_url, row.id),
+            file_type: row.file_type.clone(),
+            uploaded_at_s: row.uploaded_at_ms.div_euclid(1000),
+            size: row.size,
+            blake3: row.hash.to_hex().to_string(),
+        }
+    }
+}
+
+fn check_id(id: i64) -> Result<()> {
+    if i32::try_from(id).is_err() {
+        return Err(SyncError::IdOutOfRange(id));
+    }
+    Ok(())
+}
+
+/// In one MySQL transaction: upserts `rows` and deletes `deleted` ids.
+pub fn apply(conn: &mut Conn, rows: &[MirrorRow], deleted: &[i64]) -> Result<()> {
+    let mut tx = conn.start_transaction(TxOpts::default())?;
+    if !rows.is_empty() {
+        let mut sql = String::with_capacity(120 + rows.len() * 40);
+        sql.push_str(
+            "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at, size, blake3) VALUES ",
+        );
+        let mut params: Vec<Value> = Vec::with_capacity(rows.len() * 7);
+        for (i, r) in rows.iter().enumerate() {
+            check_id(r.id)?;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str("(?,?,?,?,FROM_UNIXTIME(?),?,?)");
+            params.extend([
+                r.id.into(),
+                r.uploader_id.into(),
+                r.file_url.clone().into(),
+                r.file_type.clone().into(),
+                r.uploaded_at_s.into(),
+                r.size.into(),
+                r.blake3.clone().into(),
+            ]);
+        }
+        // VALUES(col) rather than MySQL 8's row alias: MariaDB knows only this form.
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE uploader_id = VALUES(uploader_id), file_url = VALUES(file_url), \
+             file_type = VALUES(file_type), uploaded_at = VALUES(uploaded_at), size = VALUES(size), \
+             blake3 = VALUES(blake3)",
+        );
+        tx.exec_drop(sql, params)?;
+    }
+    if !deleted.is_empty() {
+        let marks = vec!["?"; deleted.len()].join(",");
+        tx.exec_drop(
+            format!("DELETE FROM media_files WHERE id IN ({marks})"),
+            deleted.to_vec(),
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Up to `limit` rows with `id >= from`, by id.
+pub fn rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<MirrorRow>> {
+    type Raw = (i64, i64, String, String, i64, u64, String);
+    let rows = conn.exec_map(
+        "SELECT id, uploader_id, file_url, file_type, CAST(UNIX_TIMESTAMP(uploaded_at) AS SIGNED), size, blake3
+         FROM media_files WHERE id >= ? ORDER BY id LIMIT ?",
+        (from, limit as u64),
+        |(id, uploader_id, file_url, file_type, uploaded_at_s, size, blake3): Raw| MirrorRow {
+            id,
+            uploader_id,
+            file_url,
+            file_type,
+            uploaded_at_s,
+            size,
+            blake3,
+        },
+    )?;
+    Ok(rows)
+}
+
+/// The GC safety belt: asks the chat backend's database which media ids its
+/// messages still reference (`mysql.references_query`). Retention and garbage
+/// collection keep those. Any failure is an error, which callers read as
+/// "unknown: delete none".
+pub struct MysqlReferences {
+    opts: Opts,
+    query: String,
+    /// One connection reused across calls; std Mutex because calls are blocking
+    /// and short. Dropped after any error so the next call reconnects.
+    conn: Mutex<Option<Conn>>,
+}
+
+/// Ids per query: keeps statements small whatever the caller passes.
+const REFERENCE_CHUNK: usize = 1000;
+
+impl MysqlReferences {
+    /// `None` when no MySQL is configured (nothing outside the index refers to media).
+    pub fn from_config(cfg: &MysqlConfig) -> Result<Option<MysqlReferences>> {
+        if !cfg.enabled() {
+            return Ok(None);
+        }
+        Ok(Some(MysqlReferences {
+            opts: opts(cfg)?,
+            query: cfg.references_query.clone(),
+            conn: Mutex::new(None),
+        }))
+    }
+
+    fn query_chunk(&self, conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>> {
+        let marks = vec!["?"; ids.len()].join(",");
+        let sql = self.query.replace(IDS_PLACEHOLDER, &marks);
+        Ok(conn
+            .exec_map(sql, ids.to_vec(), |id: Option<i64>| id)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+}
+
+impl crate::lifecycle::ExternalReferences for MysqlReferences {
+    fn referenced(&self, media_ids: &[i64]) -> anyhow::Result<Vec<i64>> {
+        if media_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut guard = self.conn.lock().expect("references lock poisoned");
+        let mut conn = match guard.take() {
+            Some(c) => c,
+            None => connect(&self.opts).map_err(|e| anyhow::anyhow!(e.chain()))?,
+        };
+        let mut found = Vec::new();
+        for chunk in media_ids.chunks(REFERENCE_CHUNK) {
+            // On error the connection is dropped (not put back).
+            found.extend(
+                self.query_chunk(&mut conn, chunk)
+                    .map_err(|e| anyhow::anyhow!(e.chain()))?,
+            );
+        }
+        *guard = Some(conn);
+        // Exactly the asked ids that are referenced, whatever else the query returns.
+        let asked: std::collections::HashSet<i64> = media_ids.iter().copied().collect();
+        found.retain(|id| asked.contains(id));
+        found.sort_unstable();
+        found.dedup();
+        if !found.is_empty() {
+            tracing::info!(
+                count = found.len(),
+                "chat messages in MySQL still reference these media; they are kept"
+            );
+        }
+        Ok(found)
+    }
+}
+
+/// `media-store migrate --mysql URL`: applies the migrations and says what it did.
+pub fn migrate_cli(cfg: &MysqlConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.enabled(),
+        "no MySQL given: pass --mysql URL or set mysql.url"
+    );
+    let opts = opts(cfg)?;
+    let run = || -> Result<Vec<u32>> {
+        let mut conn = connect(&opts)?;
+        migrate(&mut conn)
+    };
+    let applied = run().map_err(|e| anyhow::anyhow!(e.chain()))?;
+    if applied.is_empty() {
+        println!(
+            "MySQL schema at {} is up to date (version {})",
+            describe(&opts),
+            latest_version()
+        );
+    } else {
+        println!(
+            "MySQL schema at {}: applied {:?}, now at version {}",
+            describe(&opts),
+            applied,
+            latest_version()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Reconcile: compare all of `media_files` with the index and repair the
+//! differences.
+//!
+//! Both sides are walked in id order, `mysql.reconcile_chunk` rows at a time,
+//! so memory stays bounded at any table size. Repairs are not written to MySQL
+//! directly: the differing ids are queued into the outbox, and the normal drain
+//! (which re-reads the current row) applies them. So a reconcile that races with
+//! live uploads, or with the daemon's own worker, cannot undo a newer change.
+
+use std::cmp::Ordering;
+
+use mysql::Conn;
+use serde::Serialize;
+
+use super::mysql::{self as my, MirrorRow};
+use super::{Result, outbox, worker};
+use crate::index::Index;
+
+/// What a comparison found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Rows in the index.
+    pub index_rows: u64,
+    /// Rows in `media_files`.
+    pub mysql_rows: u64,
+    /// In the index, not in MySQL.
+    pub missing: u64,
+    /// In MySQL, not in the index.
+    pub extra: u64,
+    /// In both, with different values.
+    pub differing: u64,
+}
+
+impl Report {
+    pub fn differences(&self) -> u64 {
+        self.missing + self.extra + self.differing
+    }
+}
+
+/// Compares the whole table with the index; with `queue`, queues every
+/// differing id into the outbox (one index write per chunk).
+pub fn compare(
+    index: &Index,
+    conn: &mut Conn,
+    chunk: usize,
+    base_url: &str,
+    queue: bool,
+) -> Result<Report> {
+    let mut report = Report::default();
+    let mut from = i64::MIN;
+    loop {
+        let ours = index.read_blocking(move |c| outbox::rows_from(c, from, chunk))?;
+        let theirs = my::rows_from(conn, from, chunk)?;
+        if ours.is_empty() && theirs.is_empty() {
+            break;
+        }
+        // A full page may have more rows after its last id: only the ids below
+        // the smaller such bound are complete on both sides in this round.
+        let bound =
+            |len: usize, last: Option<i64>| (len == chunk).then(|| last.map(|l| l + 1)).flatten();
+        let end = [
+            bound(ours.len(), ours.last().map(|r| r.id)),
+            bound(theirs.len(), theirs.last().map(|r| r.id)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let below = |id: i64| end.is_none_or(|e| id < e);
+        let ours: Vec<MirrorRow> = ours
+            .iter()
+            .filter(|r| below(r.id))
+            .map(|r| MirrorRow::from_media(r, base_url))
+            .collect();
+        let theirs: Vec<MirrorRow> = theirs.into_iter().filter(|r| below(r.id)).collect();
+        report.index_rows += ours.len() as u64;
+        report.mysql_rows += theirs.len() as u64;
+        let mut repair = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < ours.len() || j < theirs.len() {
+            let order = match (ours.get(i), theirs.get(j)) {
+                (Some(a), Some(b)) => a.id.cmp(&b.id),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    report.missing += 1;
+                    repair.push(ours[i].id);
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    report.extra += 1;
+                    repair.push(theirs[j].id);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    if ours[i] != theirs[j] {
+                        report.differing += 1;
+                        repair.push(ours[i].id);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        if queue && !repair.is_empty() {
+            index.write_blocking(move |ctx| outbox::enqueue(ctx.tx, &repair))?;
+        }
+        match end {
+            Some(e) => from = e,
+            None => break,
+        }
+    }
+    Ok(report)
+}
+
+/// What `mysql-sync --reconcile` did with the differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// `--dry-run`: nothing changed.
+    DryRun,
+    /// Queued and sent to MySQL by this process; `rows` ids written.
+    Repaired { rows: u64 },
+    /// Queued; a running daemon holds the mirror and will send them.
+    QueuedForDaemon,
+}
+
+/// `media-store mysql-sync --reconcile [--dry-run]` against a data folder whose
+/// daemon may or may not be running.
+pub fn run_cli(config: &crate::Config, dry_run: bool) -> anyhow::Result<(Report, Applied)> {
+    use anyhow::Context as _;
+    let cfg = &config.mysql;
+    anyhow::ensure!(
+        cfg.enabled(),
+        "no MySQL configured: set mysql.url (MEDIA_STORE_MYSQL_URL)"
+    );
+    let path = crate::app::index_path(&config.data_dir);
+    anyhow::ensure!(path.exists(), "no index at {}", path.display());
+    let index = Index::open(&path, 64, 2, crate::store::make_dirs_durable)?;
+    let opts = my::opts(cfg)?;
+    let mut conn = my::connect(&opts)
+        .map_err(|e| anyhow::anyhow!(e.chain()))
+        .with_context(|| format!("cannot connect to MySQL at {}", my::describe(&opts)))?;
+    if cfg.auto_migrate && !dry_run {
+        my::migrate(&mut conn).map_err(|e| anyhow::anyhow!(e.chain()))?;
+    } else {
+        my::check_schema(&mut conn).map_err(|e| anyhow::anyhow!(e.chain()))?;
+    }
+    let base = &config.public_base_url;
+    let report = compare(&index, &mut conn, cfg.reconcile_chunk, base, !dry_run)
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    if dry_run {
+        return Ok((report, Applied::DryRun));
+    }
+    if !my::try_lock_mirror(&mut conn).map_err(|e| anyhow::anyhow!(e.chain()))? {
+        return Ok((report, Applied::QueuedForDaemon));
+    }
+    // We hold the mirror: send the whole outbox (repairs and anything a stopped
+    // or MySQL-less daemon left), bounded by what is queued now plus what
+    // arrives meanwhile; a live daemon cannot be writing (it would hold the lock).
+    let mut rows = 0u64;
+    while let Some(d) = worker::drain_batch(&index, &mut conn, cfg.batch_size, base, |_| {})
+        .map_err(|e| anyhow::anyhow!(e.chain()))?
+    {
+        rows += d.rows as u64;
+    }
+    Ok((report, Applied::Repaired { rows }))
+}

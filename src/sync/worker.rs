@@ -1,0 +1,218 @@
+//! The sync worker: one std thread that drains the outbox into MySQL.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mysql::{Conn, Opts};
+
+use super::mysql::{self as my, MirrorRow};
+use super::{MysqlConfig, Result, Shared, SyncError, metric, outbox, reconcile};
+use crate::index::Index;
+
+/// First retry delay after a failure; doubles up to `mysql.backoff_max_ms`.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// How often the backlog gauge is refreshed while busy.
+const BACKLOG_REFRESH: Duration = Duration::from_secs(1);
+
+pub(super) struct Worker {
+    pub index: Index,
+    pub opts: Opts,
+    pub cfg: MysqlConfig,
+    pub shared: Arc<Shared>,
+}
+
+/// What one drained batch did.
+pub struct Drained {
+    /// Distinct media ids written (upserted or deleted) in MySQL.
+    pub rows: usize,
+    pub upserted: usize,
+    pub deleted: usize,
+}
+
+/// Sends the oldest outbox batch to MySQL and acks it. `None` when the outbox
+/// is empty. Used by the daemon's worker and by `mysql-sync --reconcile`.
+///
+/// Order of operations (storage-layout.md M2): read entries, then the current
+/// rows (so every row read is at least as new as every entry read), commit in
+/// MySQL, and only then delete the entries. A crash in between re-sends the
+/// batch, which the idempotent statements make harmless.
+pub fn drain_batch(
+    index: &Index,
+    conn: &mut Conn,
+    batch_size: usize,
+    base_url: &str,
+    mut on_entry: impl FnMut(&outbox::Entry),
+) -> Result<Option<Drained>> {
+    let batch = index.read_blocking(move |c| outbox::next_batch(c, batch_size))?;
+    let Some(last) = batch.last().map(|e| e.seq) else {
+        return Ok(None);
+    };
+    let mut ids: Vec<i64> = batch.iter().map(|e| e.media_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let wanted = ids.clone();
+    let rows = index.read_blocking(move |c| outbox::rows_by_ids(c, &wanted))?;
+    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
+    let deleted: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect();
+    let mirror: Vec<MirrorRow> = rows
+        .iter()
+        .map(|r| MirrorRow::from_media(r, base_url))
+        .collect();
+    my::apply(conn, &mirror, &deleted)?;
+    index.write_blocking(move |ctx| outbox::ack(ctx.tx, last))?;
+    batch.iter().for_each(&mut on_entry);
+    Ok(Some(Drained {
+        rows: ids.len(),
+        upserted: mirror.len(),
+        deleted: deleted.len(),
+    }))
+}
+
+impl Worker {
+    pub fn run(self) {
+        let place = my::describe(&self.opts);
+        let mut conn: Option<Conn> = None;
+        // The target (database + base URL) the last full reconcile covered.
+        let mut reconciled: Option<String> = None;
+        let mut backoff = BACKOFF_START;
+        let cap = Duration::from_millis(self.cfg.backoff_max_ms).max(BACKOFF_START);
+        let mut failures: u32 = 0;
+        let mut backlog_at = Instant::now() - BACKLOG_REFRESH;
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        while !self.shared.stopped() {
+            match self.step(&mut conn, &place, &mut reconciled) {
+                Ok(worked) => {
+                    if failures > 0 {
+                        tracing::info!(attempts = failures, mysql = %place, "MySQL sync recovered");
+                        self.shared.set_status(|s| s.last_error = None);
+                    }
+                    failures = 0;
+                    backoff = BACKOFF_START;
+                    if !worked || backlog_at.elapsed() >= BACKLOG_REFRESH {
+                        self.refresh_backlog();
+                        backlog_at = Instant::now();
+                    }
+                    if !worked {
+                        self.shared.wait(poll);
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, SyncError::Index(_)) {
+                        // Whatever state the connection is in, start over.
+                        conn = None;
+                        self.shared.set_status(|s| s.connected = false);
+                        metrics::gauge!(metric::CONNECTED).set(0.0);
+                    }
+                    failures += 1;
+                    metrics::counter!(metric::ERRORS).increment(1);
+                    let chain = e.chain();
+                    // Log the first failure and then ever more rarely: an outage of
+                    // hours must not fill the log. /healthz always has the latest.
+                    if failures.is_power_of_two() {
+                        tracing::warn!(error = %chain, attempt = failures, retry_in_ms = backoff.as_millis() as u64, mysql = %place, "MySQL sync failed; retrying");
+                    }
+                    self.shared.set_status(|s| s.last_error = Some(chain));
+                    self.refresh_backlog();
+                    backlog_at = Instant::now();
+                    self.shared.wait(backoff);
+                    backoff = (backoff * 2).min(cap);
+                }
+            }
+        }
+    }
+
+    fn refresh_backlog(&self) {
+        if let Ok(n) = self.index.read_blocking(outbox::backlog) {
+            metrics::gauge!(metric::BACKLOG).set(n as f64);
+        }
+    }
+
+    /// One unit of work; `Ok(false)` when there was nothing to do.
+    fn step(
+        &self,
+        conn: &mut Option<Conn>,
+        place: &str,
+        reconciled: &mut Option<String>,
+    ) -> Result<bool> {
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let mut c = my::connect(&self.opts)?;
+                if self.cfg.auto_migrate {
+                    my::migrate(&mut c)?;
+                } else {
+                    my::check_schema(&mut c)?;
+                }
+                if !my::try_lock_mirror(&mut c)? {
+                    return Err(SyncError::Locked);
+                }
+                tracing::info!(mysql = %place, "connected to MySQL");
+                self.shared.set_status(|s| s.connected = true);
+                metrics::gauge!(metric::CONNECTED).set(1.0);
+                conn.insert(c)
+            }
+        };
+        let base = self.shared.base_url.load_full();
+        let target = format!("{place}|{base}");
+        let requested = self
+            .shared
+            .reconcile_requested
+            .swap(false, Ordering::SeqCst);
+        if requested || reconciled.as_deref() != Some(target.as_str()) {
+            let t = target.clone();
+            let owed = requested
+                || self
+                    .index
+                    .read_blocking(move |c| outbox::reconcile_owed(c, &t))?;
+            if owed {
+                tracing::info!(mysql = %place, "full reconcile of media_files started");
+                let report =
+                    reconcile::compare(&self.index, conn, self.cfg.reconcile_chunk, &base, true)
+                        .inspect_err(|_| {
+                            if requested {
+                                self.shared
+                                    .reconcile_requested
+                                    .store(true, Ordering::SeqCst);
+                            }
+                        })?;
+                tracing::info!(
+                    index_rows = report.index_rows,
+                    mysql_rows = report.mysql_rows,
+                    missing = report.missing,
+                    extra = report.extra,
+                    differing = report.differing,
+                    "full reconcile done; differences are queued for sync"
+                );
+                let t = target.clone();
+                self.index
+                    .write_blocking(move |ctx| outbox::mark_reconciled(ctx.tx, &t))?;
+            }
+            *reconciled = Some(target);
+        }
+        let drained = drain_batch(&self.index, conn, self.cfg.batch_size, &base, |e| {
+            // Called after the MySQL commit: change committed -> mirrored.
+            let lag = (crate::timefmt::now_ms() - e.created_at_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!(metric::LAG).record(lag);
+        })?;
+        match drained {
+            None => Ok(false),
+            Some(d) => {
+                metrics::counter!(metric::ROWS_SYNCED).increment(d.rows as u64);
+                let at = crate::timefmt::now_ms();
+                self.shared.set_status(|s| s.last_sync_ms = Some(at));
+                tracing::debug!(
+                    rows = d.rows,
+                    upserted = d.upserted,
+                    deleted = d.deleted,
+                    "synced a batch to MySQL"
+                );
+                Ok(true)
+            }
+        }
+    }
+}
