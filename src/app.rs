@@ -56,6 +56,9 @@ impl AppState {
         )?;
         let (file_token, generated_token) = load_or_create_token(&config)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
+        media.set_quota(crate::lifecycle::quota::Quota::from_config(
+            &config.retention,
+        ));
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
             media,
@@ -105,6 +108,11 @@ impl AppState {
             return vec!["api_token"];
         }
         self.0.media.set_policy(Policy::new(applied.upload.clone()));
+        self.0
+            .media
+            .set_quota(crate::lifecycle::quota::Quota::from_config(
+                &applied.retention,
+            ));
         self.0.config.store(Arc::new(applied));
         ignored
     }

@@ -42,6 +42,10 @@ pub struct Config {
     pub log: String,
     pub upload: UploadConfig,
     pub index: IndexConfig,
+    /// What is deleted when, and per-uploader quotas (issue #4).
+    pub retention: crate::lifecycle::RetentionConfig,
+    /// Garbage collection of unreferenced blobs and stale files (issue #4).
+    pub gc: crate::lifecycle::GcConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +82,8 @@ impl Default for Config {
             log: "info".into(),
             upload: UploadConfig::default(),
             index: IndexConfig::default(),
+            retention: Default::default(),
+            gc: Default::default(),
         }
     }
 }
@@ -195,6 +201,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.retention.validate().map_err(ConfigError::Invalid)?;
         if self.upload.max_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "upload.max_bytes must be positive".into(),
@@ -280,7 +287,7 @@ fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String
 }
 
 fn is_free_form(path: &str) -> bool {
-    path == "upload.family_max_bytes"
+    path == "upload.family_max_bytes" || path == "retention.max_age_days"
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {

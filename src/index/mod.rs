@@ -70,9 +70,10 @@ pub type Result<T, E = IndexError> = std::result::Result<T, E>;
 
 /// Migrations, embedded from `migrations/sqlite/` in order.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../migrations/sqlite/0001_initial.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/sqlite/0001_initial.sql")),
+        M::up(include_str!("../../migrations/sqlite/0002_lifecycle.sql")),
+    ])
 }
 
 /// How long a connection waits for another process's lock (e.g. `media-store gc`).

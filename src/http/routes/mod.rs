@@ -1,2 +1,4 @@
 pub mod health;
 pub mod media;
+pub mod messages;
+pub mod uploaders;
