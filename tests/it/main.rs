@@ -4,6 +4,10 @@ mod harness;
 
 mod crash;
 mod errors;
+mod fsck;
+mod gc;
+mod lifecycle;
 mod listing;
 mod reload;
+mod systemd;
 mod upload;
