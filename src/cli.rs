@@ -137,10 +137,11 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     std::io::stdout().flush()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "media-store serving");
     let _gc = crate::lifecycle::gc::spawn_background(state.clone()).abort_handle();
+    let signal = crate::server::termination_signal();
     // systemd Type=notify: ready once bound; STOPPING when the drain starts.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let shutdown = async {
-        crate::server::termination_signal().await;
+        signal.await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
     crate::server::run(listener, state, shutdown).await?;

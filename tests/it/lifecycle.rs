@@ -46,8 +46,14 @@ async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
     assert_eq!((s, &v["created"]), (201, &json!(true)), "{v}");
     let (s, v) = put_ref(&app, 100, a_id, json!({"group_id": 7})).await;
     assert_eq!((s, &v["created"]), (200, &json!(false)), "{v}");
-    assert_eq!(put_ref(&app, 100, b_id, json!({"group_id": 7})).await.0, 201);
-    assert_eq!(put_ref(&app, 101, a_id, json!({"group_id": 7})).await.0, 201); // a forward
+    assert_eq!(
+        put_ref(&app, 100, b_id, json!({"group_id": 7})).await.0,
+        201
+    );
+    assert_eq!(
+        put_ref(&app, 101, a_id, json!({"group_id": 7})).await.0,
+        201
+    ); // a forward
 
     let (s, v) = get_json(&app.client, &app.url("/v1/messages/100/media")).await;
     assert_eq!(s, 200);
@@ -59,13 +65,24 @@ async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
         .map(|m| m["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![a_id, b_id]);
-    assert!(v["items"][0]["file_url"].as_str().unwrap().ends_with(&format!("/files/{a_id}")));
+    assert!(
+        v["items"][0]["file_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/files/{a_id}"))
+    );
 
     // Errors are JSON 4xx with stable codes.
     let (s, v) = put_ref(&app, 100, a_id, json!({"group_id": 8})).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("group_mismatch")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("group_mismatch"))
+    );
     let (s, v) = put_ref(&app, 100, 999_999, json!({"group_id": 7})).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("media_not_found")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("media_not_found"))
+    );
     let (s, v) = put_ref(&app, 100, a_id, json!({"group": 7})).await;
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_body")));
     let (s, v) = put_ref(&app, 100, a_id, json!("nope")).await;
@@ -76,14 +93,32 @@ async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
     // Message 100 goes: b had no other reference and goes too; a stays (101).
     let (s, v) = delete(&app, "/v1/messages/100").await;
     assert_eq!(s, 200);
-    assert_eq!((v["references"].as_u64(), v["media_deleted"].as_u64()), (Some(2), Some(1)));
-    assert_eq!(get_json(&app.client, &app.url(&format!("/v1/media/{b_id}"))).await.0, 404);
-    assert_eq!(get_json(&app.client, &app.url(&format!("/v1/media/{a_id}"))).await.0, 200);
+    assert_eq!(
+        (v["references"].as_u64(), v["media_deleted"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        get_json(&app.client, &app.url(&format!("/v1/media/{b_id}")))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        get_json(&app.client, &app.url(&format!("/v1/media/{a_id}")))
+            .await
+            .0,
+        200
+    );
     assert_eq!(refcount(&app.data, b["blake3"].as_str().unwrap()), Some(0));
 
     let (s, v) = delete(&app, "/v1/messages/101").await;
     assert_eq!((s, v["media_deleted"].as_u64()), (200, Some(1)));
-    assert_eq!(get_json(&app.client, &app.url(&format!("/v1/media/{a_id}"))).await.0, 404);
+    assert_eq!(
+        get_json(&app.client, &app.url(&format!("/v1/media/{a_id}")))
+            .await
+            .0,
+        404
+    );
     assert_eq!(refcount(&app.data, a["blake3"].as_str().unwrap()), Some(0));
     // Deleting again is harmless.
     let (s, v) = delete(&app, "/v1/messages/101").await;
@@ -112,15 +147,28 @@ async fn group_delete_releases_every_message_and_keeps_forwards_elsewhere() {
     let shared = unique_png(10);
     let mut ids = Vec::new();
     for i in 0..30 {
-        let body = if i % 3 == 0 { shared.clone() } else { unique_png(100 + i) };
-        ids.push(upload(&app, i as i64 % 4, body).await["id"].as_i64().unwrap());
+        let body = if i % 3 == 0 {
+            shared.clone()
+        } else {
+            unique_png(100 + i)
+        };
+        ids.push(
+            upload(&app, i as i64 % 4, body).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
     }
     for m in 0..300i64 {
         let media = ids[(m % 30) as usize];
         assert_eq!(put_ref(&app, m, media, json!({"group_id": 1})).await.0, 201);
     }
     // One media is forwarded into group 2: it must survive.
-    assert_eq!(put_ref(&app, 10_000, ids[1], json!({"group_id": 2})).await.0, 201);
+    assert_eq!(
+        put_ref(&app, 10_000, ids[1], json!({"group_id": 2}))
+            .await
+            .0,
+        201
+    );
     let (s, v) = delete(&app, "/v1/groups/1").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["messages"], 300);
@@ -175,13 +223,18 @@ async fn new_routes_require_the_service_token() {
     let app = TestApp::start().await;
     let c = &app.client;
     for req in [
-        c.put(app.url("/v1/messages/1/media/1")).json(&json!({"group_id": 1})),
+        c.put(app.url("/v1/messages/1/media/1"))
+            .json(&json!({"group_id": 1})),
         c.get(app.url("/v1/messages/1/media")),
         c.delete(app.url("/v1/messages/1")),
         c.delete(app.url("/v1/groups/1")),
         c.get(app.url("/v1/uploaders/1/usage")),
     ] {
-        let resp = req.header("authorization", "Bearer wrong").send().await.unwrap();
+        let resp = req
+            .header("authorization", "Bearer wrong")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 401);
     }
 }
@@ -207,9 +260,17 @@ async fn file_quota_refuses_with_507_and_concurrent_uploads_do_not_overshoot() {
     }
     assert_eq!(created, 5);
     let (_, v) = get_json(&app.client, &app.url("/v1/uploaders/9/usage")).await;
-    assert_eq!((v["file_count"].as_u64(), v["quota_files"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(
+        (v["file_count"].as_u64(), v["quota_files"].as_u64()),
+        (Some(5), Some(5))
+    );
     // Another uploader is not affected, and no refused upload left a file behind.
-    assert_eq!(upload_raw(&app.client, &app.base, 10, unique_png(1)).await.0, 201);
+    assert_eq!(
+        upload_raw(&app.client, &app.base, 10, unique_png(1))
+            .await
+            .0,
+        201
+    );
     assert_eq!(blob_files(&app.data).len(), 6);
     assert_eq!(tmp_files(&app.data), 0);
     assert_consistent(&app.data);
@@ -223,8 +284,14 @@ async fn byte_quota_counts_every_upload_and_frees_on_delete() {
     let first = upload(&app, 3, png.clone()).await;
     upload(&app, 3, png.clone()).await; // a duplicate still counts for its uploader
     let (s, v) = upload_raw(&app.client, &app.base, 3, png.clone()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (507, Some("quota_exceeded")));
-    assert_eq!(delete(&app, &format!("/v1/media/{}", first["id"])).await.0, 204);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (507, Some("quota_exceeded"))
+    );
+    assert_eq!(
+        delete(&app, &format!("/v1/media/{}", first["id"])).await.0,
+        204
+    );
     assert_eq!(upload_raw(&app.client, &app.base, 3, png).await.0, 201);
     assert_consistent(&app.data);
 }

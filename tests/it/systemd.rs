@@ -31,7 +31,10 @@ fn shipped_units_pass_systemd_analyze_verify() {
         // executable, so point it at the binary under test.
         let text = text.replace("/usr/local/bin/media-store", TestDaemon::binary());
         if unit.ends_with(".service") {
-            assert!(text.contains(TestDaemon::binary()), "{unit} has no ExecStart");
+            assert!(
+                text.contains(TestDaemon::binary()),
+                "{unit} has no ExecStart"
+            );
         }
         let path = dir.path().join(unit);
         std::fs::write(&path, text).unwrap();
@@ -43,13 +46,20 @@ fn shipped_units_pass_systemd_analyze_verify() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     // Unknown keys and bad values are only warnings: refuse those too.
     let ours: Vec<&str> = stderr
         .lines()
         .filter(|l| UNITS.iter().any(|u| l.contains(u)))
         .collect();
-    assert!(ours.is_empty(), "systemd-analyze warnings:\n{}", ours.join("\n"));
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze warnings:\n{}",
+        ours.join("\n")
+    );
     let service = std::fs::read_to_string(src.join("media-store.service")).unwrap();
     for directive in [
         "Type=notify",
@@ -64,7 +74,10 @@ fn shipped_units_pass_systemd_analyze_verify() {
         "SystemCallFilter=@system-service",
         "MemoryDenyWriteExecute=yes",
     ] {
-        assert!(service.contains(directive), "media-store.service lacks {directive}");
+        assert!(
+            service.contains(directive),
+            "media-store.service lacks {directive}"
+        );
     }
     for timer in ["media-store-gc.timer", "media-store-scrub.timer"] {
         let t = std::fs::read_to_string(src.join(timer)).unwrap();
@@ -79,7 +92,8 @@ fn serve_notifies_ready_then_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(TestDaemon::binary())
         .args(["serve", "--listen=127.0.0.1:0", "--data-dir"])
@@ -97,11 +111,17 @@ fn serve_notifies_ready_then_stopping_on_sigterm() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let first = recv(&mut buf);
-    assert!(first.lines().any(|l| l == "READY=1"), "first message: {first:?}");
+    assert!(
+        first.lines().any(|l| l == "READY=1"),
+        "first message: {first:?}"
+    );
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let second = recv(&mut buf);
-    assert!(second.lines().any(|l| l == "STOPPING=1"), "second message: {second:?}");
+    assert!(
+        second.lines().any(|l| l == "STOPPING=1"),
+        "second message: {second:?}"
+    );
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon exited with {status}");
 }
