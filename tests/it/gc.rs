@@ -298,3 +298,34 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
     );
     assert_consistent(&app.data);
 }
+
+#[tokio::test]
+async fn the_daemon_collects_garbage_itself_when_gc_interval_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = "[gc]\ninterval = \"100ms\"\ngrace = \"0s\"\n";
+    let daemon = TestDaemon::start(&data, &dir.path().join("logs"), config);
+    let content = unique_png(77);
+    let (s, v) = upload_raw(&daemon.client, &daemon.base, 1, content.clone()).await;
+    assert_eq!(s, 201);
+    let resp = daemon
+        .client
+        .delete(daemon.url(&format!("/v1/media/{}", v["id"])))
+        .header("authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let mut gone = false;
+    for _ in 0..100 {
+        if !blob_path(&data, &content).exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "background GC did not collect the blob in 5 s:\n{}", daemon.logs());
+    assert_eq!(refcount(&data, &blake3::hash(&content).to_hex()), None);
+    assert!(daemon.logs().contains("background gc finished"));
+    assert_consistent(&data);
+}
