@@ -324,7 +324,11 @@ async fn the_daemon_collects_garbage_itself_when_gc_interval_is_set() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gone, "background GC did not collect the blob in 5 s:\n{}", daemon.logs());
+    assert!(
+        gone,
+        "background GC did not collect the blob in 5 s:\n{}",
+        daemon.logs()
+    );
     assert_eq!(refcount(&data, &blake3::hash(&content).to_hex()), None);
     assert!(daemon.logs().contains("background gc finished"));
     assert_consistent(&data);
