@@ -162,7 +162,11 @@ fn fill_index(path: &Path, rows: usize) -> anyhow::Result<()> {
         for i in 0..rows as u64 {
             let hash = blake3::hash(&i.to_le_bytes());
             let size = 1000 + i % 50_000;
-            let t = if i % 3 == 0 { "image/png" } else { "image/jpeg" };
+            let t = if i % 3 == 0 {
+                "image/png"
+            } else {
+                "image/jpeg"
+            };
             blob.execute(rusqlite::params![hash.as_bytes(), size, now])?;
             media.execute(rusqlite::params![
                 (i % 1000) as i64,
@@ -271,7 +275,10 @@ fn load_run(
     let mut reader = BufReader::new(stdout);
     let base = loop {
         line.clear();
-        anyhow::ensure!(reader.read_line(&mut line)? > 0, "daemon exited before listening");
+        anyhow::ensure!(
+            reader.read_line(&mut line)? > 0,
+            "daemon exited before listening"
+        );
         if let Some(addr) = line.trim().strip_prefix("listening on ") {
             break addr.to_owned();
         }
@@ -289,7 +296,10 @@ fn load_run(
             let mut last = 0i64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let ids: Vec<i64> = c
-                    .exec("SELECT id FROM media_files WHERE id > ? ORDER BY id", (last,))
+                    .exec(
+                        "SELECT id FROM media_files WHERE id > ? ORDER BY id",
+                        (last,),
+                    )
                     .unwrap_or_default();
                 let now = Instant::now();
                 let mut s = seen.lock().unwrap();

@@ -60,6 +60,9 @@ impl AppState {
         crate::telemetry::prometheus();
         let mysql = crate::sync::MysqlSync::start(&config, &index)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
+        media.set_quota(crate::lifecycle::quota::Quota::from_config(
+            &config.retention,
+        ));
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
             media,
@@ -115,6 +118,11 @@ impl AppState {
         }
         self.0.media.set_policy(Policy::new(applied.upload.clone()));
         self.0.mysql.set_public_base_url(&applied.public_base_url);
+        self.0
+            .media
+            .set_quota(crate::lifecycle::quota::Quota::from_config(
+                &applied.retention,
+            ));
         self.0.config.store(Arc::new(applied));
         ignored
     }

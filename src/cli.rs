@@ -56,6 +56,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Apply retention, then delete zero-count blobs past the grace period,
+    /// unknown files under blobs/ and stale staging files. Safe while the
+    /// daemon runs. Exit: 0 done (or nothing to do), 1 --dry-run found
+    /// garbage, 2 error.
+    Gc(crate::lifecycle::cli::GcArgs),
+    /// Verify every blob (size, BLAKE3) and every reference count; list
+    /// orphans. Exit: 0 clean, 1 problems found (also when repaired), 2 error.
+    #[command(visible_alias = "scrub")]
+    Fsck(crate::lifecycle::cli::FsckArgs),
 }
 
 impl Cli {
@@ -82,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime.block_on(serve(&cli, *listen, config))?;
             Ok(0)
         }
+        Command::Gc(args) => crate::lifecycle::cli::gc(&cli.load_config(None)?, args),
+        Command::Fsck(args) => crate::lifecycle::cli::fsck(&cli.load_config(None)?, args),
         Command::ConfigKeys => {
             for (path, env) in Config::keys() {
                 println!("{path}\t{env}");
@@ -182,7 +193,16 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "media-store serving");
-    crate::server::run(listener, state, crate::server::termination_signal()).await?;
+    let _gc = crate::lifecycle::gc::spawn_background(state.clone()).abort_handle();
+    let signal = crate::server::termination_signal();
+    // systemd Type=notify: ready once bound; STOPPING when the drain starts.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let shutdown = async {
+        signal.await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    crate::server::run(listener, state, shutdown).await?;
+    _gc.abort();
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -44,6 +44,10 @@ pub struct Config {
     pub index: IndexConfig,
     /// The MySQL mirror of the index (`media_files`) and the GC safety belt.
     pub mysql: crate::sync::MysqlConfig,
+    /// What is deleted when, and per-uploader quotas (issue #4).
+    pub retention: crate::lifecycle::RetentionConfig,
+    /// Garbage collection of unreferenced blobs and stale files (issue #4).
+    pub gc: crate::lifecycle::GcConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,6 +85,8 @@ impl Default for Config {
             upload: UploadConfig::default(),
             index: IndexConfig::default(),
             mysql: crate::sync::MysqlConfig::default(),
+            retention: Default::default(),
+            gc: Default::default(),
         }
     }
 }
@@ -198,6 +204,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.retention.validate().map_err(ConfigError::Invalid)?;
         if self.upload.max_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "upload.max_bytes must be positive".into(),
@@ -289,7 +296,7 @@ fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String
 }
 
 fn is_free_form(path: &str) -> bool {
-    path == "upload.family_max_bytes"
+    path == "upload.family_max_bytes" || path == "retention.max_age_days"
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {

@@ -24,13 +24,17 @@ pub async fn run(
         .await
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives between
+/// start-up (e.g. sd-notify READY) and the first poll is then not lost.
+pub fn termination_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
-        _ = int.recv() => tracing::info!("SIGINT: draining in-flight requests"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
+            _ = int.recv() => tracing::info!("SIGINT: draining in-flight requests"),
+        }
     }
 }

@@ -9,7 +9,7 @@ pub mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
@@ -27,6 +27,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/media/{id}",
             get(routes::media::get_media).delete(routes::media::delete_media),
+        )
+        .route(
+            "/v1/messages/{message_id}/media/{media_id}",
+            put(routes::messages::attach_media),
+        )
+        .route(
+            "/v1/messages/{message_id}/media",
+            get(routes::messages::list_message_media),
+        )
+        .route(
+            "/v1/messages/{message_id}",
+            delete(routes::messages::delete_message),
+        )
+        .route(
+            "/v1/groups/{group_id}",
+            delete(routes::messages::delete_group),
+        )
+        .route(
+            "/v1/uploaders/{uploader_id}/usage",
+            get(routes::uploaders::get_usage),
         )
         .route("/healthz", get(routes::health::healthz))
         .route("/metrics", get(routes::metrics::metrics))

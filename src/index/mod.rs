@@ -78,6 +78,7 @@ pub type Result<T, E = IndexError> = std::result::Result<T, E>;
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/sqlite/0001_initial.sql")),
+        M::up(include_str!("../../migrations/sqlite/0002_lifecycle.sql")),
         M::up(include_str!(
             "../../migrations/sqlite/0003_mysql_outbox.sql"
         )),

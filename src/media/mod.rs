@@ -105,6 +105,8 @@ pub struct MediaService {
     index: Index,
     /// Swapped whole on config reload; an upload keeps the policy it started with.
     policy: Arc<ArcSwap<Policy>>,
+    /// Per-uploader quota, swapped whole on config reload (issue #4).
+    quota: Arc<ArcSwap<crate::lifecycle::quota::Quota>>,
 }
 
 impl MediaService {
@@ -113,7 +115,12 @@ impl MediaService {
             store,
             index,
             policy: Arc::new(ArcSwap::from_pointee(policy)),
+            quota: Default::default(),
         }
+    }
+
+    pub fn set_quota(&self, quota: crate::lifecycle::quota::Quota) {
+        self.quota.store(Arc::new(quota));
     }
 
     pub fn set_policy(&self, policy: Policy) {
@@ -269,10 +276,13 @@ impl MediaService {
             size,
             original_name: meta.original_name,
         };
+        let quota = self.quota.load_full();
         let (row, deduplicated) = self
             .index
             .write(move |ctx| {
                 let now = now_ms();
+                // Before any file step: a refused upload leaves nothing behind.
+                crate::lifecycle::quota::check(ctx.tx, &quota, new.uploader_id, size)?;
                 // Under the writer (and SQLite's write lock, which `gc` also takes),
                 // "row and file exist" cannot change before this transaction ends.
                 let deduplicated =

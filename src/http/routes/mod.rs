@@ -1,3 +1,5 @@
 pub mod health;
 pub mod media;
+pub mod messages;
 pub mod metrics;
+pub mod uploaders;

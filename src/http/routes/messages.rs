@@ -1,0 +1,115 @@
+//! `/v1/messages` and `/v1/groups`: which message carries which media.
+//! Parse, call `lifecycle::refs`, serialize.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiPath, ServiceAuth};
+use crate::http::views::MediaView;
+use crate::lifecycle::refs::{self, Attached, Released};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachBody {
+    group_id: i64,
+}
+
+/// `PUT /v1/messages/{message_id}/media/{media_id}` with `{"group_id": G}`.
+/// Idempotent: 201 when the reference is new, 200 when it already existed.
+pub async fn attach_media(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiPath((message_id, media_id)): ApiPath<(i64, i64)>,
+    body: Result<Json<AttachBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Attached>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request("bad_body", e.body_text()))?;
+    let attached =
+        refs::attach_async(state.media().index(), message_id, media_id, body.group_id).await?;
+    let status = if attached.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(attached)))
+}
+
+#[derive(Serialize)]
+pub struct MessageReleased {
+    message_id: i64,
+    #[serde(flatten)]
+    released: Released,
+}
+
+/// `DELETE /v1/messages/{message_id}`: releases the message's references;
+/// media left without any are deleted. Idempotent (an unknown message releases 0).
+pub async fn delete_message(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiPath(message_id): ApiPath<i64>,
+) -> Result<Json<MessageReleased>, ApiError> {
+    let released = refs::delete_message_async(state.media().index(), message_id).await?;
+    tracing::info!(
+        message.id = message_id,
+        references = released.references,
+        media_deleted = released.media_deleted,
+        "released message"
+    );
+    Ok(Json(MessageReleased {
+        message_id,
+        released,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct GroupReleased {
+    group_id: i64,
+    #[serde(flatten)]
+    released: Released,
+}
+
+/// `DELETE /v1/groups/{group_id}`: releases every message of the group, in one
+/// set-based transaction.
+pub async fn delete_group(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiPath(group_id): ApiPath<i64>,
+) -> Result<Json<GroupReleased>, ApiError> {
+    let released = refs::delete_group_async(state.media().index(), group_id).await?;
+    tracing::info!(
+        group.id = group_id,
+        messages = released.messages,
+        references = released.references,
+        media_deleted = released.media_deleted,
+        "released group"
+    );
+    Ok(Json(GroupReleased { group_id, released }))
+}
+
+#[derive(Serialize)]
+pub struct MessageMedia {
+    message_id: i64,
+    /// Null when the message carries no media.
+    group_id: Option<i64>,
+    items: Vec<MediaView>,
+}
+
+/// `GET /v1/messages/{message_id}/media`: the media a message carries (an empty
+/// list for a message that carries none).
+pub async fn list_message_media(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiPath(message_id): ApiPath<i64>,
+) -> Result<Json<MessageMedia>, ApiError> {
+    let (group_id, rows) = refs::message_media_async(state.media().index(), message_id).await?;
+    let base = state.public_base_url();
+    Ok(Json(MessageMedia {
+        message_id,
+        group_id,
+        items: rows.iter().map(|r| MediaView::new(r, &base)).collect(),
+    }))
+}

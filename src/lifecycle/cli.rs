@@ -1,0 +1,92 @@
+//! The `gc` and `fsck` subcommands: flags, output and exit codes. The work is
+//! in `gc` and `fsck`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::Config;
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Override gc.grace (e.g. "10min"; "0s" deletes every zero-count blob now).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub grace: Option<Duration>,
+    /// Skip the retention rules (orphan_ttl, max_age_days); collect blobs only.
+    #[arg(long)]
+    pub no_retention: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Fix counts, quarantine corrupt blobs, mark affected media. Deletes nothing.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit codes shared by both commands.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FOUND: i32 = 1;
+pub const EXIT_ERROR: i32 = 2;
+
+pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
+    crate::cli::init_tracing(&config.log);
+    let external = super::external_references(config)?;
+    let (mut conn, store) = super::gc::open_existing(&config.data_dir)?;
+    let mut opts = super::gc::GcOptions::from_config(&config.gc, super::gc::system_now_ms());
+    opts.dry_run = args.dry_run;
+    opts.progress = !args.json;
+    opts.retention = !args.no_retention;
+    if let Some(grace) = args.grace {
+        opts.grace = grace;
+    }
+    let summary = super::gc::run(
+        &mut conn,
+        &store,
+        &config.retention,
+        &opts,
+        external.as_deref(),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(if !summary.errors.is_empty() {
+        EXIT_ERROR
+    } else if args.dry_run && summary.found_garbage() {
+        EXIT_FOUND
+    } else {
+        EXIT_OK
+    })
+}
+
+pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
+    crate::cli::init_tracing(&config.log);
+    let (mut conn, store) = super::gc::open_existing(&config.data_dir)?;
+    let opts = super::fsck::FsckOptions {
+        repair: args.repair,
+        progress: !args.json,
+        now_ms: super::gc::system_now_ms(),
+    };
+    let summary = super::fsck::run(&mut conn, &store, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(if summary.problems() > 0 {
+        EXIT_FOUND
+    } else {
+        EXIT_OK
+    })
+}

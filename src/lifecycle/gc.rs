@@ -1,0 +1,439 @@
+//! Garbage collection (storage-layout.md, "Garbage collection").
+//!
+//! Deletes, in this order: expired media (retention), blobs whose count has
+//! been 0 for longer than the grace period, files under `blobs/` the index
+//! does not know (untouched for longer than the grace period), and stale
+//! staging files.
+//!
+//! Safe beside a running daemon that uploads the very same content: every
+//! deletion of a blob file happens inside a `BEGIN IMMEDIATE` transaction —
+//! SQLite's write lock, which the daemon's upload commit also holds while it
+//! decides "deduplicated = row exists AND file exists" and while it renames a
+//! new blob into place. Under that lock GC re-checks that the row still has
+//! count 0 past the grace period and that no media row uses the hash, unlinks
+//! the file, deletes the row, and commits. Whichever transaction comes second
+//! sees the other's result whole.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::report::{BlobEntry, progress, shard_count, walk_blobs};
+use super::retention::{self, RetentionSummary};
+use super::{ExternalReferences, GcConfig, RetentionConfig};
+use crate::store::BlobStore;
+
+/// What one GC run is told.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// A blob whose count has been 0 for less than this stays; an unknown file
+    /// modified less than this long ago stays.
+    pub grace: Duration,
+    /// Staging files untouched for this long are removed.
+    pub tmp_max_age: Duration,
+    /// Deletions per transaction.
+    pub batch: usize,
+    /// List what would go; delete nothing.
+    pub dry_run: bool,
+    /// "Now", in Unix ms (injected so tests and the stress test control time).
+    pub now_ms: i64,
+    /// Show progress bars (only ever on a terminal).
+    pub progress: bool,
+    /// Apply the retention rules first.
+    pub retention: bool,
+}
+
+impl GcOptions {
+    pub fn from_config(gc: &GcConfig, now_ms: i64) -> GcOptions {
+        GcOptions {
+            grace: gc.grace,
+            tmp_max_age: gc.tmp_max_age,
+            batch: gc.batch.max(1),
+            dry_run: false,
+            now_ms,
+            progress: false,
+            retention: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcSummary {
+    pub dry_run: bool,
+    pub retention: RetentionSummary,
+    /// Zero-count blobs deleted (row and file).
+    pub blobs_deleted: u64,
+    /// Bytes of blob files unlinked (zero-count and unknown).
+    pub bytes_freed: u64,
+    /// Files under `blobs/` with no index row, deleted.
+    pub unknown_files_deleted: u64,
+    /// Staging files removed from `tmp/`.
+    pub tmp_files_deleted: u64,
+    /// Paths under `blobs/` that are not blob files; reported, never deleted.
+    pub foreign_files: Vec<String>,
+    /// In a dry run: the blob files that would be deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_delete: Vec<String>,
+    /// Problems that stopped one deletion each (the rest went on).
+    pub errors: Vec<String>,
+    pub duration_ms: u64,
+}
+
+impl GcSummary {
+    /// Anything deleted, or that would be in a dry run.
+    pub fn found_garbage(&self) -> bool {
+        self.blobs_deleted
+            + self.unknown_files_deleted
+            + self.tmp_files_deleted
+            + self.retention.orphans_expired
+            + self.retention.aged_expired
+            > 0
+    }
+
+    pub fn to_text(&self) -> String {
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let mut s = format!(
+            "gc {verb}: {} expired media ({} orphans, {} past max age; {} kept by external references), \
+             {} blobs, {} unknown files, {} staging files; {} bytes freed; {} ms\n",
+            self.retention.orphans_expired + self.retention.aged_expired,
+            self.retention.orphans_expired,
+            self.retention.aged_expired,
+            self.retention.kept_by_external,
+            self.blobs_deleted,
+            self.unknown_files_deleted,
+            self.tmp_files_deleted,
+            self.bytes_freed,
+            self.duration_ms,
+        );
+        for p in &self.would_delete {
+            s.push_str(&format!("would delete {p}\n"));
+        }
+        for id in &self.retention.would_delete {
+            s.push_str(&format!("would delete media {id}\n"));
+        }
+        for p in &self.foreign_files {
+            s.push_str(&format!("left alone (not a blob): {p}\n"));
+        }
+        for e in &self.errors {
+            s.push_str(&format!("error: {e}\n"));
+        }
+        s
+    }
+}
+
+/// One full GC run over an open index connection (its own, not the daemon's:
+/// the SQLite write lock is what serialises it with uploads, in this process
+/// or another).
+pub fn run(
+    conn: &mut Connection,
+    store: &BlobStore,
+    retention_cfg: &RetentionConfig,
+    opts: &GcOptions,
+    external: Option<&dyn ExternalReferences>,
+) -> anyhow::Result<GcSummary> {
+    let started = Instant::now();
+    let mut summary = GcSummary {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if opts.retention {
+        summary.retention = retention::expire(
+            conn,
+            retention_cfg,
+            opts.now_ms,
+            opts.batch,
+            opts.dry_run,
+            external,
+        )?;
+    }
+    collect_zero_count_blobs(conn, store, opts, &mut summary)?;
+    collect_unknown_files(conn, store, opts, &mut summary)?;
+    collect_staging_files(store, opts, &mut summary)?;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// Blobs with count 0 since before `now - grace`, in batches of `opts.batch`,
+/// each batch one `BEGIN IMMEDIATE` transaction that selects (and so
+/// re-checks) its rows under the write lock.
+fn collect_zero_count_blobs(
+    conn: &mut Connection,
+    store: &BlobStore,
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    let cutoff = opts.now_ms.saturating_sub(millis(opts.grace));
+    let total: u64 = conn.query_row(
+        "SELECT count(*) FROM blobs WHERE refcount = 0 AND zero_since <= ?1",
+        [cutoff],
+        |r| r.get(0),
+    )?;
+    let bar = progress(total, "blobs", opts.progress);
+    // Keyset cursor over the partial index (zero_since, hash) WHERE refcount = 0:
+    // rows skipped (dry run, errors) are not seen again.
+    let mut cursor: (i64, Vec<u8>) = (i64::MIN, Vec::new());
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, [u8; 32], u64)> = tx
+            .prepare_cached(
+                "SELECT zero_since, hash, size FROM blobs
+                 WHERE refcount = 0 AND zero_since <= ?1 AND (zero_since, hash) > (?2, ?3)
+                 ORDER BY zero_since, hash LIMIT ?4",
+            )?
+            .query_map(
+                params![cutoff, cursor.0, cursor.1, opts.batch as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = rows.last() else { break };
+        cursor = (last.0, last.1.to_vec());
+        for (_, hash, size) in &rows {
+            let hash = blake3::Hash::from_bytes(*hash);
+            let path = store.blob_path(&hash);
+            // Never trust the count alone: a media row using the hash means the
+            // count drifted (fsck --repair fixes it); keep the file.
+            let used: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)",
+                [hash.as_bytes()],
+                |r| r.get(0),
+            )?;
+            if used {
+                summary.errors.push(format!(
+                    "blob {} has count 0 but media rows use it; kept (run `media-store fsck --repair`)",
+                    hash.to_hex()
+                ));
+                continue;
+            }
+            if opts.dry_run {
+                summary.would_delete.push(path.display().to_string());
+                summary.blobs_deleted += 1;
+                summary.bytes_freed += size;
+                continue;
+            }
+            // File first, then the row, both under the write lock: a crash in
+            // between leaves a count-0 row without a file, which an upload
+            // treats as absent (it installs its own copy) and the next GC drops.
+            match std::fs::remove_file(&path) {
+                Ok(()) => summary.bytes_freed += size,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    summary
+                        .errors
+                        .push(format!("cannot delete {}: {e}", path.display()));
+                    continue;
+                }
+            }
+            tx.execute(
+                "DELETE FROM blobs WHERE hash = ?1 AND refcount = 0",
+                [hash.as_bytes()],
+            )?;
+            summary.blobs_deleted += 1;
+        }
+        tx.commit()?;
+        bar.inc(rows.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Files under `blobs/` with no `blobs` row, untouched for the grace period.
+/// A blob renamed into place by an upload whose transaction has not committed
+/// yet has no row either: the re-check happens under the write lock (which
+/// that upload holds from its rename to its commit), and the mtime bound keeps
+/// any file written recently.
+fn collect_unknown_files(
+    conn: &mut Connection,
+    store: &BlobStore,
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    let cutoff = opts.now_ms.saturating_sub(millis(opts.grace));
+    let blobs = store.blobs_dir().to_owned();
+    let bar = progress(shard_count(&blobs), "unknown files", opts.progress);
+    let mut pending: Vec<(blake3::Hash, std::path::PathBuf)> = Vec::new();
+    walk_blobs(
+        &blobs,
+        || bar.inc(1),
+        |entries| {
+            for entry in entries {
+                match entry {
+                    BlobEntry::Foreign(p) => summary.foreign_files.push(p.display().to_string()),
+                    BlobEntry::Blob(hash, path) => {
+                        if known(conn, &hash)? || !older_than(&path, cutoff) {
+                            continue;
+                        }
+                        pending.push((hash, path));
+                    }
+                }
+            }
+            if pending.len() >= opts.batch {
+                delete_unknown(conn, &mut pending, cutoff, opts, summary)?;
+            }
+            Ok(())
+        },
+    )?;
+    delete_unknown(conn, &mut pending, cutoff, opts, summary)?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn known(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?
+        .query_row([hash.as_bytes()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn mtime_ms(path: &Path) -> Option<i64> {
+    let m = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+    Some(m.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+fn older_than(path: &Path, cutoff_ms: i64) -> bool {
+    mtime_ms(path).is_some_and(|m| m <= cutoff_ms)
+}
+
+fn delete_unknown(
+    conn: &mut Connection,
+    pending: &mut Vec<(blake3::Hash, std::path::PathBuf)>,
+    cutoff: i64,
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (hash, path) in pending.drain(..) {
+        // Under the write lock: no upload is between its rename and its commit.
+        if known(&tx, &hash)? || !older_than(&path, cutoff) {
+            continue;
+        }
+        let size = std::fs::symlink_metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if opts.dry_run {
+            summary.would_delete.push(path.display().to_string());
+            summary.unknown_files_deleted += 1;
+            summary.bytes_freed += size;
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                summary.unknown_files_deleted += 1;
+                summary.bytes_freed += size;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => summary
+                .errors
+                .push(format!("cannot delete {}: {e}", path.display())),
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Staging files untouched for `tmp_max_age`. An upload in flight writes its
+/// staging file continuously, so its mtime stays recent.
+fn collect_staging_files(
+    store: &BlobStore,
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    let cutoff = opts.now_ms.saturating_sub(millis(opts.tmp_max_age));
+    let entries = std::fs::read_dir(store.tmp_dir())
+        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", store.tmp_dir().display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_file() || !older_than(&path, cutoff) {
+            continue;
+        }
+        if opts.dry_run {
+            summary.would_delete.push(path.display().to_string());
+            summary.tmp_files_deleted += 1;
+        } else if std::fs::remove_file(&path).is_ok() {
+            summary.tmp_files_deleted += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub fn system_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens a data folder's index for a lifecycle command, refusing a folder
+/// that has no index: on a wrong or unmounted path, an empty new index would
+/// make every blob look unknown.
+pub fn open_existing(data_dir: &Path) -> anyhow::Result<(Connection, BlobStore)> {
+    let path = crate::app::index_path(data_dir);
+    if !path.is_file() {
+        anyhow::bail!(
+            "{} has no index ({} is missing); is the data folder right and mounted?",
+            data_dir.display(),
+            path.display()
+        );
+    }
+    let conn = crate::index::open_connection(&path)?;
+    let store = BlobStore::open(data_dir)?;
+    Ok((conn, store))
+}
+
+/// The daemon's own GC loop (`gc.interval` > 0): runs retention + GC on its
+/// own connection every interval, exactly as `media-store gc` would. Stops
+/// when the returned handle is aborted or dropped with the runtime.
+pub fn spawn_background(state: crate::AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let config = state.config();
+            let interval = config.gc.interval;
+            if interval.is_zero() {
+                // Off; look again later in case a reload turns it on.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+            tokio::time::sleep(interval).await;
+            let config = state.config();
+            let outcome = crate::tasks::blocking(move || -> anyhow::Result<GcSummary> {
+                let external = super::external_references(&config)?;
+                let (mut conn, store) = open_existing(&config.data_dir)?;
+                let opts = GcOptions::from_config(&config.gc, system_now_ms());
+                run(
+                    &mut conn,
+                    &store,
+                    &config.retention,
+                    &opts,
+                    external.as_deref(),
+                )
+            })
+            .await;
+            match outcome {
+                Ok(Ok(s)) => tracing::info!(
+                    blobs_deleted = s.blobs_deleted,
+                    bytes_freed = s.bytes_freed,
+                    media_expired = s.retention.orphans_expired + s.retention.aged_expired,
+                    unknown_files_deleted = s.unknown_files_deleted,
+                    duration_ms = s.duration_ms,
+                    "background gc finished"
+                ),
+                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "background gc failed"),
+                Err(e) => tracing::error!(error = %e, "background gc task panicked"),
+            }
+        }
+    })
+}

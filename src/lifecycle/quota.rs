@@ -1,0 +1,68 @@
+//! Per-uploader quotas, checked in the upload commit job under the index
+//! writer: the totals read there cannot change before the upload's own row
+//! commits, so concurrent uploads of one uploader cannot overshoot together.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::RetentionConfig;
+use crate::error::ErrorKind;
+use crate::index::IndexError;
+
+/// Limits per uploader; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Quota {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Quota {
+    pub fn from_config(c: &RetentionConfig) -> Quota {
+        Quota {
+            bytes: c.quota_bytes,
+            files: c.quota_files,
+        }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes == 0 && self.files == 0
+    }
+}
+
+/// Refuses (507 `quota_exceeded`) an upload of `size` bytes that would take the
+/// uploader past its quota. Must run inside the commit transaction.
+pub fn check(
+    conn: &Connection,
+    quota: &Quota,
+    uploader_id: i64,
+    size: u64,
+) -> Result<(), IndexError> {
+    if quota.is_unlimited() {
+        return Ok(());
+    }
+    let (files, bytes): (u64, u64) = conn
+        .query_row(
+            "SELECT file_count, bytes FROM uploader_usage WHERE uploader_id = ?1",
+            [uploader_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, 0));
+    let refuse = |message: String| IndexError::Job {
+        kind: ErrorKind::InsufficientStorage,
+        code: "quota_exceeded",
+        message,
+    };
+    if quota.files > 0 && files + 1 > quota.files {
+        return Err(refuse(format!(
+            "uploader {uploader_id} already has {files} files; the quota is {}",
+            quota.files
+        )));
+    }
+    if quota.bytes > 0 && bytes.saturating_add(size) > quota.bytes {
+        return Err(refuse(format!(
+            "uploader {uploader_id} stores {bytes} bytes; {size} more would pass the quota of {} bytes",
+            quota.bytes
+        )));
+    }
+    Ok(())
+}
