@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::index::Index;
 use crate::media::MediaService;
 use crate::policy::Policy;
+use crate::signing::{Clock, Signer, SystemClock};
 use crate::store::{self, BlobStore};
 
 /// Cheap to clone: one `Arc` around the shared parts.
@@ -26,6 +27,12 @@ struct Inner {
     media: MediaService,
     /// The token from the data folder, used while the config sets none.
     file_token: Option<String>,
+    /// Built from `[signing]` (or the data folder's generated key); swapped
+    /// whole by [`AppState::reload`] so keys rotate without a restart.
+    signer: ArcSwap<Signer>,
+    /// The data folder's generated signing key, used while `[signing]` lists none.
+    file_signing_key: Option<(String, Vec<u8>)>,
+    clock: Arc<dyn Clock>,
     /// Held for the daemon's lifetime: a second daemon on the same data folder
     /// would delete this one's staging files at its start.
     _lock: Option<nix::fcntl::Flock<fs::File>>,
@@ -35,6 +42,7 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct StartReport {
     pub generated_token: Option<PathBuf>,
+    pub generated_signing_key: Option<PathBuf>,
     pub stale_staging_files_removed: usize,
 }
 
@@ -42,6 +50,14 @@ impl AppState {
     /// Opens the data folder for serving: takes its lock, removes staging files
     /// left by a crash, opens and migrates the index, and loads the API token.
     pub fn open(config: Config) -> anyhow::Result<(AppState, StartReport)> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`AppState::open`] with the clock that signed URLs are checked against.
+    pub fn open_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<(AppState, StartReport)> {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
@@ -55,17 +71,29 @@ impl AppState {
             store::make_dirs_durable,
         )?;
         let (file_token, generated_token) = load_or_create_token(&config)?;
+        let (file_signing_key, generated_signing_key) = if config.signing.keys.is_empty() {
+            let (key, created) = load_signing_key_file(&config.data_dir, true)?;
+            (key, created)
+        } else {
+            (None, None)
+        };
+        let signer = Signer::from_config(&config.signing, file_signing_key.clone(), clock.clone())
+            .map_err(anyhow::Error::msg)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
             media,
             file_token,
+            signer: ArcSwap::from_pointee(signer),
+            file_signing_key,
+            clock,
             _lock: Some(lock),
         }));
         Ok((
             state,
             StartReport {
                 generated_token,
+                generated_signing_key,
                 stale_staging_files_removed: stale,
             },
         ))
@@ -90,6 +118,11 @@ impl AppState {
         }
     }
 
+    /// The URL signer of the running config.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.0.signer.load_full()
+    }
+
     pub fn public_base_url(&self) -> String {
         self.0.config.load().public_base_url.clone()
     }
@@ -103,6 +136,19 @@ impl AppState {
             // No token to fall back on: keep the running one rather than lock everyone out.
             tracing::warn!("reload would leave no API token; keeping the running config");
             return vec!["api_token"];
+        }
+        // Keys rotate live. A config whose keys cannot sign (no key at all,
+        // because the generated one was never created) keeps the running signer.
+        match Signer::from_config(
+            &applied.signing,
+            self.0.file_signing_key.clone(),
+            self.0.clock.clone(),
+        ) {
+            Ok(signer) => self.0.signer.store(Arc::new(signer)),
+            Err(e) => {
+                tracing::warn!(error = %e, "signing keys not reloaded; keeping the running ones");
+                return vec!["signing"];
+            }
         }
         self.0.media.set_policy(Policy::new(applied.upload.clone()));
         self.0.config.store(Arc::new(applied));
@@ -168,6 +214,54 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(Option<String>, Opti
             file.sync_all()?;
             Ok((Some(token), Some(path)))
         }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+const SIGNING_KEY_FILE: &str = "signing-key";
+
+/// The data folder's signing key (`<kid> <base64url secret>`, mode 0600), used
+/// while `[signing]` lists no keys. With `create`, a missing file is generated
+/// (and its path returned); without, a missing file is `None`.
+pub fn load_signing_key_file(
+    data_dir: &Path,
+    create: bool,
+) -> anyhow::Result<(Option<(String, Vec<u8>)>, Option<PathBuf>)> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mode = fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} is readable by other users (mode {:o}); run `chmod 600` on it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            let (kid, secret) = text
+                .trim()
+                .split_once(' ')
+                .with_context(|| format!("{} is not `<kid> <secret>`", path.display()))?;
+            crate::signing::check_kid(kid).map_err(anyhow::Error::msg)?;
+            let secret = crate::signing::decode_secret(secret)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok((Some((kid.to_owned(), secret)), None))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            let kid = format!("gen-{:08x}", rand::random::<u32>());
+            let secret = crate::signing::generate_secret();
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{kid} {secret}")?;
+            file.sync_all()?;
+            let bytes = crate::signing::decode_secret(&secret).map_err(anyhow::Error::msg)?;
+            Ok((Some((kid, bytes)), Some(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, None)),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }

@@ -2,6 +2,7 @@
 //! Handlers parse, call a domain service and serialize; nothing below this
 //! module knows about axum.
 
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod routes;
@@ -10,6 +11,7 @@ pub mod views;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::middleware;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
@@ -27,6 +29,20 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/media/{id}",
             get(routes::media::get_media).delete(routes::media::delete_media),
+        )
+        .route("/v1/media/{id}/url", post(routes::urls::create_media_url))
+        .route("/v1/upload-urls", post(routes::urls::create_upload_url))
+        // Reached by browsers with signed URLs: the only routes with CORS.
+        .merge(
+            Router::new()
+                .route("/files/{id}", get(routes::files::download_file))
+                .route(
+                    routes::urls::UPLOAD_PATH,
+                    post(routes::urls::upload_presigned)
+                        .put(routes::urls::upload_presigned)
+                        .layer(DefaultBodyLimit::disable()),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), cors::cors)),
         )
         .route("/healthz", get(routes::health::healthz))
         .fallback(|| async {

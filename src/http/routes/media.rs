@@ -1,9 +1,14 @@
 //! `/v1/media`: upload, get, list, delete. Parse, call `media::`, serialize.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
@@ -12,7 +17,8 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
 use crate::http::views::{MediaPage, MediaView, UploadView};
 use crate::index::media::{ListQuery, TypeFilter};
-use crate::media::{MediaError, UploadMeta};
+use crate::error::ErrorKind;
+use crate::media::{Ingested, MediaError, UploadMeta};
 use crate::timefmt::parse_instant_ms;
 
 /// Multipart framing (boundaries, part headers) allowed on top of the largest file.
@@ -37,13 +43,50 @@ pub async fn create_media(
             "query parameter `uploader_id` is required",
         )
     })?;
+    let ingested = ingest_request(
+        &state,
+        uploader_id,
+        params.filename.as_deref(),
+        request,
+        None,
+    )
+    .await?;
+    let view = UploadView {
+        media: MediaView::new(&ingested.row, &state.public_base_url()),
+        deduplicated: ingested.deduplicated,
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Ingests a request body, raw or multipart (field `file`), for `uploader_id`.
+/// Shared by the service upload and presigned uploads; `cap` is an extra limit
+/// (a presigned URL's `max_bytes`) enforced as 413 on top of the policy.
+pub(crate) async fn ingest_request(
+    state: &AppState,
+    uploader_id: i64,
+    filename: Option<&str>,
+    request: Request,
+    cap: Option<u64>,
+) -> Result<Ingested, ApiError> {
+    let cap_error = |cap: u64| {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "too_large",
+            format!("the upload exceeds this URL's limit of {cap} bytes"),
+        )
+    };
+    let over_cap = Arc::new(AtomicBool::new(false));
     let media = state.media();
     let declared_len = content_length(request.headers())?;
     let ingested = if is_multipart(request.headers()) {
         if let Some(len) = declared_len {
-            media.precheck_len(len.saturating_sub(MULTIPART_OVERHEAD))?;
+            let payload = len.saturating_sub(MULTIPART_OVERHEAD);
+            media.precheck_len(payload)?;
+            if let Some(cap) = cap.filter(|&cap| payload > cap) {
+                return Err(cap_error(cap));
+            }
         }
-        let mut form = Multipart::from_request(request, &state)
+        let mut form = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
         loop {
@@ -60,34 +103,62 @@ pub async fn create_media(
             let original_name = field
                 .file_name()
                 .and_then(clean_filename)
-                .or_else(|| params.filename.as_deref().and_then(clean_filename));
+                .or_else(|| filename.and_then(clean_filename));
             let meta = UploadMeta {
                 uploader_id,
                 original_name,
                 declared_len: None,
             };
             // Inside a form, a broken body is a broken multipart framing.
-            break media.ingest(meta, field).await.map_err(|e| match e {
-                MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
-                e => e.into(),
-            })?;
+            break media
+                .ingest(meta, capped(field, cap, over_cap.clone()))
+                .await
+                .map_err(|e| match e {
+                    MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
+                    e => e.into(),
+                });
         }
     } else {
-        let original_name = params.filename.as_deref().and_then(clean_filename);
+        if let Some(cap) = cap.filter(|&cap| declared_len.is_some_and(|len| len > cap)) {
+            return Err(cap_error(cap));
+        }
+        let original_name = filename.and_then(clean_filename);
         let meta = UploadMeta {
             uploader_id,
             original_name,
             declared_len,
         };
-        media
-            .ingest(meta, request.into_body().into_data_stream())
-            .await?
+        let body = capped(request.into_body().into_data_stream(), cap, over_cap.clone());
+        media.ingest(meta, body).await.map_err(ApiError::from)
     };
-    let view = UploadView {
-        media: MediaView::new(&ingested.row, &state.public_base_url()),
-        deduplicated: ingested.deduplicated,
-    };
-    Ok((StatusCode::CREATED, Json(view)))
+    ingested.map_err(|e| match cap {
+        Some(cap) if over_cap.load(Ordering::Relaxed) => cap_error(cap),
+        _ => e,
+    })
+}
+
+/// Ends `body` with an error (and sets `over`) once it passes `cap` bytes.
+fn capped<S, E>(
+    body: S,
+    cap: Option<u64>,
+    over: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = Result<Bytes, String>> + Send + Unpin
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let mut total: u64 = 0;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        total += chunk.len() as u64;
+        match cap {
+            Some(cap) if total > cap => {
+                over.store(true, Ordering::Relaxed);
+                Err(format!("the body passed {cap} bytes"))
+            }
+            _ => Ok(chunk),
+        }
+    })
 }
 
 fn is_multipart(headers: &HeaderMap) -> bool {

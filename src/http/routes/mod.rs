@@ -1,2 +1,4 @@
 pub mod health;
 pub mod media;
+pub mod files;
+pub mod urls;
