@@ -40,6 +40,21 @@ pub enum Command {
     },
     /// Print every configuration key with its environment variable.
     ConfigKeys,
+    /// Print a signed download URL for a media id as JSON {"url", "expires_at"},
+    /// offline, with the config's active signing key.
+    SignUrl {
+        /// Media id.
+        id: i64,
+        /// Lifetime in seconds (default: signing.default_ttl_secs; at most signing.max_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Variant to serve.
+        #[arg(long, default_value = "original")]
+        variant: String,
+        /// Make browsers download rather than display the file.
+        #[arg(long)]
+        attachment: bool,
+    },
 }
 
 impl Cli {
@@ -64,6 +79,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             init_tracing(&config.log);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(&cli, *listen, config))?;
+            Ok(0)
+        }
+        Command::SignUrl {
+            id,
+            ttl,
+            variant,
+            attachment,
+        } => {
+            let config = cli.load_config(None)?;
+            let view =
+                crate::http::routes::urls::sign_url_offline(&config, *id, *ttl, variant, *attachment)?;
+            println!("{}", serde_json::to_string(&view)?);
             Ok(0)
         }
         Command::ConfigKeys => {

@@ -196,3 +196,48 @@ pub async fn upload_presigned(
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
+
+/// `media-store sign-url`: signs from the config's keys (or the data folder's
+/// generated key) and the index opened read-only, without a running daemon.
+pub fn sign_url_offline(
+    config: &crate::config::Config,
+    id: i64,
+    ttl_secs: Option<u64>,
+    variant: &str,
+    attachment: bool,
+) -> anyhow::Result<SignedUrlView> {
+    use anyhow::Context as _;
+    use rusqlite::OpenFlags;
+    let fallback = if config.signing.keys.is_empty() {
+        let (key, _) = crate::app::load_signing_key_file(&config.data_dir, false)?;
+        Some(key.context(
+            "no signing key: configure [signing] keys or start the daemon once to generate one",
+        )?)
+    } else {
+        None
+    };
+    let signer = crate::signing::Signer::from_config(
+        &config.signing,
+        fallback,
+        std::sync::Arc::new(crate::signing::SystemClock),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let path = crate::app::index_path(&config.data_dir);
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open the index {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let row = crate::index::media::get_media(&conn, id)?
+        .with_context(|| format!("media {id} does not exist"))?;
+    sign_media_url(
+        &signer,
+        &config.public_base_url,
+        &row,
+        ttl_secs,
+        Some(variant),
+        attachment,
+    )
+    .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
