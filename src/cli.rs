@@ -88,8 +88,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             attachment,
         } => {
             let config = cli.load_config(None)?;
-            let view =
-                crate::http::routes::urls::sign_url_offline(&config, *id, *ttl, variant, *attachment)?;
+            let view = crate::http::routes::urls::sign_url_offline(
+                &config,
+                *id,
+                *ttl,
+                variant,
+                *attachment,
+            )?;
             println!("{}", serde_json::to_string(&view)?);
             Ok(0)
         }

@@ -221,7 +221,9 @@ impl Signer {
         for (kid, secret) in keys {
             check_kid(&kid)?;
             if secret.len() < MIN_SECRET_BYTES {
-                return Err(format!("key {kid:?} is shorter than {MIN_SECRET_BYTES} bytes"));
+                return Err(format!(
+                    "key {kid:?} is shorter than {MIN_SECRET_BYTES} bytes"
+                ));
             }
             let mac = HmacSha256::new_from_slice(&secret).map_err(|e| e.to_string())?;
             map.insert(kid, mac);
@@ -299,9 +301,9 @@ impl Signer {
         }
         let expires_at = self.clock.now().saturating_add(ttl as i64);
         let exp = expires_at.to_string();
-        let mut pairs: Vec<(&str, &str)> = options.to_vec();
-        pairs.push(("exp", &exp));
-        pairs.push(("kid", &self.active_kid));
+        // `exp` and `kid` first, options after, `sig` last: `path?exp=..&kid=..&..&sig=..`.
+        let mut pairs: Vec<(&str, &str)> = vec![("exp", &exp), ("kid", &self.active_kid)];
+        pairs.extend_from_slice(options);
         let mac = self.keys[&self.active_kid].clone();
         let sig = URL_SAFE_NO_PAD.encode(authenticate(mac, target, &pairs).finalize().into_bytes());
         let mut query = form_urlencoded::Serializer::new(String::new());
@@ -422,7 +424,9 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let s = signer(clock.clone());
         let h = blake3::hash(b"x");
-        let signed = s.sign(target(&h), &[("variant", "original")], Some(60)).unwrap();
+        let signed = s
+            .sign(target(&h), &[("variant", "original")], Some(60))
+            .unwrap();
         assert_eq!(signed.expires_at, T0 + 60);
         let v = s.verify(target(&h), &signed.query).unwrap();
         assert_eq!(v.option("variant"), Some("original"));
@@ -498,14 +502,8 @@ mod tests {
         assert!(s.sign(target(&h), &[], Some(0)).is_err());
         let q = s.sign(target(&h), &[], Some(3600)).unwrap().query;
         // The same keys under a smaller cap refuse the longer-lived URL.
-        let strict = Signer::new(
-            vec![("a".into(), vec![1; 32])],
-            "a",
-            60,
-            60,
-            clock.clone(),
-        )
-        .unwrap();
+        let strict =
+            Signer::new(vec![("a".into(), vec![1; 32])], "a", 60, 60, clock.clone()).unwrap();
         assert_eq!(strict.verify(target(&h), &q), Err(SignError::Invalid));
     }
 
@@ -524,9 +522,14 @@ mod tests {
         )
         .unwrap();
         assert!(rotated.verify(target(&h), &q).is_ok());
-        assert!(rotated.sign(target(&h), &[], None).unwrap().query.contains("kid=b"));
-        let removed =
-            Signer::new(vec![("b".into(), vec![2; 32])], "b", 3600, 600, clock).unwrap();
+        assert!(
+            rotated
+                .sign(target(&h), &[], None)
+                .unwrap()
+                .query
+                .contains("kid=b")
+        );
+        let removed = Signer::new(vec![("b".into(), vec![2; 32])], "b", 3600, 600, clock).unwrap();
         assert_eq!(removed.verify(target(&h), &q), Err(SignError::Invalid));
     }
 
@@ -538,7 +541,8 @@ mod tests {
         assert!(validate_config(&c).is_err());
         c.keys.insert("k1".into(), generate_secret());
         assert!(validate_config(&c).is_ok());
-        c.keys.insert("k2".into(), URL_SAFE_NO_PAD.encode([0u8; 16]));
+        c.keys
+            .insert("k2".into(), URL_SAFE_NO_PAD.encode([0u8; 16]));
         assert!(validate_config(&c).unwrap_err().contains("at least 32"));
         c.keys.remove("k2");
         c.keys.insert("bad kid".into(), generate_secret());

@@ -59,7 +59,9 @@ pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -
                     .collect()
             })
             .unwrap_or_default();
-        let headers_ok = requested.iter().all(|r| ALLOW_HEADERS.contains(&r.as_str()));
+        let headers_ok = requested
+            .iter()
+            .all(|r| ALLOW_HEADERS.contains(&r.as_str()));
         // A refused preflight carries no CORS headers: the browser then blocks the request.
         if let (Some(origin), true, true) = (allow, method_ok, headers_ok) {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -88,4 +90,9 @@ pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -
         );
     }
     response
+}
+
+/// `OPTIONS` without a CORS preflight: nothing to say.
+pub async fn no_content() -> StatusCode {
+    StatusCode::NO_CONTENT
 }

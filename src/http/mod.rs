@@ -10,8 +10,8 @@ pub mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::middleware;
+use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
@@ -35,11 +35,17 @@ pub fn router(state: AppState) -> Router {
         // Reached by browsers with signed URLs: the only routes with CORS.
         .merge(
             Router::new()
-                .route("/files/{id}", get(routes::files::download_file))
+                // OPTIONS: preflights are answered by the CORS layer, which
+                // only sees methods that have a handler.
+                .route(
+                    "/files/{id}",
+                    get(routes::files::download_file).options(cors::no_content),
+                )
                 .route(
                     routes::urls::UPLOAD_PATH,
                     post(routes::urls::upload_presigned)
                         .put(routes::urls::upload_presigned)
+                        .options(cors::no_content)
                         .layer(DefaultBodyLimit::disable()),
                 )
                 .layer(middleware::from_fn_with_state(state.clone(), cors::cors)),

@@ -4,6 +4,7 @@ mod harness;
 
 mod crash;
 mod errors;
+mod files;
 mod listing;
 mod reload;
 mod upload;

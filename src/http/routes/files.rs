@@ -153,7 +153,10 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
     put(&mut headers, header::CONTENT_SECURITY_POLICY, "sandbox");
     put(&mut headers, header::ACCEPT_RANGES, "bytes");
 
-    if c.if_none_match.as_ref().is_some_and(|m| !m.precondition_passes(&etag)) {
+    if c.if_none_match
+        .as_ref()
+        .is_some_and(|m| !m.precondition_passes(&etag))
+    {
         return Ok(Prepared {
             status: StatusCode::NOT_MODIFIED,
             headers,
@@ -175,7 +178,11 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
             &hex[0..2],
             &hex[2..4]
         );
-        put(&mut headers, HeaderName::from_static("x-accel-redirect"), &target);
+        put(
+            &mut headers,
+            HeaderName::from_static("x-accel-redirect"),
+            &target,
+        );
         return Ok(Prepared {
             status: StatusCode::OK,
             headers,
@@ -186,11 +193,19 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
     let size = row.size;
     let range = match &c.range {
         // A Range with a stale If-Range validator gets the whole file.
-        Some(r) if c.if_range.as_ref().is_none_or(|ir| !ir.is_modified(Some(&etag), None)) => {
+        Some(r)
+            if c.if_range
+                .as_ref()
+                .is_none_or(|ir| !ir.is_modified(Some(&etag), None)) =>
+        {
             match byte_range(r, size) {
                 Ok(range) => range,
                 Err(()) => {
-                    put(&mut headers, header::CONTENT_RANGE, &format!("bytes */{size}"));
+                    put(
+                        &mut headers,
+                        header::CONTENT_RANGE,
+                        &format!("bytes */{size}"),
+                    );
                     put(&mut headers, header::CONTENT_TYPE, "application/json");
                     headers.remove(header::CONTENT_DISPOSITION);
                     let body = serde_json::json!({"error": {
@@ -214,7 +229,11 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
                 header::CONTENT_RANGE,
                 &format!("bytes {}-{}/{size}", r.start(), r.end()),
             );
-            (StatusCode::PARTIAL_CONTENT, *r.start(), r.end() - r.start() + 1)
+            (
+                StatusCode::PARTIAL_CONTENT,
+                *r.start(),
+                r.end() - r.start() + 1,
+            )
         }
         None => (StatusCode::OK, 0, size),
     };
@@ -345,7 +364,12 @@ mod tests {
             "inline; filename=\"Gr__e _x_.png\"; filename*=UTF-8''Gr%C3%BC%C3%9Fe%20%22x%22.png"
         );
         assert!(content_disposition(&row("image/png", None), true).starts_with("attachment"));
-        for unsafe_type in ["image/svg+xml", "text/html", "application/zip", "text/plain"] {
+        for unsafe_type in [
+            "image/svg+xml",
+            "text/html",
+            "application/zip",
+            "text/plain",
+        ] {
             assert!(
                 content_disposition(&row(unsafe_type, None), false).starts_with("attachment;"),
                 "{unsafe_type}"

@@ -7,17 +7,17 @@ use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::error::ErrorKind;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
 use crate::http::views::{MediaPage, MediaView, UploadView};
 use crate::index::media::{ListQuery, TypeFilter};
-use crate::error::ErrorKind;
 use crate::media::{Ingested, MediaError, UploadMeta};
 use crate::timefmt::parse_instant_ms;
 
@@ -128,7 +128,11 @@ pub(crate) async fn ingest_request(
             original_name,
             declared_len,
         };
-        let body = capped(request.into_body().into_data_stream(), cap, over_cap.clone());
+        let body = capped(
+            request.into_body().into_data_stream(),
+            cap,
+            over_cap.clone(),
+        );
         media.ingest(meta, body).await.map_err(ApiError::from)
     };
     ingested.map_err(|e| match cap {

@@ -1,4 +1,4 @@
+pub mod files;
 pub mod health;
 pub mod media;
-pub mod files;
 pub mod urls;

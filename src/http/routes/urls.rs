@@ -56,7 +56,10 @@ pub fn sign_media_url(
     if !VARIANTS.contains(&variant) {
         return Err(ApiError::bad_request(
             "unknown_variant",
-            format!("unknown variant {variant:?}; known: {}", VARIANTS.join(", ")),
+            format!(
+                "unknown variant {variant:?}; known: {}",
+                VARIANTS.join(", ")
+            ),
         ));
     }
     let mut options = Vec::new();
@@ -135,8 +138,8 @@ pub async fn create_upload_url(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<UploadUrlView>, ApiError> {
-    let req: UploadUrlRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    let req: UploadUrlRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
     let policy_max = state.media().policy().max_bytes();
     let max_bytes = req.max_bytes.unwrap_or(policy_max);
     if max_bytes == 0 || max_bytes > policy_max {
@@ -157,7 +160,11 @@ pub async fn create_upload_url(
     )?;
     let base = state.public_base_url();
     Ok(Json(UploadUrlView {
-        url: format!("{}{UPLOAD_PATH}?{}", base.trim_end_matches('/'), signed.query),
+        url: format!(
+            "{}{UPLOAD_PATH}?{}",
+            base.trim_end_matches('/'),
+            signed.query
+        ),
         expires_at: rfc3339_ms(signed.expires_at * 1000),
         max_bytes,
     }))
