@@ -6,5 +6,6 @@ mod crash;
 mod errors;
 mod files;
 mod listing;
+mod nginx;
 mod reload;
 mod upload;

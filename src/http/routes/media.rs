@@ -79,66 +79,126 @@ pub(crate) async fn ingest_request(
     let media = state.media();
     let declared_len = content_length(request.headers())?;
     let ingested = if is_multipart(request.headers()) {
-        if let Some(len) = declared_len {
-            let payload = len.saturating_sub(MULTIPART_OVERHEAD);
-            media.precheck_len(payload)?;
-            if let Some(cap) = cap.filter(|&cap| payload > cap) {
-                return Err(cap_error(cap));
-            }
-        }
         let mut form = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
-        loop {
-            let field = form
-                .next_field()
-                .await
-                .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?
-                .ok_or_else(|| {
-                    ApiError::bad_request("missing_file_field", "the form has no `file` field")
-                })?;
-            if field.name() != Some("file") {
-                continue;
-            }
-            let original_name = field
-                .file_name()
-                .and_then(clean_filename)
-                .or_else(|| filename.and_then(clean_filename));
+        let payload = declared_len.map(|len| len.saturating_sub(MULTIPART_OVERHEAD));
+        let result = match payload {
+            Some(len) if cap.is_some_and(|cap| len > cap) => Err(cap_error(cap.unwrap_or(len))),
+            Some(len) => media.precheck_len(len).map_err(ApiError::from),
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => ingest_form(media, &mut form, uploader_id, filename, cap, &over_cap).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            drain_form(&mut form).await;
+        }
+        result
+    } else {
+        let mut body = request.into_body().into_data_stream();
+        let result = if let Some(cap) = cap.filter(|&cap| declared_len.is_some_and(|len| len > cap))
+        {
+            Err(cap_error(cap))
+        } else {
             let meta = UploadMeta {
                 uploader_id,
-                original_name,
-                declared_len: None,
+                original_name: filename.and_then(clean_filename),
+                declared_len,
             };
-            // Inside a form, a broken body is a broken multipart framing.
-            break media
-                .ingest(meta, capped(field, cap, over_cap.clone()))
+            let capped_body = capped(&mut body, cap, over_cap.clone());
+            media
+                .ingest(meta, capped_body)
                 .await
-                .map_err(|e| match e {
-                    MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
-                    e => e.into(),
-                });
-        }
-    } else {
-        if let Some(cap) = cap.filter(|&cap| declared_len.is_some_and(|len| len > cap)) {
-            return Err(cap_error(cap));
-        }
-        let original_name = filename.and_then(clean_filename);
-        let meta = UploadMeta {
-            uploader_id,
-            original_name,
-            declared_len,
+                .map_err(ApiError::from)
         };
-        let body = capped(
-            request.into_body().into_data_stream(),
-            cap,
-            over_cap.clone(),
-        );
-        media.ingest(meta, body).await.map_err(ApiError::from)
+        if result.is_err() {
+            drain(&mut body).await;
+        }
+        result
     };
     ingested.map_err(|e| match cap {
         Some(cap) if over_cap.load(Ordering::Relaxed) => cap_error(cap),
         _ => e,
     })
+}
+
+async fn ingest_form(
+    media: &crate::media::MediaService,
+    form: &mut Multipart,
+    uploader_id: i64,
+    filename: Option<&str>,
+    cap: Option<u64>,
+    over_cap: &Arc<AtomicBool>,
+) -> Result<Ingested, ApiError> {
+    loop {
+        let mut field = form
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?
+            .ok_or_else(|| {
+                ApiError::bad_request("missing_file_field", "the form has no `file` field")
+            })?;
+        if field.name() != Some("file") {
+            continue;
+        }
+        let original_name = field
+            .file_name()
+            .and_then(clean_filename)
+            .or_else(|| filename.and_then(clean_filename));
+        let meta = UploadMeta {
+            uploader_id,
+            original_name,
+            declared_len: None,
+        };
+        let result = media
+            .ingest(meta, capped(&mut field, cap, over_cap.clone()))
+            .await;
+        if result.is_err() {
+            drain(&mut field).await;
+        }
+        // Inside a form, a broken body is a broken multipart framing.
+        return result.map_err(|e| match e {
+            MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
+            e => e.into(),
+        });
+    }
+}
+
+/// How much of a refused upload is still read (and discarded) before answering.
+/// A proxy that streams request bodies (nginx with `proxy_request_buffering
+/// off`) fails with 502 when the daemon closes the connection while it is still
+/// sending; once the body is read, it passes our 413/415 on. Beyond these bounds
+/// the connection is closed instead.
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn drain<S, E>(body: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut left = DRAIN_BYTES;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+        left = left.saturating_sub(chunk.len() as u64);
+        if left == 0 {
+            break;
+        }
+    }
+}
+
+async fn drain_form(form: &mut Multipart) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut left = DRAIN_BYTES;
+    while let Ok(Ok(Some(mut field))) = tokio::time::timeout_at(deadline, form.next_field()).await {
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, field.chunk()).await {
+            left = left.saturating_sub(chunk.len() as u64);
+            if left == 0 {
+                return;
+            }
+        }
+    }
 }
 
 /// Ends `body` with an error (and sets `over`) once it passes `cap` bytes.

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fixtures;
+pub mod nginx;
 
 pub use daemon::{TestApp, TestDaemon};
 pub use fixtures::*;
