@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod browser;
 mod crash;
 mod errors;
 mod files;
