@@ -8,12 +8,14 @@
 # Runs a release build of the daemon and a real nginx from nginx/media-store.conf
 # (only its @ values replaced), on 127.0.0.1. Prints figures and ratios.
 #
-# Usage: benches/serve.sh [SECONDS_PER_RUN] [ROUNDS]     (defaults 5 and 3)
+# Usage: benches/serve.sh [SECONDS_PER_RUN] [ROUNDS] [keepalive]   (defaults 5 and 3;
+#        `keepalive` runs only the 4 KiB keep-alive comparisons, for tuning)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
 ROUNDS=${2:-3}
-for bin in wrk nginx curl python3; do
+ONLY=${3:-all}
+for bin in wrk nginx curl python3 b3sum; do
     command -v "$bin" >/dev/null || [ -x "/usr/sbin/$bin" ] || { echo "missing $bin (apt-get install $bin)"; exit 2; }
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -133,7 +135,7 @@ for u in "$STATIC_SMALL" "$DAEMON_SMALL" "$ACCEL_SMALL"; do
     cmp -s <(curl -sf "$u") "$WORK/small.txt" || { echo "wrong bytes from $u"; exit 2; }
 done
 for u in "$STATIC_BIG" "$DAEMON_BIG" "$ACCEL_BIG"; do
-    [ "$(curl -sf "$u" | b3sum --no-names 2>/dev/null || curl -sf "$u" | sha256sum | cut -c1-64)" != "" ] || { echo "no bytes from $u"; exit 2; }
+    [ "$(curl -sf "$u" | b3sum --no-names)" = "$BIG_HASH" ] || { echo "wrong bytes from $u"; exit 2; }
 done
 
 # wrk -> requests/s and bytes/s (wrk prints human units; its Lua done() gives raw numbers).
@@ -167,6 +169,7 @@ for round in $(seq "$ROUNDS"); do
     record "4k static keepalive" "$(run_wrk 64 "$STATIC_SMALL")"
     record "4k daemon keepalive" "$(run_wrk 64 "$DAEMON_SMALL")"
     record "4k accel keepalive" "$(run_wrk 64 "$ACCEL_SMALL")"
+    [ "$ONLY" = keepalive ] && continue
     record "4k static close" "$(run_wrk 64 "$STATIC_SMALL" -H 'Connection: close')"
     record "4k daemon close" "$(run_wrk 64 "$DAEMON_SMALL" -H 'Connection: close')"
     record "4k accel close" "$(run_wrk 64 "$ACCEL_SMALL" -H 'Connection: close')"
@@ -175,6 +178,10 @@ for round in $(seq "$ROUNDS"); do
     record "100M accel" "$(run_wrk 4 "$ACCEL_BIG")"
 done
 
+if [ "$ONLY" = keepalive ]; then
+    python3 -c "print(f'daemon/static {100*${SUM_RPS["4k daemon keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%  accel/static {100*${SUM_RPS["4k accel keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%')"
+    exit 0
+fi
 avg() { python3 -c "print(${SUM_RPS[$1]}/$ROUNDS)"; }
 avgb() { python3 -c "print(${SUM_BPS[$1]}/$ROUNDS/1048576)"; }
 ratio() { python3 -c "print(f'{100*$1/$2:.0f}%')"; }

@@ -34,7 +34,8 @@ fn main() {
     }
     let start = Instant::now();
     for _ in 0..iterations {
-        std::hint::black_box(signer.verify(std::hint::black_box(target), &query)).expect("verifies");
+        std::hint::black_box(signer.verify(std::hint::black_box(target), &query))
+            .expect("verifies");
     }
     let elapsed = start.elapsed();
     let bad = query.replace("sig=", "sig=A");

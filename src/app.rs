@@ -31,8 +31,13 @@ struct Inner {
     /// whole by [`AppState::reload`] so keys rotate without a restart.
     signer: ArcSwap<Signer>,
     /// The data folder's generated signing key, used while `[signing]` lists none.
-    file_signing_key: Option<(String, Vec<u8>)>,
+    file_signing_key: Option<SigningKey>,
     clock: Arc<dyn Clock>,
+    /// Downloads looking up their row at once: as many as the index keeps read
+    /// connections, so a burst waits here (async) instead of opening new
+    /// SQLite connections on blocking threads.
+    download_slots: tokio::sync::Semaphore,
+    download_cache: crate::http::routes::files::DownloadCache,
     /// Held for the daemon's lifetime: a second daemon on the same data folder
     /// would delete this one's staging files at its start.
     _lock: Option<nix::fcntl::Flock<fs::File>>,
@@ -80,6 +85,7 @@ impl AppState {
         let signer = Signer::from_config(&config.signing, file_signing_key.clone(), clock.clone())
             .map_err(anyhow::Error::msg)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
+        let download_slots = tokio::sync::Semaphore::new(config.index.reader_connections);
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
             media,
@@ -87,6 +93,8 @@ impl AppState {
             signer: ArcSwap::from_pointee(signer),
             file_signing_key,
             clock,
+            download_slots,
+            download_cache: Default::default(),
             _lock: Some(lock),
         }));
         Ok((
@@ -121,6 +129,14 @@ impl AppState {
     /// The URL signer of the running config.
     pub fn signer(&self) -> Arc<Signer> {
         self.0.signer.load_full()
+    }
+
+    pub fn download_cache(&self) -> &crate::http::routes::files::DownloadCache {
+        &self.0.download_cache
+    }
+
+    pub fn download_slots(&self) -> &tokio::sync::Semaphore {
+        &self.0.download_slots
     }
 
     pub fn public_base_url(&self) -> String {
@@ -220,13 +236,16 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(Option<String>, Opti
 
 const SIGNING_KEY_FILE: &str = "signing-key";
 
+/// A signing key: its id and secret bytes.
+pub type SigningKey = (String, Vec<u8>);
+
 /// The data folder's signing key (`<kid> <base64url secret>`, mode 0600), used
 /// while `[signing]` lists no keys. With `create`, a missing file is generated
 /// (and its path returned); without, a missing file is `None`.
 pub fn load_signing_key_file(
     data_dir: &Path,
     create: bool,
-) -> anyhow::Result<(Option<(String, Vec<u8>)>, Option<PathBuf>)> {
+) -> anyhow::Result<(Option<SigningKey>, Option<PathBuf>)> {
     let path = data_dir.join(SIGNING_KEY_FILE);
     match fs::read_to_string(&path) {
         Ok(text) => {

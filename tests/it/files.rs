@@ -339,11 +339,15 @@ async fn issuing_urls_validates_its_input() {
 }
 
 #[tokio::test]
-async fn deleted_media_is_not_found_even_with_a_valid_url() {
+async fn deleted_media_is_not_found_at_once_even_with_a_valid_cached_url() {
     let app = TestApp::start().await;
     let media = upload(&app.base, &app.client, unique_png(6), "p.png").await;
     let id = media["id"].as_i64().unwrap();
     let url = signed(&app.base, &app.client, id, json!({})).await;
+    // Served (and so cached) before the delete...
+    for _ in 0..3 {
+        assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+    }
     let resp = app
         .client
         .delete(app.url(&format!("/v1/media/{id}")))
@@ -352,6 +356,7 @@ async fn deleted_media_is_not_found_even_with_a_valid_url() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
+    // ...and gone from the very next request.
     let (status, code) = error_code(app.client.get(&url).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (404, "media_not_found"));
     assert_consistent(&app.data);

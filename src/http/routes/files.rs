@@ -4,11 +4,13 @@
 //! streams the blob (Range, ETag/If-None-Match, safe headers) or, with
 //! `serve.nginx_accel`, hands the file to nginx with `X-Accel-Redirect`.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::HashMap;
+use std::io::{Read, SeekFrom};
 use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +27,7 @@ use crate::signing::{SignError, Target};
 /// The only variant today; previews add more later (each signed like this one).
 pub const VARIANTS: &[&str] = &["original"];
 
-/// Bodies up to this size are read in the same blocking call that looks up the
-/// row, so a small download costs one thread hop.
+/// Blobs up to this size are read whole and kept in the [`DownloadCache`].
 const SMALL_BODY: u64 = 64 * 1024;
 /// Read size for streamed bodies: large enough that per-chunk overhead does not
 /// show against sendfile, small enough to bound memory per download.
@@ -40,16 +41,90 @@ struct Conditions {
     head: bool,
 }
 
-enum Body_ {
+/// What to send after the headers.
+enum Plan {
     Empty,
-    Bytes(Vec<u8>),
-    File { file: File, start: u64, len: u64 },
+    Json(String),
+    Bytes { start: u64, len: u64 },
 }
 
 struct Prepared {
     status: StatusCode,
     headers: HeaderMap,
-    body: Body_,
+    plan: Plan,
+}
+
+/// Keeps hot downloads off SQLite and the disk: media rows by id, and the
+/// bytes of small blobs by hash.
+///
+/// Rows are valid only while [`Index::generation`](crate::index::Index::generation)
+/// is the one read before the row was, so a deletion (or any other write) is
+/// seen by the very next download; entries also expire after
+/// [`ROW_TTL`] to bound how long a change made by another process (a CLI tool)
+/// can go unseen. Blob bytes never change under their hash, and are only used
+/// for a row that is current.
+pub struct DownloadCache {
+    rows: Mutex<HashMap<i64, CachedRow>>,
+    bodies: Mutex<(HashMap<blake3::Hash, Bytes>, usize)>,
+}
+
+#[derive(Clone)]
+struct CachedRow {
+    row: Arc<MediaRow>,
+    generation: u64,
+    at: Instant,
+}
+
+pub const ROW_TTL: Duration = Duration::from_secs(1);
+const MAX_ROWS: usize = 100_000;
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+impl Default for DownloadCache {
+    fn default() -> Self {
+        DownloadCache {
+            rows: Mutex::new(HashMap::new()),
+            bodies: Mutex::new((HashMap::new(), 0)),
+        }
+    }
+}
+
+impl DownloadCache {
+    fn row(&self, id: i64, generation: u64) -> Option<Arc<MediaRow>> {
+        let rows = self.rows.lock().expect("download cache lock poisoned");
+        rows.get(&id)
+            .filter(|c| c.generation == generation && c.at.elapsed() < ROW_TTL)
+            .map(|c| c.row.clone())
+    }
+
+    fn put_row(&self, row: Arc<MediaRow>, generation: u64) {
+        let mut rows = self.rows.lock().expect("download cache lock poisoned");
+        // Simple bound: start over when full (entries are cheap to re-read).
+        if rows.len() >= MAX_ROWS {
+            rows.clear();
+        }
+        rows.insert(
+            row.id,
+            CachedRow {
+                row,
+                generation,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn body(&self, hash: &blake3::Hash) -> Option<Bytes> {
+        let bodies = self.bodies.lock().expect("download cache lock poisoned");
+        bodies.0.get(hash).cloned()
+    }
+
+    fn put_body(&self, hash: blake3::Hash, bytes: Bytes) {
+        let mut bodies = self.bodies.lock().expect("download cache lock poisoned");
+        if bodies.1 + bytes.len() > MAX_BODY_BYTES {
+            *bodies = (HashMap::new(), 0);
+        }
+        bodies.1 += bytes.len();
+        bodies.0.insert(hash, bytes);
+    }
 }
 
 /// `GET|HEAD /files/{id}`
@@ -69,16 +144,23 @@ pub async fn download_file(
             .map(str::to_owned),
         head: method == Method::HEAD,
     };
-    let query = uri.query().unwrap_or("").to_owned();
-    let state2 = state.clone();
-    // One blocking call: row lookup, signature check, file open (and a small read).
-    let prepared = crate::tasks::blocking(move || prepare(&state2, id, &query, conditions))
-        .await
-        .map_err(|_| ApiError::new(ErrorKind::Internal, "internal", "internal error"))??;
-    let body = match prepared.body {
-        Body_::Empty => Body::empty(),
-        Body_::Bytes(b) => Body::from(b),
-        Body_::File { file, start, len } => {
+    let row = lookup(&state, id).await?;
+    // Pure work (HMAC, headers) stays on the executor: about a microsecond.
+    let prepared = prepare(&state, &row, uri.query().unwrap_or(""), conditions)?;
+    let body = match prepared.plan {
+        Plan::Empty => Body::empty(),
+        Plan::Json(text) => Body::from(text),
+        Plan::Bytes { start, len } if row.size <= SMALL_BODY => {
+            let bytes = small_body(&state, &row).await?;
+            Body::from(bytes.slice(start as usize..(start + len) as usize))
+        }
+        Plan::Bytes { start, len } => {
+            let store = state.media().store().clone();
+            let hash = row.hash;
+            let file = crate::tasks::blocking(move || store.open_blob(&hash))
+                .await
+                .map_err(|e| internal("blob open task failed", e))?
+                .map_err(|e| internal("blob file of a live media row cannot be opened", e))?;
             let mut file = tokio::fs::File::from_std(file);
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
             file.seek(SeekFrom::Start(start))
@@ -95,25 +177,69 @@ pub async fn download_file(
     Ok(response)
 }
 
+/// The media row, from the cache or the index (off the executor).
+async fn lookup(state: &AppState, id: i64) -> Result<Arc<MediaRow>, ApiError> {
+    let cache = state.download_cache();
+    // Read before the query: a write that lands meanwhile invalidates the entry.
+    let generation = state.media().index().generation();
+    if let Some(row) = cache.row(id, generation) {
+        return Ok(row);
+    }
+    let slot = state
+        .download_slots()
+        .acquire()
+        .await
+        .map_err(|e| internal("download slots closed", e))?;
+    let index = state.media().index().clone();
+    let row = crate::tasks::blocking(move || index.read_blocking(|conn| get_media(conn, id)))
+        .await
+        .map_err(|e| internal("index read task failed", e))?
+        .map_err(ApiError::from)?;
+    drop(slot);
+    let row = Arc::new(row.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "media_not_found",
+            format!("media {id} does not exist"),
+        )
+    })?);
+    cache.put_row(row.clone(), generation);
+    Ok(row)
+}
+
+/// The whole content of a small blob, from the cache or the disk.
+async fn small_body(state: &AppState, row: &MediaRow) -> Result<Bytes, ApiError> {
+    let cache = state.download_cache();
+    if let Some(bytes) = cache.body(&row.hash) {
+        return Ok(bytes);
+    }
+    let store = state.media().store().clone();
+    let (hash, size) = (row.hash, row.size);
+    let bytes = crate::tasks::blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; size as usize];
+        store.open_blob(&hash)?.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| internal("blob read task failed", e))?
+    .map_err(|e| internal("cannot read blob", e))?;
+    let bytes = Bytes::from(bytes);
+    cache.put_body(row.hash, bytes.clone());
+    Ok(bytes)
+}
+
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "{what}");
     ApiError::new(ErrorKind::Internal, "internal", "internal error")
 }
 
-fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prepared, ApiError> {
-    let media = state.media();
-    let row = media
-        .index()
-        .read_blocking(move |conn| get_media(conn, id))
-        .map_err(ApiError::from)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::NotFound,
-                "media_not_found",
-                format!("media {id} does not exist"),
-            )
-        })?;
-    let path = format!("/files/{id}");
+fn prepare(
+    state: &AppState,
+    row: &MediaRow,
+    query: &str,
+    c: Conditions,
+) -> Result<Prepared, ApiError> {
+    let path = format!("/files/{}", row.id);
     let signer = state.signer();
     let verified = signer.verify(
         Target {
@@ -160,14 +286,14 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
         return Ok(Prepared {
             status: StatusCode::NOT_MODIFIED,
             headers,
-            body: Body_::Empty,
+            plan: Plan::Empty,
         });
     }
     put(&mut headers, header::CONTENT_TYPE, &row.file_type);
     put(
         &mut headers,
         header::CONTENT_DISPOSITION,
-        &content_disposition(&row, attachment),
+        &content_disposition(row, attachment),
     );
     if config.serve.nginx_accel {
         // nginx serves the file (and Range, HEAD) from its internal location.
@@ -186,7 +312,7 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
         return Ok(Prepared {
             status: StatusCode::OK,
             headers,
-            body: Body_::Empty,
+            plan: Plan::Empty,
         });
     }
 
@@ -215,7 +341,7 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
                     return Ok(Prepared {
                         status: StatusCode::RANGE_NOT_SATISFIABLE,
                         headers,
-                        body: Body_::Bytes(body.to_string().into_bytes()),
+                        plan: Plan::Json(body.to_string()),
                     });
                 }
             }
@@ -238,30 +364,15 @@ fn prepare(state: &AppState, id: i64, query: &str, c: Conditions) -> Result<Prep
         None => (StatusCode::OK, 0, size),
     };
     put(&mut headers, header::CONTENT_LENGTH, &len.to_string());
-    if c.head {
-        return Ok(Prepared {
-            status,
-            headers,
-            body: Body_::Empty,
-        });
-    }
-    let mut file = media
-        .store()
-        .open_blob(&row.hash)
-        .map_err(|e| internal("blob file of a live media row cannot be opened", e))?;
-    let body = if len <= SMALL_BODY {
-        let mut buf = vec![0; len as usize];
-        file.seek(SeekFrom::Start(start))
-            .and_then(|_| file.read_exact(&mut buf))
-            .map_err(|e| internal("cannot read blob", e))?;
-        Body_::Bytes(buf)
+    let plan = if c.head || len == 0 {
+        Plan::Empty
     } else {
-        Body_::File { file, start, len }
+        Plan::Bytes { start, len }
     };
     Ok(Prepared {
         status,
         headers,
-        body,
+        plan,
     })
 }
 
