@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::index::Index;
 use crate::media::MediaService;
 use crate::policy::Policy;
+use crate::signing::{Clock, Signer, SystemClock};
 use crate::store::{self, BlobStore};
 
 /// Cheap to clone: one `Arc` around the shared parts.
@@ -28,6 +29,17 @@ struct Inner {
     mysql: crate::sync::MysqlSync,
     /// The token from the data folder, used while the config sets none.
     file_token: Option<String>,
+    /// Built from `[signing]` (or the data folder's generated key); swapped
+    /// whole by [`AppState::reload`] so keys rotate without a restart.
+    signer: ArcSwap<Signer>,
+    /// The data folder's generated signing key, used while `[signing]` lists none.
+    file_signing_key: Option<SigningKey>,
+    clock: Arc<dyn Clock>,
+    /// Downloads looking up their row at once: as many as the index keeps read
+    /// connections, so a burst waits here (async) instead of opening new
+    /// SQLite connections on blocking threads.
+    download_slots: tokio::sync::Semaphore,
+    download_cache: crate::http::routes::files::DownloadCache,
     /// Held for the daemon's lifetime: a second daemon on the same data folder
     /// would delete this one's staging files at its start.
     _lock: Option<nix::fcntl::Flock<fs::File>>,
@@ -37,6 +49,7 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct StartReport {
     pub generated_token: Option<PathBuf>,
+    pub generated_signing_key: Option<PathBuf>,
     pub stale_staging_files_removed: usize,
 }
 
@@ -44,6 +57,14 @@ impl AppState {
     /// Opens the data folder for serving: takes its lock, removes staging files
     /// left by a crash, opens and migrates the index, and loads the API token.
     pub fn open(config: Config) -> anyhow::Result<(AppState, StartReport)> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`AppState::open`] with the clock that signed URLs are checked against.
+    pub fn open_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<(AppState, StartReport)> {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
@@ -59,21 +80,36 @@ impl AppState {
         let (file_token, generated_token) = load_or_create_token(&config)?;
         crate::telemetry::prometheus();
         let mysql = crate::sync::MysqlSync::start(&config, &index)?;
+        let (file_signing_key, generated_signing_key) = if config.signing.keys.is_empty() {
+            let (key, created) = load_signing_key_file(&config.data_dir, true)?;
+            (key, created)
+        } else {
+            (None, None)
+        };
+        let signer = Signer::from_config(&config.signing, file_signing_key.clone(), clock.clone())
+            .map_err(anyhow::Error::msg)?;
         let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
         media.set_quota(crate::lifecycle::quota::Quota::from_config(
             &config.retention,
         ));
+        let download_slots = tokio::sync::Semaphore::new(config.index.reader_connections);
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
             media,
             mysql,
             file_token,
+            signer: ArcSwap::from_pointee(signer),
+            file_signing_key,
+            clock,
+            download_slots,
+            download_cache: Default::default(),
             _lock: Some(lock),
         }));
         Ok((
             state,
             StartReport {
                 generated_token,
+                generated_signing_key,
                 stale_staging_files_removed: stale,
             },
         ))
@@ -102,6 +138,19 @@ impl AppState {
         }
     }
 
+    /// The URL signer of the running config.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.0.signer.load_full()
+    }
+
+    pub fn download_cache(&self) -> &crate::http::routes::files::DownloadCache {
+        &self.0.download_cache
+    }
+
+    pub fn download_slots(&self) -> &tokio::sync::Semaphore {
+        &self.0.download_slots
+    }
+
     pub fn public_base_url(&self) -> String {
         self.0.config.load().public_base_url.clone()
     }
@@ -115,6 +164,19 @@ impl AppState {
             // No token to fall back on: keep the running one rather than lock everyone out.
             tracing::warn!("reload would leave no API token; keeping the running config");
             return vec!["api_token"];
+        }
+        // Keys rotate live. A config whose keys cannot sign (no key at all,
+        // because the generated one was never created) keeps the running signer.
+        match Signer::from_config(
+            &applied.signing,
+            self.0.file_signing_key.clone(),
+            self.0.clock.clone(),
+        ) {
+            Ok(signer) => self.0.signer.store(Arc::new(signer)),
+            Err(e) => {
+                tracing::warn!(error = %e, "signing keys not reloaded; keeping the running ones");
+                return vec!["signing"];
+            }
         }
         self.0.media.set_policy(Policy::new(applied.upload.clone()));
         self.0.mysql.set_public_base_url(&applied.public_base_url);
@@ -186,6 +248,57 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(Option<String>, Opti
             file.sync_all()?;
             Ok((Some(token), Some(path)))
         }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+const SIGNING_KEY_FILE: &str = "signing-key";
+
+/// A signing key: its id and secret bytes.
+pub type SigningKey = (String, Vec<u8>);
+
+/// The data folder's signing key (`<kid> <base64url secret>`, mode 0600), used
+/// while `[signing]` lists no keys. With `create`, a missing file is generated
+/// (and its path returned); without, a missing file is `None`.
+pub fn load_signing_key_file(
+    data_dir: &Path,
+    create: bool,
+) -> anyhow::Result<(Option<SigningKey>, Option<PathBuf>)> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mode = fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} is readable by other users (mode {:o}); run `chmod 600` on it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            let (kid, secret) = text
+                .trim()
+                .split_once(' ')
+                .with_context(|| format!("{} is not `<kid> <secret>`", path.display()))?;
+            crate::signing::check_kid(kid).map_err(anyhow::Error::msg)?;
+            let secret = crate::signing::decode_secret(secret)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok((Some((kid.to_owned(), secret)), None))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            let kid = format!("gen-{:08x}", rand::random::<u32>());
+            let secret = crate::signing::generate_secret();
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{kid} {secret}")?;
+            file.sync_all()?;
+            let bytes = crate::signing::decode_secret(&secret).map_err(anyhow::Error::msg)?;
+            Ok((Some((kid, bytes)), Some(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, None)),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }

@@ -65,6 +65,21 @@ pub enum Command {
     /// orphans. Exit: 0 clean, 1 problems found (also when repaired), 2 error.
     #[command(visible_alias = "scrub")]
     Fsck(crate::lifecycle::cli::FsckArgs),
+    /// Print a signed download URL for a media id as JSON {"url", "expires_at"},
+    /// offline, with the config's active signing key.
+    SignUrl {
+        /// Media id.
+        id: i64,
+        /// Lifetime in seconds (default: signing.default_ttl_secs; at most signing.max_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Variant to serve.
+        #[arg(long, default_value = "original")]
+        variant: String,
+        /// Make browsers download rather than display the file.
+        #[arg(long)]
+        attachment: bool,
+    },
 }
 
 impl Cli {
@@ -93,6 +108,23 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Gc(args) => crate::lifecycle::cli::gc(&cli.load_config(None)?, args),
         Command::Fsck(args) => crate::lifecycle::cli::fsck(&cli.load_config(None)?, args),
+        Command::SignUrl {
+            id,
+            ttl,
+            variant,
+            attachment,
+        } => {
+            let config = cli.load_config(None)?;
+            let view = crate::http::routes::urls::sign_url_offline(
+                &config,
+                *id,
+                *ttl,
+                variant,
+                *attachment,
+            )?;
+            println!("{}", serde_json::to_string(&view)?);
+            Ok(0)
+        }
         Command::ConfigKeys => {
             for (path, env) in Config::keys() {
                 println!("{path}\t{env}");

@@ -48,6 +48,9 @@ pub struct Config {
     pub retention: crate::lifecycle::RetentionConfig,
     /// Garbage collection of unreferenced blobs and stale files (issue #4).
     pub gc: crate::lifecycle::GcConfig,
+    pub signing: SigningConfig,
+    pub serve: ServeConfig,
+    pub cors: CorsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +75,70 @@ pub struct IndexConfig {
     pub reader_connections: usize,
 }
 
+/// Keys for signed URLs (docs/downloads.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Key id -> base64url secret (at least 32 bytes). Every key here verifies; empty uses
+    /// `<data_dir>/signing-key` (generated on first start).
+    pub keys: BTreeMap<String, String>,
+    /// The key that signs new URLs; must be in `keys` when `keys` is not empty.
+    pub active_kid: String,
+    /// No URL is valid longer than this after it was issued.
+    pub max_ttl_secs: u64,
+    /// Lifetime of a URL when the request names none.
+    pub default_ttl_secs: u64,
+}
+
+/// How file downloads are answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Verify, then let nginx send the file (`X-Accel-Redirect`).
+    pub nginx_accel: bool,
+    /// nginx `internal` location aliasing `<data_dir>/blobs/`.
+    pub accel_prefix: String,
+}
+
+/// Cross-origin access to downloads and presigned uploads (never to the service API).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins (`https://chat.example.org`) or `*`; empty disables CORS.
+    pub allowed_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            keys: BTreeMap::new(),
+            active_kid: String::new(),
+            max_ttl_secs: 7 * 24 * 3600,
+            default_ttl_secs: 3600,
+        }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            nginx_accel: false,
+            accel_prefix: "/_blobs/".into(),
+        }
+    }
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
+}
+
 const MIB: u64 = 1024 * 1024;
 
 impl Default for Config {
@@ -87,6 +154,9 @@ impl Default for Config {
             mysql: crate::sync::MysqlConfig::default(),
             retention: Default::default(),
             gc: Default::default(),
+            signing: SigningConfig::default(),
+            serve: ServeConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -228,6 +298,12 @@ impl Config {
                 )));
             }
         }
+        crate::signing::validate_config(&self.signing).map_err(ConfigError::Invalid)?;
+        if !(self.serve.accel_prefix.starts_with('/') && self.serve.accel_prefix.ends_with('/')) {
+            return Err(ConfigError::Invalid(
+                "serve.accel_prefix must start and end with `/`".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -254,6 +330,11 @@ impl Config {
         if self.index != running.index {
             ignored.push("index");
             self.index = running.index.clone();
+        }
+        // The sync worker is built once at start from these.
+        if self.mysql != running.mysql {
+            ignored.push("mysql");
+            self.mysql = running.mysql.clone();
         }
         if self.mysql != running.mysql {
             ignored.push("mysql");
@@ -296,7 +377,7 @@ fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String
 }
 
 fn is_free_form(path: &str) -> bool {
-    path == "upload.family_max_bytes" || path == "retention.max_age_days"
+    path == "upload.family_max_bytes" || path == "retention.max_age_days" || path == "signing.keys"
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {

@@ -28,6 +28,7 @@ pub mod media;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod sync;
 pub mod tasks;

@@ -2,6 +2,7 @@
 //! Handlers parse, call a domain service and serialize; nothing below this
 //! module knows about axum.
 
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod routes;
@@ -9,6 +10,7 @@ pub mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{delete, get, post, put};
 use tower_http::trace::TraceLayer;
 
@@ -47,6 +49,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/uploaders/{uploader_id}/usage",
             get(routes::uploaders::get_usage),
+        )
+        .route("/v1/media/{id}/url", post(routes::urls::create_media_url))
+        .route("/v1/upload-urls", post(routes::urls::create_upload_url))
+        // Reached by browsers with signed URLs: the only routes with CORS.
+        .merge(
+            Router::new()
+                // OPTIONS: preflights are answered by the CORS layer, which
+                // only sees methods that have a handler.
+                .route(
+                    "/files/{id}",
+                    get(routes::files::download_file).options(cors::no_content),
+                )
+                .route(
+                    routes::urls::UPLOAD_PATH,
+                    post(routes::urls::upload_presigned)
+                        .put(routes::urls::upload_presigned)
+                        .options(cors::no_content)
+                        .layer(DefaultBodyLimit::disable()),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), cors::cors)),
         )
         .route("/healthz", get(routes::health::healthz))
         .route("/metrics", get(routes::metrics::metrics))

@@ -109,12 +109,10 @@ pub fn insert_media(conn: &Connection, new: &NewMedia, now_ms: i64) -> Result<Me
 }
 
 pub fn get_media(conn: &Connection, id: i64) -> Result<Option<MediaRow>> {
+    // Cached: this runs for every download.
     Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM media WHERE id = ?1"),
-            [id],
-            from_row,
-        )
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM media WHERE id = ?1"))?
+        .query_row([id], from_row)
         .optional()?)
 }
 

@@ -11,6 +11,7 @@
 pub mod media;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +135,9 @@ pub struct Index {
     /// std Mutex: held only to pop or push a connection, never across a query or an await.
     readers: Arc<Mutex<Vec<Connection>>>,
     max_readers: usize,
+    /// Bumped by the writer after every batch, before its callers hear back:
+    /// caches of rows stay valid only while it is unchanged.
+    generation: Arc<AtomicU64>,
 }
 
 impl Index {
@@ -147,20 +151,30 @@ impl Index {
     ) -> Result<Index> {
         let conn = open_connection(path)?;
         let (jobs, rx) = mpsc::unbounded_channel();
+        let generation = Arc::new(AtomicU64::new(0));
+        let bump = generation.clone();
         std::thread::Builder::new()
             .name("index-writer".into())
-            .spawn(move || writer_loop(conn, rx, group_commit_max, barrier))
+            .spawn(move || writer_loop(conn, rx, group_commit_max, barrier, bump))
             .map_err(|e| IndexError::CommitFailed(format!("cannot start writer thread: {e}")))?;
         Ok(Index {
             path: path.to_owned(),
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
             max_readers,
+            generation,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes after every write batch (committed or not) of this process.
+    /// Read it before a query: a result cached under generation `g` is still
+    /// current while `generation() == g`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Runs `f` on a read connection, off the async executor.
@@ -285,6 +299,7 @@ fn writer_loop(
     mut rx: mpsc::UnboundedReceiver<Job>,
     group_commit_max: usize,
     barrier: DurabilityBarrier,
+    generation: Arc<AtomicU64>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(group_commit_max);
     while let Some(first) = rx.blocking_recv() {
@@ -295,13 +310,18 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch.drain(..), barrier);
+        run_batch(&mut conn, batch.drain(..), barrier, &generation);
     }
     // Every handle is gone: leave a compact WAL behind for the next start.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-fn run_batch(conn: &mut Connection, jobs: impl Iterator<Item = Job>, barrier: DurabilityBarrier) {
+fn run_batch(
+    conn: &mut Connection,
+    jobs: impl Iterator<Item = Job>,
+    barrier: DurabilityBarrier,
+    generation: &AtomicU64,
+) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -331,6 +351,8 @@ fn run_batch(conn: &mut Connection, jobs: impl Iterator<Item = Job>, barrier: Du
     if let Err(e) = &outcome {
         tracing::error!(error = %e, "index batch did not commit");
     }
+    // After the commit, before any caller learns of it (see `Index::generation`).
+    generation.fetch_add(1, Ordering::AcqRel);
     for done in completions {
         done(outcome.as_ref().err());
     }

@@ -2,14 +2,17 @@
 
 mod harness;
 
+mod browser;
 mod crash;
 mod diskfull;
 mod errors;
+mod files;
 mod fsck;
 mod gc;
 mod lifecycle;
 mod listing;
 mod mysql;
+mod nginx;
 mod reload;
 mod systemd;
 mod upload;

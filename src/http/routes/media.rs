@@ -1,18 +1,24 @@
 //! `/v1/media`: upload, get, list, delete. Parse, call `media::`, serialize.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::error::ErrorKind;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
 use crate::http::views::{MediaPage, MediaView, UploadView};
 use crate::index::media::{ListQuery, TypeFilter};
-use crate::media::{MediaError, UploadMeta};
+use crate::media::{Ingested, MediaError, UploadMeta};
 use crate::timefmt::parse_instant_ms;
 
 /// Multipart framing (boundaries, part headers) allowed on top of the largest file.
@@ -46,59 +52,209 @@ pub async fn create_media(
                 .map_err(|_| ApiError::bad_request("bad_hash", "`blake3` must be 64 hex digits"))
         })
         .transpose()?;
-    let media = state.media();
-    let declared_len = content_length(request.headers())?;
-    let ingested = if is_multipart(request.headers()) {
-        if let Some(len) = declared_len {
-            media.precheck_len(len.saturating_sub(MULTIPART_OVERHEAD))?;
-        }
-        let mut form = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
-        loop {
-            let field = form
-                .next_field()
-                .await
-                .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?
-                .ok_or_else(|| {
-                    ApiError::bad_request("missing_file_field", "the form has no `file` field")
-                })?;
-            if field.name() != Some("file") {
-                continue;
-            }
-            let original_name = field
-                .file_name()
-                .and_then(clean_filename)
-                .or_else(|| params.filename.as_deref().and_then(clean_filename));
-            let meta = UploadMeta {
-                uploader_id,
-                original_name,
-                declared_len: None,
-                claimed_hash,
-            };
-            // Inside a form, a broken body is a broken multipart framing.
-            break media.ingest(meta, field).await.map_err(|e| match e {
-                MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
-                e => e.into(),
-            })?;
-        }
-    } else {
-        let original_name = params.filename.as_deref().and_then(clean_filename);
-        let meta = UploadMeta {
+    let ingested = ingest_request(
+        &state,
+        UploadTarget {
             uploader_id,
-            original_name,
-            declared_len,
+            filename: params.filename.as_deref(),
             claimed_hash,
-        };
-        media
-            .ingest(meta, request.into_body().into_data_stream())
-            .await?
-    };
+        },
+        request,
+        None,
+    )
+    .await?;
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
         deduplicated: ingested.deduplicated,
     };
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Ingests a request body, raw or multipart (field `file`), for `uploader_id`.
+/// Shared by the service upload and presigned uploads; `cap` is an extra limit
+/// (a presigned URL's `max_bytes`) enforced as 413 on top of the policy.
+/// Who an upload is for and what the client says about it.
+pub(crate) struct UploadTarget<'a> {
+    pub uploader_id: i64,
+    pub filename: Option<&'a str>,
+    /// `?blake3=`: content already stored is then only hashed (see `UploadMeta`).
+    pub claimed_hash: Option<blake3::Hash>,
+}
+
+pub(crate) async fn ingest_request(
+    state: &AppState,
+    target: UploadTarget<'_>,
+    request: Request,
+    cap: Option<u64>,
+) -> Result<Ingested, ApiError> {
+    let UploadTarget {
+        uploader_id,
+        filename,
+        claimed_hash,
+    } = target;
+    let cap_error = |cap: u64| {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "too_large",
+            format!("the upload exceeds this URL's limit of {cap} bytes"),
+        )
+    };
+    let over_cap = Arc::new(AtomicBool::new(false));
+    let media = state.media();
+    let declared_len = content_length(request.headers())?;
+    let ingested = if is_multipart(request.headers()) {
+        let mut form = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+        let payload = declared_len.map(|len| len.saturating_sub(MULTIPART_OVERHEAD));
+        let result = match payload {
+            Some(len) if cap.is_some_and(|cap| len > cap) => Err(cap_error(cap.unwrap_or(len))),
+            Some(len) => media.precheck_len(len).map_err(ApiError::from),
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => {
+                let target = UploadTarget {
+                    uploader_id,
+                    filename,
+                    claimed_hash,
+                };
+                ingest_form(media, &mut form, target, cap, &over_cap).await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            drain_form(&mut form).await;
+        }
+        result
+    } else {
+        let mut body = request.into_body().into_data_stream();
+        let result = if let Some(cap) = cap.filter(|&cap| declared_len.is_some_and(|len| len > cap))
+        {
+            Err(cap_error(cap))
+        } else {
+            let meta = UploadMeta {
+                uploader_id,
+                original_name: filename.and_then(clean_filename),
+                declared_len,
+                claimed_hash,
+            };
+            let capped_body = capped(&mut body, cap, over_cap.clone());
+            media
+                .ingest(meta, capped_body)
+                .await
+                .map_err(ApiError::from)
+        };
+        if result.is_err() {
+            drain(&mut body).await;
+        }
+        result
+    };
+    ingested.map_err(|e| match cap {
+        Some(cap) if over_cap.load(Ordering::Relaxed) => cap_error(cap),
+        _ => e,
+    })
+}
+
+async fn ingest_form(
+    media: &crate::media::MediaService,
+    form: &mut Multipart,
+    target: UploadTarget<'_>,
+    cap: Option<u64>,
+    over_cap: &Arc<AtomicBool>,
+) -> Result<Ingested, ApiError> {
+    loop {
+        let mut field = form
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?
+            .ok_or_else(|| {
+                ApiError::bad_request("missing_file_field", "the form has no `file` field")
+            })?;
+        if field.name() != Some("file") {
+            continue;
+        }
+        let original_name = field
+            .file_name()
+            .and_then(clean_filename)
+            .or_else(|| target.filename.and_then(clean_filename));
+        let meta = UploadMeta {
+            uploader_id: target.uploader_id,
+            original_name,
+            declared_len: None,
+            claimed_hash: target.claimed_hash,
+        };
+        let result = media
+            .ingest(meta, capped(&mut field, cap, over_cap.clone()))
+            .await;
+        if result.is_err() {
+            drain(&mut field).await;
+        }
+        // Inside a form, a broken body is a broken multipart framing.
+        return result.map_err(|e| match e {
+            MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
+            e => e.into(),
+        });
+    }
+}
+
+/// How much of a refused upload is still read (and discarded) before answering.
+/// A proxy that streams request bodies (nginx with `proxy_request_buffering
+/// off`) fails with 502 when the daemon closes the connection while it is still
+/// sending; once the body is read, it passes our 413/415 on. Beyond these bounds
+/// the connection is closed instead.
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn drain<S, E>(body: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut left = DRAIN_BYTES;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+        left = left.saturating_sub(chunk.len() as u64);
+        if left == 0 {
+            break;
+        }
+    }
+}
+
+async fn drain_form(form: &mut Multipart) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut left = DRAIN_BYTES;
+    while let Ok(Ok(Some(mut field))) = tokio::time::timeout_at(deadline, form.next_field()).await {
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, field.chunk()).await {
+            left = left.saturating_sub(chunk.len() as u64);
+            if left == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Ends `body` with an error (and sets `over`) once it passes `cap` bytes.
+fn capped<S, E>(
+    body: S,
+    cap: Option<u64>,
+    over: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = Result<Bytes, String>> + Send + Unpin
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let mut total: u64 = 0;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        total += chunk.len() as u64;
+        match cap {
+            Some(cap) if total > cap => {
+                over.store(true, Ordering::Relaxed);
+                Err(format!("the body passed {cap} bytes"))
+            }
+            _ => Ok(chunk),
+        }
+    })
 }
 
 fn is_multipart(headers: &HeaderMap) -> bool {

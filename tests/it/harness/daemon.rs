@@ -35,15 +35,39 @@ impl TestApp {
         app
     }
 
+    /// Starts with a clock the test moves (signed URL expiry).
+    pub async fn start_with_clock(
+        toml: &str,
+        clock: std::sync::Arc<dyn media_store::signing::Clock>,
+    ) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = Self::start_in_with_clock(dir.path(), toml, clock).await;
+        app._dir = Some(dir);
+        app
+    }
+
     /// Starts on an existing data folder (restart tests).
     pub async fn start_in(data: &Path, toml: &str) -> TestApp {
+        Self::start_in_with_clock(
+            data,
+            toml,
+            std::sync::Arc::new(media_store::signing::SystemClock),
+        )
+        .await
+    }
+
+    pub async fn start_in_with_clock(
+        data: &Path,
+        toml: &str,
+        clock: std::sync::Arc<dyn media_store::signing::Clock>,
+    ) -> TestApp {
         let env = BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), TOKEN.to_string())]);
         let overrides = Overrides {
             data_dir: Some(data.to_owned()),
             listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let config = Config::from_parts(toml, &env, &overrides).expect("test config is valid");
-        let (state, _) = media_store::AppState::open(config).expect("app opens");
+        let (state, _) = media_store::AppState::open_with_clock(config, clock).expect("app opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

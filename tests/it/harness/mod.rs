@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod fixtures;
 pub mod mariadb;
+pub mod nginx;
 
 pub use daemon::{TestApp, TestDaemon};
 pub use fixtures::*;

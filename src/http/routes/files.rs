@@ -1,0 +1,502 @@
+//! `GET`/`HEAD /files/{id}?exp=&kid=&sig=`: signed downloads (docs/downloads.md).
+//!
+//! Verifies the signature against the media row's content hash, then either
+//! streams the blob (Range, ETag/If-None-Match, safe headers) or, with
+//! `serve.nginx_accel`, hands the file to nginx with `X-Accel-Redirect`.
+
+use std::collections::HashMap;
+use std::io::{Read, SeekFrom};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use headers::{ETag, HeaderMapExt, IfNoneMatch, IfRange};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::app::AppState;
+use crate::error::ErrorKind;
+use crate::http::error::ApiError;
+use crate::http::extract::ApiPath;
+use crate::index::media::{MediaRow, get_media};
+use crate::signing::{SignError, Target};
+
+/// The only variant today; previews add more later (each signed like this one).
+pub const VARIANTS: &[&str] = &["original"];
+
+/// Blobs up to this size are read whole and kept in the [`DownloadCache`].
+const SMALL_BODY: u64 = 64 * 1024;
+/// Read size for streamed bodies: large enough that per-chunk overhead does not
+/// show against sendfile, small enough to bound memory per download.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// What the request asked for, besides the URL.
+struct Conditions {
+    if_none_match: Option<IfNoneMatch>,
+    if_range: Option<IfRange>,
+    range: Option<String>,
+    head: bool,
+}
+
+/// What to send after the headers.
+enum Plan {
+    Empty,
+    Json(String),
+    Bytes { start: u64, len: u64 },
+}
+
+struct Prepared {
+    status: StatusCode,
+    headers: HeaderMap,
+    plan: Plan,
+}
+
+/// Keeps hot downloads off SQLite and the disk: media rows by id, and the
+/// bytes of small blobs by hash.
+///
+/// Rows are valid only while [`Index::generation`](crate::index::Index::generation)
+/// is the one read before the row was, so a deletion (or any other write) is
+/// seen by the very next download; entries also expire after
+/// [`ROW_TTL`] to bound how long a change made by another process (a CLI tool)
+/// can go unseen. Blob bytes never change under their hash, and are only used
+/// for a row that is current.
+pub struct DownloadCache {
+    rows: Mutex<HashMap<i64, CachedRow>>,
+    bodies: Mutex<(HashMap<blake3::Hash, Bytes>, usize)>,
+}
+
+#[derive(Clone)]
+struct CachedRow {
+    row: Arc<MediaRow>,
+    generation: u64,
+    at: Instant,
+}
+
+pub const ROW_TTL: Duration = Duration::from_secs(1);
+const MAX_ROWS: usize = 100_000;
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+impl Default for DownloadCache {
+    fn default() -> Self {
+        DownloadCache {
+            rows: Mutex::new(HashMap::new()),
+            bodies: Mutex::new((HashMap::new(), 0)),
+        }
+    }
+}
+
+impl DownloadCache {
+    fn row(&self, id: i64, generation: u64) -> Option<Arc<MediaRow>> {
+        let rows = self.rows.lock().expect("download cache lock poisoned");
+        rows.get(&id)
+            .filter(|c| c.generation == generation && c.at.elapsed() < ROW_TTL)
+            .map(|c| c.row.clone())
+    }
+
+    fn put_row(&self, row: Arc<MediaRow>, generation: u64) {
+        let mut rows = self.rows.lock().expect("download cache lock poisoned");
+        // Simple bound: start over when full (entries are cheap to re-read).
+        if rows.len() >= MAX_ROWS {
+            rows.clear();
+        }
+        rows.insert(
+            row.id,
+            CachedRow {
+                row,
+                generation,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn body(&self, hash: &blake3::Hash) -> Option<Bytes> {
+        let bodies = self.bodies.lock().expect("download cache lock poisoned");
+        bodies.0.get(hash).cloned()
+    }
+
+    fn put_body(&self, hash: blake3::Hash, bytes: Bytes) {
+        let mut bodies = self.bodies.lock().expect("download cache lock poisoned");
+        if bodies.1 + bytes.len() > MAX_BODY_BYTES {
+            *bodies = (HashMap::new(), 0);
+        }
+        bodies.1 += bytes.len();
+        bodies.0.insert(hash, bytes);
+    }
+}
+
+/// `GET|HEAD /files/{id}`
+pub async fn download_file(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let conditions = Conditions {
+        if_none_match: headers.typed_get(),
+        if_range: headers.typed_get(),
+        range: headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        head: method == Method::HEAD,
+    };
+    let row = lookup(&state, id).await?;
+    // Pure work (HMAC, headers) stays on the executor: about a microsecond.
+    let prepared = prepare(&state, &row, uri.query().unwrap_or(""), conditions)?;
+    let body = match prepared.plan {
+        Plan::Empty => Body::empty(),
+        Plan::Json(text) => Body::from(text),
+        Plan::Bytes { start, len } if row.size <= SMALL_BODY => {
+            let bytes = small_body(&state, &row).await?;
+            Body::from(bytes.slice(start as usize..(start + len) as usize))
+        }
+        Plan::Bytes { start, len } => {
+            let store = state.media().store().clone();
+            let hash = row.hash;
+            let file = crate::tasks::blocking(move || store.open_blob(&hash))
+                .await
+                .map_err(|e| internal("blob open task failed", e))?
+                .map_err(|e| internal("blob file of a live media row cannot be opened", e))?;
+            let mut file = tokio::fs::File::from_std(file);
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| internal("cannot seek blob", e))?;
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file.take(len),
+                STREAM_CHUNK,
+            ))
+        }
+    };
+    let mut response = (prepared.status, body).into_response();
+    *response.headers_mut() = prepared.headers;
+    Ok(response)
+}
+
+/// The media row, from the cache or the index (off the executor).
+async fn lookup(state: &AppState, id: i64) -> Result<Arc<MediaRow>, ApiError> {
+    let cache = state.download_cache();
+    // Read before the query: a write that lands meanwhile invalidates the entry.
+    let generation = state.media().index().generation();
+    if let Some(row) = cache.row(id, generation) {
+        return Ok(row);
+    }
+    let slot = state
+        .download_slots()
+        .acquire()
+        .await
+        .map_err(|e| internal("download slots closed", e))?;
+    let index = state.media().index().clone();
+    let row = crate::tasks::blocking(move || index.read_blocking(|conn| get_media(conn, id)))
+        .await
+        .map_err(|e| internal("index read task failed", e))?
+        .map_err(ApiError::from)?;
+    drop(slot);
+    let row = Arc::new(row.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "media_not_found",
+            format!("media {id} does not exist"),
+        )
+    })?);
+    cache.put_row(row.clone(), generation);
+    Ok(row)
+}
+
+/// The whole content of a small blob, from the cache or the disk.
+async fn small_body(state: &AppState, row: &MediaRow) -> Result<Bytes, ApiError> {
+    let cache = state.download_cache();
+    if let Some(bytes) = cache.body(&row.hash) {
+        return Ok(bytes);
+    }
+    let store = state.media().store().clone();
+    let (hash, size) = (row.hash, row.size);
+    let bytes = crate::tasks::blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; size as usize];
+        store.open_blob(&hash)?.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| internal("blob read task failed", e))?
+    .map_err(|e| internal("cannot read blob", e))?;
+    let bytes = Bytes::from(bytes);
+    cache.put_body(row.hash, bytes.clone());
+    Ok(bytes)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "{what}");
+    ApiError::new(ErrorKind::Internal, "internal", "internal error")
+}
+
+fn prepare(
+    state: &AppState,
+    row: &MediaRow,
+    query: &str,
+    c: Conditions,
+) -> Result<Prepared, ApiError> {
+    let path = format!("/files/{}", row.id);
+    let signer = state.signer();
+    let verified = signer.verify(
+        Target {
+            method: "GET",
+            path: &path,
+            content: Some(&row.hash),
+        },
+        query,
+    )?;
+    let variant = verified.option("variant").unwrap_or("original");
+    if !VARIANTS.contains(&variant) {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "variant_not_found",
+            format!("no variant {variant:?} of this media"),
+        ));
+    }
+    let attachment = match verified.option("dl") {
+        None => false,
+        Some("1") => true,
+        Some(_) => return Err(SignError::Invalid.into()),
+    };
+    let remaining = (verified.expires_at - signer.now()).max(0);
+    let config = state.config();
+    let etag_text = format!("\"{}\"", row.hash.to_hex());
+    let etag: ETag = etag_text
+        .parse()
+        .map_err(|_| internal("bad etag", &etag_text))?;
+    let mut headers = HeaderMap::new();
+    put(&mut headers, header::ETAG, &etag_text);
+    put(
+        &mut headers,
+        header::CACHE_CONTROL,
+        &format!("private, max-age={remaining}"),
+    );
+    put(&mut headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    put(&mut headers, header::CONTENT_SECURITY_POLICY, "sandbox");
+    put(&mut headers, header::ACCEPT_RANGES, "bytes");
+
+    if c.if_none_match
+        .as_ref()
+        .is_some_and(|m| !m.precondition_passes(&etag))
+    {
+        return Ok(Prepared {
+            status: StatusCode::NOT_MODIFIED,
+            headers,
+            plan: Plan::Empty,
+        });
+    }
+    put(&mut headers, header::CONTENT_TYPE, &row.file_type);
+    put(
+        &mut headers,
+        header::CONTENT_DISPOSITION,
+        &content_disposition(row, attachment),
+    );
+    if config.serve.nginx_accel {
+        // nginx serves the file (and Range, HEAD) from its internal location.
+        let hex = row.hash.to_hex();
+        let target = format!(
+            "{}{}/{}/{hex}",
+            config.serve.accel_prefix,
+            &hex[0..2],
+            &hex[2..4]
+        );
+        put(
+            &mut headers,
+            HeaderName::from_static("x-accel-redirect"),
+            &target,
+        );
+        return Ok(Prepared {
+            status: StatusCode::OK,
+            headers,
+            plan: Plan::Empty,
+        });
+    }
+
+    let size = row.size;
+    let range = match &c.range {
+        // A Range with a stale If-Range validator gets the whole file.
+        Some(r)
+            if c.if_range
+                .as_ref()
+                .is_none_or(|ir| !ir.is_modified(Some(&etag), None)) =>
+        {
+            match byte_range(r, size) {
+                Ok(range) => range,
+                Err(()) => {
+                    put(
+                        &mut headers,
+                        header::CONTENT_RANGE,
+                        &format!("bytes */{size}"),
+                    );
+                    put(&mut headers, header::CONTENT_TYPE, "application/json");
+                    headers.remove(header::CONTENT_DISPOSITION);
+                    let body = serde_json::json!({"error": {
+                        "code": "range_not_satisfiable",
+                        "message": format!("the file has {size} bytes"),
+                    }});
+                    return Ok(Prepared {
+                        status: StatusCode::RANGE_NOT_SATISFIABLE,
+                        headers,
+                        plan: Plan::Json(body.to_string()),
+                    });
+                }
+            }
+        }
+        _ => None,
+    };
+    let (status, start, len) = match range {
+        Some(r) => {
+            put(
+                &mut headers,
+                header::CONTENT_RANGE,
+                &format!("bytes {}-{}/{size}", r.start(), r.end()),
+            );
+            (
+                StatusCode::PARTIAL_CONTENT,
+                *r.start(),
+                r.end() - r.start() + 1,
+            )
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    put(&mut headers, header::CONTENT_LENGTH, &len.to_string());
+    let plan = if c.head || len == 0 {
+        Plan::Empty
+    } else {
+        Plan::Bytes { start, len }
+    };
+    Ok(Prepared {
+        status,
+        headers,
+        plan,
+    })
+}
+
+/// One satisfiable range, `None` for "send everything" (several ranges are
+/// answered with the whole file, which RFC 9110 allows), `Err` for 416.
+fn byte_range(header: &str, size: u64) -> Result<Option<RangeInclusive<u64>>, ()> {
+    let ranges = http_range_header::parse_range_header(header)
+        .and_then(|r| r.validate(size))
+        .map_err(|_| ())?;
+    Ok(match ranges.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    })
+}
+
+fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    // Every value here is built from ASCII we control or from stored MIME types
+    // (checked at upload); a value that still fails is dropped rather than sent raw.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Types a browser may render inline without running active content.
+fn is_safe_inline(mime: &str) -> bool {
+    let mime = mime.to_ascii_lowercase();
+    (mime.starts_with("image/") && !mime.contains("svg"))
+        || mime.starts_with("audio/")
+        || mime.starts_with("video/")
+        || mime == "application/pdf"
+}
+
+/// RFC 5987 `attr-char`: everything else is percent-encoded in `filename*`.
+const ATTR_CHAR_COMPLEMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `inline` or `attachment` with the original filename, per RFC 6266: a plain
+/// ASCII `filename` for old clients plus the exact UTF-8 name in `filename*`
+/// (RFC 5987). Hand-written because no maintained crate formats this header;
+/// percent-encoding does the escaping.
+fn content_disposition(row: &MediaRow, attachment: bool) -> String {
+    let kind = if attachment || !is_safe_inline(&row.file_type) {
+        "attachment"
+    } else {
+        "inline"
+    };
+    let name = row
+        .original_name
+        .clone()
+        .unwrap_or_else(|| row.id.to_string());
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded = utf8_percent_encode(&name, ATTR_CHAR_COMPLEMENT);
+    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(mime: &str, name: Option<&str>) -> MediaRow {
+        MediaRow {
+            id: 9,
+            uploader_id: 1,
+            file_type: mime.into(),
+            hash: blake3::hash(b""),
+            size: 0,
+            original_name: name.map(str::to_owned),
+            uploaded_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn disposition_is_inline_only_for_safe_media_and_encodes_names() {
+        assert_eq!(
+            content_disposition(&row("image/png", Some("a b.png")), false),
+            "inline; filename=\"a b.png\"; filename*=UTF-8''a%20b.png"
+        );
+        assert_eq!(
+            content_disposition(&row("image/png", Some("Grüße \"x\".png")), false),
+            "inline; filename=\"Gr__e _x_.png\"; filename*=UTF-8''Gr%C3%BC%C3%9Fe%20%22x%22.png"
+        );
+        assert!(content_disposition(&row("image/png", None), true).starts_with("attachment"));
+        for unsafe_type in [
+            "image/svg+xml",
+            "text/html",
+            "application/zip",
+            "text/plain",
+        ] {
+            assert!(
+                content_disposition(&row(unsafe_type, None), false).starts_with("attachment;"),
+                "{unsafe_type}"
+            );
+        }
+        assert!(content_disposition(&row("application/pdf", None), false).starts_with("inline"));
+        assert!(content_disposition(&row("video/mp4", None), false).contains("filename=\"9\""));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(byte_range("bytes=0-9", 100), Ok(Some(0..=9)));
+        assert_eq!(byte_range("bytes=-10", 100), Ok(Some(90..=99)));
+        assert_eq!(byte_range("bytes=90-", 100), Ok(Some(90..=99)));
+        assert_eq!(byte_range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(byte_range("bytes=100-", 100), Err(()));
+        assert_eq!(byte_range("items=0-1", 100), Err(()));
+    }
+}

@@ -1,0 +1,189 @@
+//! A real nginx in front of the daemon, run from the shipped site config
+//! (`nginx/media-store.conf`) with only its `@` values replaced.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct Nginx {
+    pub base: String,
+    child: Child,
+    dir: TempDir,
+}
+
+fn nginx_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("nginx is not installed: install the Debian package `nginx` (scripts/test does)");
+}
+
+/// The shipped site file with its `@` values replaced; each must occur exactly once.
+pub fn site_config(listen: &str, upstream: &str, blobs: &Path, access_log: &Path) -> String {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/media-store.conf"),
+    )
+    .unwrap();
+    let mut site = shipped;
+    for (from, to) in [
+        (
+            "listen 80; # @listen",
+            format!("listen {listen}; # @listen"),
+        ),
+        (
+            "server 127.0.0.1:8080; # @upstream",
+            format!("server {upstream}; # @upstream"),
+        ),
+        (
+            "alias /var/lib/media-store/blobs/; # @blobs",
+            format!("alias {}/; # @blobs", blobs.display()),
+        ),
+        (
+            "access_log /var/log/nginx/media-store.access.log media_store;",
+            format!("access_log {} media_store;", access_log.display()),
+        ),
+    ] {
+        assert_eq!(
+            site.matches(from).count(),
+            1,
+            "nginx/media-store.conf must contain `{from}` once"
+        );
+        site = site.replace(from, &to);
+    }
+    site
+}
+
+/// `/proc/self` belongs to the process's effective user.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nginx {
+    /// Starts nginx on a random loopback port in front of `upstream` (host:port),
+    /// serving `blobs` for X-Accel-Redirect.
+    pub fn start(upstream: &str, blobs: &Path) -> Nginx {
+        let binary = nginx_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        for sub in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            std::fs::create_dir_all(p.join(sub)).unwrap();
+        }
+        // A port picked by binding and dropping can be taken meanwhile: retry.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let site = site_config(
+                &format!("127.0.0.1:{port}"),
+                upstream,
+                blobs,
+                &p.join("access.log"),
+            );
+            std::fs::write(p.join("site.conf"), site).unwrap();
+            // Workers must read the blobs: as root they would otherwise run as nobody.
+            let user = if is_root() { "user root;\n" } else { "" };
+            let main = format!(
+                "{user}daemon off;\nworker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n\
+                 client_body_temp_path {p}/client_body;\n  proxy_temp_path {p}/proxy;\n\
+                 fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+                 include {p}/site.conf;\n}}\n",
+                p = p.display()
+            );
+            let conf = p.join("nginx.conf");
+            std::fs::write(&conf, main).unwrap();
+            let test = Command::new(&binary)
+                .arg("-t")
+                .arg("-p")
+                .arg(p)
+                .arg("-e")
+                .arg(p.join("error.log"))
+                .arg("-c")
+                .arg(&conf)
+                .output()
+                .unwrap();
+            assert!(
+                test.status.success(),
+                "nginx -t rejected the config:\n{}",
+                String::from_utf8_lossy(&test.stderr)
+            );
+            let mut child = Command::new(&binary)
+                .arg("-p")
+                .arg(p)
+                .arg("-e")
+                .arg(p.join("error.log"))
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx {
+                        base: format!("http://127.0.0.1:{port}"),
+                        child,
+                        dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let log = std::fs::read_to_string(p.join("error.log")).unwrap_or_default();
+            if exited && log.contains("Address already in use") {
+                continue;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nginx did not start:\n{log}");
+        }
+        panic!("nginx found no free port in 5 attempts");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: fast shutdown of the master and its workers.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

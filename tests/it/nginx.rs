@@ -1,0 +1,189 @@
+//! The shipped nginx config in front of the daemon with `serve.nginx_accel`:
+//! a real nginx, started by the harness on a random loopback port.
+
+use serde_json::{Value, json};
+
+use crate::harness::nginx::Nginx;
+use crate::harness::*;
+
+const ACCEL: &str =
+    "[serve]\nnginx_accel = true\n[cors]\nallowed_origins = [\"http://chat.test\"]\n";
+
+async fn sign(client: &reqwest::Client, base: &str, id: i64) -> String {
+    let resp = client
+        .post(format!("{base}/v1/media/{id}/url"))
+        .header("authorization", bearer())
+        .json(&json!({"ttl_secs": 600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["url"].as_str().unwrap().to_owned()
+}
+
+fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", resp.headers()))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn nginx_serves_verified_downloads_with_x_accel_redirect() {
+    let app = TestApp::start_with(ACCEL).await;
+    let nginx = Nginx::start(
+        app.base.trim_start_matches("http://"),
+        &app.data.join("blobs"),
+    );
+    let client = &app.client;
+
+    // Upload through nginx (service API).
+    let video = testdata("video/h264_aac_faststart.mp4");
+    let resp = client
+        .post(nginx.url("/v1/media?uploader_id=3&filename=clip.mp4"))
+        .header("authorization", bearer())
+        .body(video.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
+    let media: Value = resp.json().await.unwrap();
+    let id = media["id"].as_i64().unwrap();
+    let etag = format!("\"{}\"", media["blake3"].as_str().unwrap());
+    let path = sign(client, &nginx.base, id).await;
+
+    // The daemon alone answers with the redirect and no body...
+    let direct = client.get(app.url(&path)).send().await.unwrap();
+    let accel = header(&direct, "x-accel-redirect").to_owned();
+    let hex = media["blake3"].as_str().unwrap();
+    assert_eq!(accel, format!("/_blobs/{}/{}/{hex}", &hex[..2], &hex[2..4]));
+    assert!(direct.bytes().await.unwrap().is_empty());
+
+    // ...so the bytes a client gets through nginx were sent by nginx.
+    let resp = client
+        .get(nginx.url(&path))
+        .header("origin", "http://chat.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", nginx.error_log());
+    assert!(resp.headers().get("x-accel-redirect").is_none());
+    assert_eq!(header(&resp, "content-type"), "video/mp4");
+    assert_eq!(header(&resp, "content-length"), video.len().to_string());
+    assert_eq!(header(&resp, "etag"), etag);
+    assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&resp, "content-security-policy"), "sandbox");
+    assert_eq!(header(&resp, "accept-ranges"), "bytes");
+    assert!(header(&resp, "cache-control").starts_with("private, max-age="));
+    assert!(header(&resp, "content-disposition").starts_with("inline; filename=\"clip.mp4\""));
+    assert_eq!(
+        header(&resp, "access-control-allow-origin"),
+        "http://chat.test"
+    );
+    assert!(header(&resp, "access-control-expose-headers").contains("Content-Range"));
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), video.as_slice());
+
+    // Range: nginx answers it from the file.
+    let resp = client
+        .get(nginx.url(&path))
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(
+        header(&resp, "content-range"),
+        format!("bytes 1000-1999/{}", video.len())
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &video[1000..2000]);
+    let resp = client
+        .get(nginx.url(&path))
+        .header("range", format!("bytes={}-", video.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 416);
+
+    // HEAD and If-None-Match.
+    let resp = client.head(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-length"), video.len().to_string());
+    let resp = client
+        .get(nginx.url(&path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    assert_eq!(header(&resp, "etag"), etag);
+
+    // Tampered: refused by the daemon, and the internal location is not reachable.
+    let tampered = path.replace("exp=", "exp=1");
+    let resp = client.get(nginx.url(&tampered)).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_signature");
+    let resp = client.get(nginx.url(&accel)).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "the internal location must not be public"
+    );
+
+    // Signatures stay out of nginx's access log.
+    assert!(
+        !nginx.access_log().contains("sig="),
+        "{}",
+        nginx.access_log()
+    );
+    assert_consistent(&app.data);
+}
+
+#[tokio::test]
+async fn presigned_uploads_stream_through_nginx() {
+    let app = TestApp::start_with(ACCEL).await;
+    let nginx = Nginx::start(
+        app.base.trim_start_matches("http://"),
+        &app.data.join("blobs"),
+    );
+    let resp = app
+        .client
+        .post(nginx.url("/v1/upload-urls"))
+        .header("authorization", bearer())
+        .json(&json!({"uploader_id": 7, "ttl_secs": 300, "max_bytes": 8_000_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let url: Value = resp.json().await.unwrap();
+    let url = nginx.url(url["url"].as_str().unwrap());
+    // Larger than nginx's default 1 MiB body limit: the upload locations raise it.
+    let big = fake_mp4(3_000_000, 42);
+    let resp = app.client.put(&url).body(big.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
+    let media: Value = resp.json().await.unwrap();
+    assert_eq!(media["uploader_id"], 7);
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(unique_png(1)).file_name("p.png"),
+    );
+    let resp = app.client.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    // The URL's own limit still holds behind nginx.
+    let resp = app
+        .client
+        .put(&url)
+        .body(fake_mp4(9_000_000, 43))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413, "{}", nginx.error_log());
+    // And what was uploaded downloads through nginx.
+    let path = sign(&app.client, &nginx.base, media["id"].as_i64().unwrap()).await;
+    let resp = app.client.get(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), big.as_slice());
+    assert_consistent(&app.data);
+}
