@@ -624,3 +624,63 @@ fn gc_safety_belt_returns_exactly_the_referenced_ids() {
             .is_none()
     );
 }
+
+/// The safety belt wired end to end: `media-store gc` with `mysql.url` set keeps
+/// expired orphans that chat messages in MySQL still point at, and deletes
+/// nothing when it cannot ask.
+#[tokio::test]
+async fn gc_retention_keeps_media_that_mysql_messages_still_reference() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let mut conn = db.conn(&name);
+    conn.query_drop("CREATE TABLE messages (id INT AUTO_INCREMENT PRIMARY KEY, media_id INT NULL)")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = TestDaemon::start(&data, &dir.path().join("logs"), "");
+    let (_, referenced) = upload_raw(&daemon.client, &daemon.base, 1, unique_png(901)).await;
+    let (_, unreferenced) = upload_raw(&daemon.client, &daemon.base, 1, unique_png(902)).await;
+    conn.exec_drop(
+        "INSERT INTO messages (media_id) VALUES (?)",
+        (referenced["id"].as_i64(),),
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let get = |id: &serde_json::Value| daemon.url(&format!("/v1/media/{id}"));
+
+    // MySQL unreachable: "unknown", so retention deletes none of them.
+    let dead = format!(
+        "[retention]\norphan_ttl = \"10ms\"\n[mysql]\nurl = \"mysql://root@127.0.0.1:1/{name}\"\nconnect_timeout_ms = 500\n"
+    );
+    let (code, out, err) = crate::gc::run_cli(&data, &dead, &["gc", "--json", "--grace", "0s"]);
+    assert_ne!(code, 1, "{out}{err}");
+    assert_eq!(
+        get_json(&daemon.client, &get(&referenced["id"])).await.0,
+        200,
+        "{out}{err}"
+    );
+    assert_eq!(
+        get_json(&daemon.client, &get(&unreferenced["id"])).await.0,
+        200,
+        "{out}{err}"
+    );
+
+    let live = format!(
+        "[retention]\norphan_ttl = \"10ms\"\n[mysql]\nurl = \"{}\"\n",
+        db.tcp_url(&name)
+    );
+    let (code, out, err) = crate::gc::run_cli(&data, &live, &["gc", "--json", "--grace", "0s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        get_json(&daemon.client, &get(&referenced["id"])).await.0,
+        200,
+        "kept: a message references it"
+    );
+    assert_eq!(
+        get_json(&daemon.client, &get(&unreferenced["id"])).await.0,
+        404,
+        "expired orphan deleted"
+    );
+    drop(daemon);
+    assert_consistent(&data);
+}
