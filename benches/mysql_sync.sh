@@ -20,7 +20,10 @@ cargo build --release --bin media-store --example mysql_sync_bench
 work=$(mktemp -d /tmp/ms-mysql-bench.XXXXXX)
 pid=""
 cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    if [ -n "$pid" ]; then
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT

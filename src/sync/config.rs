@@ -74,3 +74,44 @@ impl MysqlConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_disabled() {
+        let c = MysqlConfig::default();
+        assert!(!c.enabled());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_key() {
+        let bad_query = MysqlConfig {
+            references_query: "SELECT media_id FROM messages".into(),
+            ..Default::default()
+        };
+        assert!(
+            bad_query
+                .validate()
+                .unwrap_err()
+                .contains("references_query")
+        );
+        let bad_url = MysqlConfig {
+            url: "postgres://x/y".into(),
+            ..Default::default()
+        };
+        assert!(bad_url.validate().unwrap_err().contains("mysql.url"));
+        let bad_batch = MysqlConfig {
+            batch_size: 0,
+            ..Default::default()
+        };
+        assert!(bad_batch.validate().unwrap_err().contains("batch_size"));
+        let socket = MysqlConfig {
+            url: "mysql://root@localhost/chat?socket=/run/mysqld/mysqld.sock".into(),
+            ..Default::default()
+        };
+        socket.validate().unwrap();
+    }
+}

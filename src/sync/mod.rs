@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 
 pub use self::config::MysqlConfig;
 pub use self::mysql::MysqlReferences;
-pub use self::worker::{Drained, drain_batch};
+pub use self::worker::{Drained, ack, drain_batch};
 use crate::error::{Classify, ErrorKind};
 use crate::index::{Index, IndexError};
 

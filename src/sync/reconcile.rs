@@ -159,9 +159,10 @@ pub fn run_cli(config: &crate::Config, dry_run: bool) -> anyhow::Result<(Report,
     // or MySQL-less daemon left), bounded by what is queued now plus what
     // arrives meanwhile; a live daemon cannot be writing (it would hold the lock).
     let mut rows = 0u64;
-    while let Some(d) = worker::drain_batch(&index, &mut conn, cfg.batch_size, base, |_| {})
+    while let Some(d) = worker::drain_batch(&index, &mut conn, cfg.batch_size, base, 0, |_| {})
         .map_err(|e| anyhow::anyhow!(e.chain()))?
     {
+        worker::ack(&index, d.last_seq).map_err(|e| anyhow::anyhow!(e.chain()))?;
         rows += d.rows as u64;
     }
     Ok((report, Applied::Repaired { rows }))

@@ -24,27 +24,33 @@ pub(super) struct Worker {
 
 /// What one drained batch did.
 pub struct Drained {
+    /// The batch's last outbox seq: everything up to it is in MySQL now.
+    pub last_seq: i64,
     /// Distinct media ids written (upserted or deleted) in MySQL.
     pub rows: usize,
     pub upserted: usize,
     pub deleted: usize,
 }
 
-/// Sends the oldest outbox batch to MySQL and acks it. `None` when the outbox
-/// is empty. Used by the daemon's worker and by `mysql-sync --reconcile`.
+/// Sends the oldest outbox entries after `after_seq` to MySQL. `None` when
+/// there are none. The caller acks (deletes) entries up to `last_seq` with
+/// [`ack`], at once or later: the worker acks a few times a second rather than
+/// per batch, so the index writer is not given one more commit per batch.
+/// Used by the daemon's worker and by `mysql-sync --reconcile`.
 ///
 /// Order of operations (storage-layout.md M2): read entries, then the current
 /// rows (so every row read is at least as new as every entry read), commit in
-/// MySQL, and only then delete the entries. A crash in between re-sends the
-/// batch, which the idempotent statements make harmless.
+/// MySQL, and only then (in `ack`) delete the entries. A crash in between
+/// re-sends the batch, which the idempotent statements make harmless.
 pub fn drain_batch(
     index: &Index,
     conn: &mut Conn,
     batch_size: usize,
     base_url: &str,
+    after_seq: i64,
     mut on_entry: impl FnMut(&outbox::Entry),
 ) -> Result<Option<Drained>> {
-    let batch = index.read_blocking(move |c| outbox::next_batch(c, batch_size))?;
+    let batch = index.read_blocking(move |c| outbox::next_batch(c, after_seq, batch_size))?;
     let Some(last) = batch.last().map(|e| e.seq) else {
         return Ok(None);
     };
@@ -64,13 +70,32 @@ pub fn drain_batch(
         .map(|r| MirrorRow::from_media(r, base_url))
         .collect();
     my::apply(conn, &mirror, &deleted)?;
-    index.write_blocking(move |ctx| outbox::ack(ctx.tx, last))?;
     batch.iter().for_each(&mut on_entry);
     Ok(Some(Drained {
+        last_seq: last,
         rows: ids.len(),
         upserted: mirror.len(),
         deleted: deleted.len(),
     }))
+}
+
+/// Deletes the entries up to `seq`, which MySQL has committed.
+pub fn ack(index: &Index, seq: i64) -> Result<()> {
+    index.write_blocking(move |ctx| outbox::ack(ctx.tx, seq))?;
+    Ok(())
+}
+
+/// Longest time sent entries stay unacked while the worker is busy (when idle
+/// it acks at once). Unacked entries are re-sent only after a restart.
+const ACK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The worker's position in the outbox.
+#[derive(Default)]
+struct Cursor {
+    /// Last seq committed to MySQL.
+    sent: i64,
+    /// Last seq deleted from the outbox.
+    acked: i64,
 }
 
 impl Worker {
@@ -84,8 +109,22 @@ impl Worker {
         let mut failures: u32 = 0;
         let mut backlog_at = Instant::now() - BACKLOG_REFRESH;
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        let mut cursor = Cursor::default();
+        let mut acked_at = Instant::now();
         while !self.shared.stopped() {
-            match self.step(&mut conn, &place, &mut reconciled) {
+            let step = self.step(&mut conn, &place, &mut reconciled, &mut cursor);
+            // Ack what MySQL has: when idle, or every ACK_INTERVAL while busy.
+            let idle = matches!(step, Ok(false));
+            if cursor.sent > cursor.acked && (idle || acked_at.elapsed() >= ACK_INTERVAL) {
+                match ack(&self.index, cursor.sent) {
+                    Ok(()) => cursor.acked = cursor.sent,
+                    Err(e) => {
+                        tracing::warn!(error = %e.chain(), "cannot ack the MySQL outbox; will retry")
+                    }
+                }
+                acked_at = Instant::now();
+            }
+            match step {
                 Ok(worked) => {
                     if failures > 0 {
                         tracing::info!(attempts = failures, mysql = %place, "MySQL sync recovered");
@@ -102,6 +141,8 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    // Re-read from the last ack: re-sending is harmless, skipping is not.
+                    cursor.sent = cursor.acked;
                     if !matches!(e, SyncError::Index(_)) {
                         // Whatever state the connection is in, start over.
                         conn = None;
@@ -138,6 +179,7 @@ impl Worker {
         conn: &mut Option<Conn>,
         place: &str,
         reconciled: &mut Option<String>,
+        cursor: &mut Cursor,
     ) -> Result<bool> {
         let conn = match conn {
             Some(c) => c,
@@ -194,14 +236,22 @@ impl Worker {
             }
             *reconciled = Some(target);
         }
-        let drained = drain_batch(&self.index, conn, self.cfg.batch_size, &base, |e| {
-            // Called after the MySQL commit: change committed -> mirrored.
-            let lag = (crate::timefmt::now_ms() - e.created_at_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!(metric::LAG).record(lag);
-        })?;
+        let drained = drain_batch(
+            &self.index,
+            conn,
+            self.cfg.batch_size,
+            &base,
+            cursor.sent,
+            |e| {
+                // Called after the MySQL commit: change committed -> mirrored.
+                let lag = (crate::timefmt::now_ms() - e.created_at_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!(metric::LAG).record(lag);
+            },
+        )?;
         match drained {
             None => Ok(false),
             Some(d) => {
+                cursor.sent = d.last_seq;
                 metrics::counter!(metric::ROWS_SYNCED).increment(d.rows as u64);
                 let at = crate::timefmt::now_ms();
                 self.shared.set_status(|s| s.last_sync_ms = Some(at));

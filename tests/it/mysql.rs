@@ -625,6 +625,54 @@ fn gc_safety_belt_returns_exactly_the_referenced_ids() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_mysql_does_not_slow_uploads_and_sync_catches_up_after() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A round trip longer than 1 s counts as "server down".
+    let toml =
+        mysql_toml(&db.tcp_url(&name), "").replace("io_timeout_ms = 5000", "io_timeout_ms = 1000");
+    let app = TestApp::start_in(&data, &toml).await;
+    assert_eq!(
+        upload_raw(&app.client, &app.base, 1, unique_png(900))
+            .await
+            .0,
+        201
+    );
+    wait_mirrored(db, &name, &data, "", Duration::from_secs(20)).await;
+    // Another session write-locks the table: the worker's statements hang.
+    let mut locker = db.conn(&name);
+    locker.query_drop("LOCK TABLES media_files WRITE").unwrap();
+    for i in 0..30 {
+        let t = Instant::now();
+        let (status, _) = upload_raw(&app.client, &app.base, 1, unique_png(901 + i)).await;
+        assert_eq!(status, 201);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "an upload waited {:?}",
+            t.elapsed()
+        );
+    }
+    // The hang is reported (timeout -> reconnect -> hang again) while the backlog stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = get_json(&app.client, &app.url("/healthz")).await;
+        if h["mysql"]["last_error"].is_string() && h["mysql"]["backlog"].as_i64() >= Some(30) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz never showed the hang: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    locker.query_drop("UNLOCK TABLES").unwrap();
+    wait_mirrored(db, &name, &data, "", Duration::from_secs(30)).await;
+    app.stop().await;
+}
+
 /// The safety belt wired end to end: `media-store gc` with `mysql.url` set keeps
 /// expired orphans that chat messages in MySQL still point at, and deletes
 /// nothing when it cannot ask.
