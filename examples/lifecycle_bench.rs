@@ -48,9 +48,6 @@ fn make_shards(data: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(data.join("tmp"))?;
-    if let Some(e) = errors.first() {
-        eprintln!("first failed upload: {e}");
-    }
     Ok(())
 }
 
@@ -106,9 +103,6 @@ fn gen_gc(data: &Path, n: u64, garbage_permille: u64, group_messages: u64) -> an
     tx.commit()?;
     conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
     eprintln!("generated {n} blobs in {:?}", started.elapsed());
-    if let Some(e) = errors.first() {
-        eprintln!("first failed upload: {e}");
-    }
     Ok(())
 }
 
@@ -144,9 +138,6 @@ fn gen_scrub(data: &Path, count: u64, size: usize) -> anyhow::Result<()> {
         )?;
     }
     tx.commit()?;
-    if let Some(e) = errors.first() {
-        eprintln!("first failed upload: {e}");
-    }
     Ok(())
 }
 
