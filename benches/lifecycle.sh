@@ -68,6 +68,7 @@ GC_RC=$?
 set -e
 touch "$WORK/stop"
 wait $LOAD
+cat "$WORK/idle.txt" "$WORK/busy.txt" >/dev/null
 echo "gc exit code: $GC_RC"
 python3 - "$WORK" <<'PY'
 import json, re, sys
@@ -84,8 +85,8 @@ idle, busy = load("idle.txt"), load("busy.txt")
 print(f"gc: {gc['blobs_deleted']} blobs deleted, {gc['bytes_freed']} bytes freed, "
       f"{gc['unknown_files_deleted']} unknown files; wall {secs:.1f} s (target < 60 s), "
       f"peak RSS {rss_mib:.0f} MiB (target < 200 MiB)")
-print(f"uploads before gc: {idle['uploads']} p50 {idle['p50_ms']} ms p99 {idle['p99_ms']} ms")
-print(f"uploads during gc: {busy['uploads']} p50 {busy['p50_ms']} ms p99 {busy['p99_ms']} ms max {busy['max_ms']} ms")
+print(f"uploads before gc: {idle['uploads']} ({idle['failed']} failed) p50 {idle['p50_ms']} ms p99 {idle['p99_ms']} ms")
+print(f"uploads during gc: {busy['uploads']} ({busy['failed']} failed) p50 {busy['p50_ms']} ms p99 {busy['p99_ms']} ms max {busy['max_ms']} ms")
 print(f"p99 ratio during/before: {float(busy['p99_ms']) / float(idle['p99_ms']):.2f}")
 PY
 kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=""

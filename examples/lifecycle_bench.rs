@@ -7,7 +7,8 @@
 //!   messages of group 1.
 //! - `gen-scrub DATA COUNT SIZE`: COUNT random blobs of SIZE bytes, with rows.
 //! - `load BASE TOKEN STOP_FILE CONCURRENCY`: uploads small unique PNGs until
-//!   STOP_FILE exists, then prints the count and latency percentiles.
+//!   STOP_FILE exists, then prints the count, failures and latency percentiles
+//!   (of every request, failed ones included).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -145,7 +146,7 @@ fn load(base: &str, token: &str, stop: PathBuf, concurrency: usize) -> anyhow::R
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/png/gray1.png"),
     )?;
     let rt = tokio::runtime::Runtime::new()?;
-    let lat: Vec<Duration> = rt.block_on(async {
+    let (lat, errors): (Vec<Duration>, Vec<String>) = rt.block_on(async {
         let client = reqwest::Client::new();
         let mut tasks = Vec::new();
         for w in 0..concurrency {
@@ -153,7 +154,7 @@ fn load(base: &str, token: &str, stop: PathBuf, concurrency: usize) -> anyhow::R
             let url = format!("{base}/v1/media?uploader_id=7");
             let auth = format!("Bearer {token}");
             tasks.push(tokio::spawn(async move {
-                let mut out = Vec::new();
+                let (mut out, mut errors) = (Vec::new(), Vec::new());
                 let mut n = 0u64;
                 while !stop.exists() {
                     // Bytes after IEND make each upload unique (a new blob each time).
@@ -167,29 +168,42 @@ fn load(base: &str, token: &str, stop: PathBuf, concurrency: usize) -> anyhow::R
                         .body(body)
                         .send()
                         .await;
-                    let ok = resp.is_ok_and(|r| r.status() == 201);
-                    assert!(ok, "upload failed during the benchmark");
                     out.push(t.elapsed());
+                    match resp {
+                        Ok(r) if r.status() == 201 => {}
+                        Ok(r) => errors.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => errors.push(e.to_string()),
+                    }
                 }
-                out
+                (out, errors)
             }));
         }
-        let mut all = Vec::new();
+        let (mut all, mut errors) = (Vec::new(), Vec::new());
         for t in tasks {
-            all.extend(t.await.expect("load task"));
+            let (l, e) = t.await.expect("load task");
+            all.extend(l);
+            errors.extend(e);
         }
-        all
+        (all, errors)
     });
     let mut lat = lat;
     lat.sort();
     let pct =
         |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     println!(
-        "uploads={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "uploads={} failed={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         lat.len(),
+        errors.len(),
         pct(0.50),
         pct(0.99),
         pct(1.0)
     );
+    if let Some(e) = errors.first() {
+        eprintln!("first failed upload: {e}");
+    }
     Ok(())
 }

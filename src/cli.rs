@@ -225,7 +225,7 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "media-store serving");
-    let _gc = crate::lifecycle::gc::spawn_background(state.clone()).abort_handle();
+    let gc_task = crate::lifecycle::gc::spawn_background(state.clone()).abort_handle();
     let signal = crate::server::termination_signal();
     // systemd Type=notify: ready once bound; STOPPING when the drain starts.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -234,7 +234,7 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
     crate::server::run(listener, state, shutdown).await?;
-    _gc.abort();
+    gc_task.abort();
     tracing::info!("stopped cleanly");
     Ok(())
 }

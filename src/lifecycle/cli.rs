@@ -56,11 +56,11 @@ pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
         &opts,
         external.as_deref(),
     )?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    emit(if args.json {
+        serde_json::to_string_pretty(&summary)? + "\n"
     } else {
-        print!("{}", summary.to_text());
-    }
+        summary.to_text()
+    })?;
     Ok(if !summary.errors.is_empty() {
         EXIT_ERROR
     } else if args.dry_run && summary.found_garbage() {
@@ -79,14 +79,23 @@ pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
         now_ms: super::gc::system_now_ms(),
     };
     let summary = super::fsck::run(&mut conn, &store, &opts)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    emit(if args.json {
+        serde_json::to_string_pretty(&summary)? + "\n"
     } else {
-        print!("{}", summary.to_text());
-    }
+        summary.to_text()
+    })?;
     Ok(if summary.problems() > 0 {
         EXIT_FOUND
     } else {
         EXIT_OK
     })
+}
+
+/// Writes the summary to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: String) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -43,6 +43,9 @@ pub struct GcOptions {
     pub progress: bool,
     /// Apply the retention rules first.
     pub retention: bool,
+    /// Pause after each write transaction (see [`pace`]); off only in tests
+    /// that want rounds as fast as possible.
+    pub pace: bool,
 }
 
 impl GcOptions {
@@ -55,6 +58,7 @@ impl GcOptions {
             now_ms,
             progress: false,
             retention: true,
+            pace: true,
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct GcSummary {
     /// Problems that stopped one deletion each (the rest went on).
     pub errors: Vec<String>,
     pub duration_ms: u64,
+    /// Time per phase: retention, blobs, unknown_files, tmp.
+    pub phases_ms: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl GcSummary {
@@ -142,19 +148,23 @@ pub fn run(
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    let mut phase = Instant::now();
+    let mut lap = |summary: &mut GcSummary, name: &'static str| {
+        summary
+            .phases_ms
+            .insert(name, phase.elapsed().as_millis() as u64);
+        phase = Instant::now();
+    };
     if opts.retention {
-        summary.retention = retention::expire(
-            conn,
-            retention_cfg,
-            opts.now_ms,
-            opts.batch,
-            opts.dry_run,
-            external,
-        )?;
+        summary.retention = retention::expire(conn, retention_cfg, opts, external)?;
     }
+    lap(&mut summary, "retention");
     collect_zero_count_blobs(conn, store, opts, &mut summary)?;
+    lap(&mut summary, "blobs");
     collect_unknown_files(conn, store, opts, &mut summary)?;
+    lap(&mut summary, "unknown_files");
     collect_staging_files(store, opts, &mut summary)?;
+    lap(&mut summary, "tmp");
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
 }
@@ -183,6 +193,7 @@ fn collect_zero_count_blobs(
     // rows skipped (dry run, errors) are not seen again.
     let mut cursor: (i64, Vec<u8>) = (i64::MIN, Vec::new());
     loop {
+        let tx_started = Instant::now();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let rows: Vec<(i64, [u8; 32], u64)> = tx
             .prepare_cached(
@@ -241,6 +252,7 @@ fn collect_zero_count_blobs(
         }
         tx.commit()?;
         bar.inc(rows.len() as u64);
+        pace(opts, tx_started);
     }
     bar.finish_and_clear();
     Ok(())
@@ -314,6 +326,7 @@ fn delete_unknown(
     if pending.is_empty() {
         return Ok(());
     }
+    let tx_started = Instant::now();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for (hash, path) in pending.drain(..) {
         // Under the write lock: no upload is between its rename and its commit.
@@ -341,7 +354,21 @@ fn delete_unknown(
         }
     }
     tx.commit()?;
+    pace(opts, tx_started);
     Ok(())
+}
+
+/// After a write transaction, leaves the write lock free for as long as the
+/// transaction held it (at least 10 ms). SQLite's busy handler polls with
+/// sleeps of up to 100 ms, so a writer waiting for the lock (the daemon's
+/// upload commit) could otherwise keep missing the short gaps between GC
+/// batches until its 5 s busy timeout fails the upload with 503. At half the
+/// time, a waiting writer finds the lock free within a few polls.
+pub fn pace(opts: &GcOptions, tx_started: Instant) {
+    if opts.pace {
+        let held = tx_started.elapsed();
+        std::thread::sleep(held.clamp(Duration::from_millis(10), Duration::from_millis(250)));
+    }
 }
 
 /// Staging files untouched for `tmp_max_age`. An upload in flight writes its

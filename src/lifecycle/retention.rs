@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
+use super::gc::GcOptions;
 use super::{ExternalReferences, RetentionConfig};
 use crate::index::media as q;
 
@@ -44,11 +45,10 @@ pub struct RetentionSummary {
 pub fn expire(
     conn: &mut Connection,
     cfg: &RetentionConfig,
-    now_ms: i64,
-    batch: usize,
-    dry_run: bool,
+    opts: &GcOptions,
     external: Option<&dyn ExternalReferences>,
 ) -> anyhow::Result<RetentionSummary> {
+    let (now_ms, batch, dry_run) = (opts.now_ms, opts.batch, opts.dry_run);
     let mut summary = RetentionSummary::default();
     let mut rules = vec![(Rule::Orphan, cfg.orphan_ttl)];
     for (family, days) in &cfg.max_age_days {
@@ -81,7 +81,10 @@ pub fn expire(
                 summary.would_delete.extend(&doomed);
                 doomed.len() as u64
             } else {
-                delete_batch(conn, &rule, &doomed, cutoff, now_ms)?
+                let tx_started = std::time::Instant::now();
+                let n = delete_batch(conn, &rule, &doomed, cutoff, now_ms)?;
+                super::gc::pace(opts, tx_started);
+                n
             };
             match rule {
                 Rule::Orphan => summary.orphans_expired += deleted,
@@ -207,6 +210,15 @@ mod tests {
         .id
     }
 
+    fn opts(now_ms: i64, batch: usize, dry_run: bool) -> GcOptions {
+        GcOptions {
+            batch,
+            dry_run,
+            pace: false,
+            ..GcOptions::from_config(&Default::default(), now_ms)
+        }
+    }
+
     fn exists(c: &Connection, id: i64) -> bool {
         q::get_media(c, id).unwrap().is_some()
     }
@@ -228,7 +240,7 @@ mod tests {
         let old_attached = upload(&c, "image/png", 0, 2);
         let young_orphan = upload(&c, "image/png", 10 * DAY, 3);
         crate::lifecycle::refs::attach(&c, 1, old_attached, 1, 0).unwrap();
-        let s = expire(&mut c, &cfg(&[]), 10 * DAY + 1000, 1, false, None).unwrap();
+        let s = expire(&mut c, &cfg(&[]), &opts(10 * DAY + 1000, 1, false), None).unwrap();
         assert_eq!(s.orphans_expired, 1);
         assert!(!exists(&c, old_orphan));
         assert!(exists(&c, old_attached));
@@ -251,7 +263,13 @@ mod tests {
         let image = upload(&c, "image/png", 0, 2);
         crate::lifecycle::refs::attach(&c, 1, video, 1, 0).unwrap();
         crate::lifecycle::refs::attach(&c, 1, image, 1, 0).unwrap();
-        let s = expire(&mut c, &cfg(&[("video", 365)]), 366 * DAY, 10, false, None).unwrap();
+        let s = expire(
+            &mut c,
+            &cfg(&[("video", 365)]),
+            &opts(366 * DAY, 10, false),
+            None,
+        )
+        .unwrap();
         assert_eq!((s.aged_expired, s.orphans_expired), (1, 0));
         assert!(!exists(&c, video));
         assert!(exists(&c, image));
@@ -266,7 +284,7 @@ mod tests {
         let (_d, mut c) = setup();
         let ids: Vec<i64> = (0..5).map(|i| upload(&c, "image/png", 0, i)).collect();
         let ext = Fixed(Ok(vec![ids[1], ids[3]]));
-        let s = expire(&mut c, &cfg(&[]), 2 * DAY, 2, false, Some(&ext)).unwrap();
+        let s = expire(&mut c, &cfg(&[]), &opts(2 * DAY, 2, false), Some(&ext)).unwrap();
         assert_eq!((s.orphans_expired, s.kept_by_external), (3, 2));
         let left: Vec<bool> = ids.iter().map(|&i| exists(&c, i)).collect();
         assert_eq!(left, vec![false, true, false, true, false]);
@@ -276,7 +294,13 @@ mod tests {
     fn an_external_error_deletes_nothing() {
         let (_d, mut c) = setup();
         let ids: Vec<i64> = (0..3).map(|i| upload(&c, "image/png", 0, i)).collect();
-        let err = expire(&mut c, &cfg(&[]), 2 * DAY, 10, false, Some(&Fixed(Err(())))).unwrap_err();
+        let err = expire(
+            &mut c,
+            &cfg(&[]),
+            &opts(2 * DAY, 10, false),
+            Some(&Fixed(Err(()))),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("MySQL is down"), "{err:#}");
         assert!(ids.iter().all(|&i| exists(&c, i)));
     }
@@ -285,7 +309,7 @@ mod tests {
     fn dry_run_lists_without_deleting() {
         let (_d, mut c) = setup();
         let a = upload(&c, "image/png", 0, 1);
-        let s = expire(&mut c, &cfg(&[]), 2 * DAY, 10, true, None).unwrap();
+        let s = expire(&mut c, &cfg(&[]), &opts(2 * DAY, 10, true), None).unwrap();
         assert_eq!(s.would_delete, vec![a]);
         assert!(exists(&c, a));
     }

@@ -222,6 +222,7 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
                     now_ms: gc::system_now_ms(),
                     progress: false,
                     retention: false,
+                    pace: false,
                 };
                 let s = gc::run(&mut conn, &store, &retention, &opts, None).unwrap();
                 assert!(s.errors.is_empty(), "{:?}", s.errors);
