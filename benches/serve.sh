@@ -114,6 +114,8 @@ http {
     listen 127.0.0.1:$PORT_STATIC;
     access_log off;
     sendfile on; tcp_nopush on;
+    # Same file settings as the shipped internal location, for a fair baseline.
+    open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
     location /static/ { alias $WORK/plain/data/blobs/; }
   }
 }
