@@ -534,6 +534,31 @@ mod tests {
     }
 
     #[test]
+    fn keys_come_from_the_file_or_the_environment() {
+        use crate::config::{Config, Overrides};
+        let secret = generate_secret();
+        let env = std::collections::BTreeMap::from([
+            (
+                "MEDIA_STORE_SIGNING_KEYS".to_string(),
+                format!("{{ env1 = \"{secret}\" }}"),
+            ),
+            (
+                "MEDIA_STORE_SIGNING_ACTIVE_KID".to_string(),
+                "env1".to_string(),
+            ),
+        ]);
+        let c = Config::from_parts("", &env, &Overrides::default()).unwrap();
+        assert_eq!(c.signing.keys.get("env1"), Some(&secret));
+        let file = format!("[signing]\nactive_kid = \"f\"\n[signing.keys]\nf = \"{secret}\"\n");
+        let c = Config::from_parts(&file, &Default::default(), &Overrides::default()).unwrap();
+        let signer = Signer::from_config(&c.signing, None, Arc::new(SystemClock)).unwrap();
+        assert_eq!(signer.active_kid(), "f");
+        // An active key that is not listed is a config error.
+        let bad = file.replace("active_kid = \"f\"", "active_kid = \"g\"");
+        assert!(Config::from_parts(&bad, &Default::default(), &Overrides::default()).is_err());
+    }
+
+    #[test]
     fn config_validation() {
         let mut c = SigningConfig::default();
         assert!(validate_config(&c).is_ok());
