@@ -114,6 +114,8 @@ http {
     listen 127.0.0.1:$PORT_STATIC;
     access_log off;
     sendfile on; tcp_nopush on;
+    # Same file settings as the shipped internal location, for a fair baseline.
+    open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
     location /static/ { alias $WORK/plain/data/blobs/; }
   }
 }
@@ -152,10 +154,13 @@ run_wrk() { # conns url [extra args] -> "rps bytes/s errors p99ms"
     wrk -t2 -c"$conns" -d"${DUR}s" -s "$WORK/report.lua" "$@" "$url" | sed -n 's/^RESULT //p'
 }
 
-declare -A SUM_RPS SUM_BPS P99 ERRS
+declare -A SUM_RPS SUM_BPS P99 ERRS LAST LAST_BPS
+RATIOS=$WORK/ratios
 record() { # key "rps bps errors p99"
     local rps bps err p99
     read -r rps bps err p99 <<<"$2"
+    LAST[$1]=$rps
+    LAST_BPS[$1]=$bps
     SUM_RPS[$1]=$(python3 -c "print(${SUM_RPS[$1]:-0}+$rps)")
     SUM_BPS[$1]=$(python3 -c "print(${SUM_BPS[$1]:-0}+$bps)")
     ERRS[$1]=$(( ${ERRS[$1]:-0} + err ))
@@ -169,6 +174,9 @@ for round in $(seq "$ROUNDS"); do
     record "4k static keepalive" "$(run_wrk 64 "$STATIC_SMALL")"
     record "4k daemon keepalive" "$(run_wrk 64 "$DAEMON_SMALL")"
     record "4k accel keepalive" "$(run_wrk 64 "$ACCEL_SMALL")"
+    # Per-round ratios: the baseline ran seconds before, under the same load.
+    echo "daemon_ka ${LAST["4k daemon keepalive"]} ${LAST["4k static keepalive"]}" >>"$RATIOS"
+    echo "accel_ka ${LAST["4k accel keepalive"]} ${LAST["4k static keepalive"]}" >>"$RATIOS"
     [ "$ONLY" = keepalive ] && continue
     record "4k static close" "$(run_wrk 64 "$STATIC_SMALL" -H 'Connection: close')"
     record "4k daemon close" "$(run_wrk 64 "$DAEMON_SMALL" -H 'Connection: close')"
@@ -176,6 +184,10 @@ for round in $(seq "$ROUNDS"); do
     record "100M static" "$(run_wrk 4 "$STATIC_BIG")"
     record "100M daemon" "$(run_wrk 4 "$DAEMON_BIG")"
     record "100M accel" "$(run_wrk 4 "$ACCEL_BIG")"
+    echo "daemon_close ${LAST["4k daemon close"]} ${LAST["4k static close"]}" >>"$RATIOS"
+    echo "accel_close ${LAST["4k accel close"]} ${LAST["4k static close"]}" >>"$RATIOS"
+    echo "daemon_100m ${LAST_BPS["100M daemon"]} ${LAST_BPS["100M static"]}" >>"$RATIOS"
+    echo "accel_100m ${LAST_BPS["100M accel"]} ${LAST_BPS["100M static"]}" >>"$RATIOS"
 done
 
 if [ "$ONLY" = keepalive ]; then
@@ -202,6 +214,17 @@ echo "  4 KiB accel  / nginx static, close:        $(ratio "$(avg "4k accel clos
 echo "  100 MiB daemon / nginx static throughput:  $(ratio "$(avgb "100M daemon")" "$(avgb "100M static")")  (>= 90%)"
 echo "  100 MiB accel  / nginx static throughput:  $(ratio "$(avgb "100M accel")" "$(avgb "100M static")")"
 echo "  keep-alive stall check: daemon keep-alive p99 ${P99["4k daemon keepalive"]} ms (a Nagle stall shows as >= 40 ms)"
+echo
+echo "== per-round ratios (each against the baseline run just before it), median"
+python3 - "$RATIOS" <<'PY'
+import collections, statistics, sys
+r = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    k, a, b = line.split()
+    r[k].append(100 * float(a) / float(b))
+for k, v in r.items():
+    print(f"  {k:14s} median {statistics.median(v):4.0f}%   rounds: " + " ".join(f"{x:.0f}%" for x in v))
+PY
 echo
 echo "== signature verification"
 cargo bench --quiet --bench verify 2>/dev/null | grep 'ns/verify'

@@ -15,6 +15,7 @@
 //!
 //! Owns no I/O: keys come in as bytes, time comes from an injected [`Clock`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -305,7 +306,11 @@ impl Signer {
         let mut pairs: Vec<(&str, &str)> = vec![("exp", &exp), ("kid", &self.active_kid)];
         pairs.extend_from_slice(options);
         let mac = self.keys[&self.active_kid].clone();
-        let sig = URL_SAFE_NO_PAD.encode(authenticate(mac, target, &pairs).finalize().into_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(
+            authenticate(mac, target, &mut pairs.clone())
+                .finalize()
+                .into_bytes(),
+        );
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (k, v) in &pairs {
             query.append_pair(k, v);
@@ -322,13 +327,14 @@ impl Signer {
     /// The signature is checked before the expiry, so only authentic URLs learn
     /// that they expired.
     pub fn verify(&self, target: Target<'_>, query: &str) -> Result<Verified, SignError> {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        // Borrowed unless percent-decoding was needed: verification runs on every
+        // download, so it allocates as little as it can.
+        let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            form_urlencoded::parse(query.as_bytes()).collect();
         let single = |name: &str| {
             let mut it = pairs.iter().filter(|(k, _)| k == name);
             match (it.next(), it.next()) {
-                (Some((_, v)), None) => Ok(v.as_str()),
+                (Some((_, v)), None) => Ok(v.as_ref()),
                 _ => Err(SignError::Invalid),
             }
         };
@@ -336,17 +342,18 @@ impl Signer {
         let kid = single("kid")?;
         let exp: i64 = single("exp")?.parse().map_err(|_| SignError::Invalid)?;
         let mac = self.keys.get(kid).ok_or(SignError::Invalid)?.clone();
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
+        let mut sig_bytes = [0u8; 64];
+        let sig_len = URL_SAFE_NO_PAD
+            .decode_slice(sig, &mut sig_bytes)
             .map_err(|_| SignError::Invalid)?;
-        let signed: Vec<(&str, &str)> = pairs
+        let mut signed: Vec<(&str, &str)> = pairs
             .iter()
             .filter(|(k, _)| k != "sig")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
             .collect();
         // `verify_slice` compares in constant time (subtle underneath).
-        authenticate(mac, target, &signed)
-            .verify_slice(&sig)
+        authenticate(mac, target, &mut signed)
+            .verify_slice(&sig_bytes[..sig_len])
             .map_err(|_| SignError::Invalid)?;
         let now = self.clock.now();
         if now >= exp {
@@ -358,8 +365,9 @@ impl Signer {
             return Err(SignError::Invalid);
         }
         let options = pairs
-            .into_iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "sig" | "kid" | "exp"))
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_ref(), "sig" | "kid" | "exp"))
+            .map(|(k, v)| (k.clone().into_owned(), v.clone().into_owned()))
             .collect();
         Ok(Verified {
             expires_at: exp,
@@ -368,29 +376,33 @@ impl Signer {
     }
 }
 
-/// Feeds the canonical form of a request into `mac`. Pairs are sorted and each
-/// part is percent-encoded, so no two different requests share a canonical form.
-fn authenticate(mut mac: HmacSha256, target: Target<'_>, pairs: &[(&str, &str)]) -> HmacSha256 {
-    let mut sorted = pairs.to_vec();
-    sorted.sort_unstable();
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in sorted {
-        query.append_pair(k, v);
-    }
-    let content = target
-        .content
-        .map(|h| h.to_hex().to_string())
-        .unwrap_or_else(|| "-".into());
-    for part in [
-        DOMAIN,
-        target.method,
-        target.path,
-        &query.finish(),
-        &content,
-    ] {
+/// Feeds the canonical form of a request into `mac`: the pairs sorted and
+/// form-encoded (`k=v&k=v`), so no two different requests share a canonical
+/// form. Streamed into the MAC rather than built as a string.
+fn authenticate(mut mac: HmacSha256, target: Target<'_>, pairs: &mut [(&str, &str)]) -> HmacSha256 {
+    pairs.sort_unstable();
+    for part in [DOMAIN, target.method, target.path] {
         mac.update(part.as_bytes());
         mac.update(b"\n");
     }
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            mac.update(b"&");
+        }
+        for piece in form_urlencoded::byte_serialize(k.as_bytes()) {
+            mac.update(piece.as_bytes());
+        }
+        mac.update(b"=");
+        for piece in form_urlencoded::byte_serialize(v.as_bytes()) {
+            mac.update(piece.as_bytes());
+        }
+    }
+    mac.update(b"\n");
+    match target.content {
+        Some(h) => mac.update(h.to_hex().as_bytes()),
+        None => mac.update(b"-"),
+    }
+    mac.update(b"\n");
     mac
 }
 
@@ -531,6 +543,31 @@ mod tests {
         );
         let removed = Signer::new(vec![("b".into(), vec![2; 32])], "b", 3600, 600, clock).unwrap();
         assert_eq!(removed.verify(target(&h), &q), Err(SignError::Invalid));
+    }
+
+    #[test]
+    fn keys_come_from_the_file_or_the_environment() {
+        use crate::config::{Config, Overrides};
+        let secret = generate_secret();
+        let env = std::collections::BTreeMap::from([
+            (
+                "MEDIA_STORE_SIGNING_KEYS".to_string(),
+                format!("{{ env1 = \"{secret}\" }}"),
+            ),
+            (
+                "MEDIA_STORE_SIGNING_ACTIVE_KID".to_string(),
+                "env1".to_string(),
+            ),
+        ]);
+        let c = Config::from_parts("", &env, &Overrides::default()).unwrap();
+        assert_eq!(c.signing.keys.get("env1"), Some(&secret));
+        let file = format!("[signing]\nactive_kid = \"f\"\n[signing.keys]\nf = \"{secret}\"\n");
+        let c = Config::from_parts(&file, &Default::default(), &Overrides::default()).unwrap();
+        let signer = Signer::from_config(&c.signing, None, Arc::new(SystemClock)).unwrap();
+        assert_eq!(signer.active_kid(), "f");
+        // An active key that is not listed is a config error.
+        let bad = file.replace("active_kid = \"f\"", "active_kid = \"g\"");
+        assert!(Config::from_parts(&bad, &Default::default(), &Overrides::default()).is_err());
     }
 
     #[test]

@@ -731,3 +731,26 @@ async fn cors_answers_allowed_origins_only_and_never_on_the_service_api() {
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("access-control-allow-origin"));
 }
+
+#[tokio::test]
+async fn a_refused_upload_waiting_for_100_continue_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let url = upload_url(&app, json!({"uploader_id": 7, "max_bytes": 1000})).await;
+    let path = url.strip_prefix(&app.base).unwrap();
+    let addr = app.base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // The body is never sent and the connection stays open: the answer must
+    // be the 413 itself, not `100 Continue` and not a wait.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), sock.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}

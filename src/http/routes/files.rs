@@ -68,9 +68,49 @@ pub struct DownloadCache {
     bodies: Mutex<(HashMap<blake3::Hash, Bytes>, usize)>,
 }
 
+/// A media row with the response headers derived from it, built once per
+/// cache fill rather than per request.
+pub struct Media {
+    row: MediaRow,
+    path: String,
+    etag: ETag,
+    etag_value: HeaderValue,
+    content_type: Option<HeaderValue>,
+    inline: Option<HeaderValue>,
+    attachment: Option<HeaderValue>,
+}
+
+impl Media {
+    fn new(row: MediaRow) -> Result<Media, ApiError> {
+        let etag_text = format!("\"{}\"", row.hash.to_hex());
+        let etag = etag_text
+            .parse()
+            .map_err(|_| internal("bad etag", &etag_text))?;
+        // Values that are not valid header text are left out rather than sent raw.
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        Ok(Media {
+            path: format!("/files/{}", row.id),
+            etag,
+            etag_value: HeaderValue::from_str(&etag_text)
+                .map_err(|_| internal("bad etag", &etag_text))?,
+            content_type: value(&row.file_type),
+            inline: value(&content_disposition(&row, false)),
+            attachment: value(&content_disposition(&row, true)),
+            row,
+        })
+    }
+}
+
+impl std::ops::Deref for Media {
+    type Target = MediaRow;
+    fn deref(&self) -> &MediaRow {
+        &self.row
+    }
+}
+
 #[derive(Clone)]
 struct CachedRow {
-    row: Arc<MediaRow>,
+    row: Arc<Media>,
     generation: u64,
     at: Instant,
 }
@@ -89,14 +129,14 @@ impl Default for DownloadCache {
 }
 
 impl DownloadCache {
-    fn row(&self, id: i64, generation: u64) -> Option<Arc<MediaRow>> {
+    fn row(&self, id: i64, generation: u64) -> Option<Arc<Media>> {
         let rows = self.rows.lock().expect("download cache lock poisoned");
         rows.get(&id)
             .filter(|c| c.generation == generation && c.at.elapsed() < ROW_TTL)
             .map(|c| c.row.clone())
     }
 
-    fn put_row(&self, row: Arc<MediaRow>, generation: u64) {
+    fn put_row(&self, row: Arc<Media>, generation: u64) {
         let mut rows = self.rows.lock().expect("download cache lock poisoned");
         // Simple bound: start over when full (entries are cheap to re-read).
         if rows.len() >= MAX_ROWS {
@@ -178,7 +218,7 @@ pub async fn download_file(
 }
 
 /// The media row, from the cache or the index (off the executor).
-async fn lookup(state: &AppState, id: i64) -> Result<Arc<MediaRow>, ApiError> {
+async fn lookup(state: &AppState, id: i64) -> Result<Arc<Media>, ApiError> {
     let cache = state.download_cache();
     // Read before the query: a write that lands meanwhile invalidates the entry.
     let generation = state.media().index().generation();
@@ -196,13 +236,13 @@ async fn lookup(state: &AppState, id: i64) -> Result<Arc<MediaRow>, ApiError> {
         .map_err(|e| internal("index read task failed", e))?
         .map_err(ApiError::from)?;
     drop(slot);
-    let row = Arc::new(row.ok_or_else(|| {
+    let row = Arc::new(Media::new(row.ok_or_else(|| {
         ApiError::new(
             ErrorKind::NotFound,
             "media_not_found",
             format!("media {id} does not exist"),
         )
-    })?);
+    })?)?);
     cache.put_row(row.clone(), generation);
     Ok(row)
 }
@@ -235,16 +275,15 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
 
 fn prepare(
     state: &AppState,
-    row: &MediaRow,
+    row: &Media,
     query: &str,
     c: Conditions,
 ) -> Result<Prepared, ApiError> {
-    let path = format!("/files/{}", row.id);
     let signer = state.signer();
     let verified = signer.verify(
         Target {
             method: "GET",
-            path: &path,
+            path: &row.path,
             content: Some(&row.hash),
         },
         query,
@@ -264,24 +303,22 @@ fn prepare(
     };
     let remaining = (verified.expires_at - signer.now()).max(0);
     let config = state.config();
-    let etag_text = format!("\"{}\"", row.hash.to_hex());
-    let etag: ETag = etag_text
-        .parse()
-        .map_err(|_| internal("bad etag", &etag_text))?;
-    let mut headers = HeaderMap::new();
-    put(&mut headers, header::ETAG, &etag_text);
+    let etag = &row.etag;
+    let mut headers = HeaderMap::with_capacity(12);
+    headers.insert(header::ETAG, row.etag_value.clone());
     put(
         &mut headers,
         header::CACHE_CONTROL,
         &format!("private, max-age={remaining}"),
     );
-    put(&mut headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    put(&mut headers, header::CONTENT_SECURITY_POLICY, "sandbox");
-    put(&mut headers, header::ACCEPT_RANGES, "bytes");
+    let fixed = |v| HeaderValue::from_static(v);
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, fixed("nosniff"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, fixed("sandbox"));
+    headers.insert(header::ACCEPT_RANGES, fixed("bytes"));
 
     if c.if_none_match
         .as_ref()
-        .is_some_and(|m| !m.precondition_passes(&etag))
+        .is_some_and(|m| !m.precondition_passes(etag))
     {
         return Ok(Prepared {
             status: StatusCode::NOT_MODIFIED,
@@ -289,12 +326,17 @@ fn prepare(
             plan: Plan::Empty,
         });
     }
-    put(&mut headers, header::CONTENT_TYPE, &row.file_type);
-    put(
-        &mut headers,
-        header::CONTENT_DISPOSITION,
-        &content_disposition(row, attachment),
-    );
+    if let Some(v) = &row.content_type {
+        headers.insert(header::CONTENT_TYPE, v.clone());
+    }
+    let disposition = if attachment {
+        &row.attachment
+    } else {
+        &row.inline
+    };
+    if let Some(v) = disposition {
+        headers.insert(header::CONTENT_DISPOSITION, v.clone());
+    }
     if config.serve.nginx_accel {
         // nginx serves the file (and Range, HEAD) from its internal location.
         let hex = row.hash.to_hex();
@@ -322,7 +364,7 @@ fn prepare(
         Some(r)
             if c.if_range
                 .as_ref()
-                .is_none_or(|ir| !ir.is_modified(Some(&etag), None)) =>
+                .is_none_or(|ir| !ir.is_modified(Some(etag), None)) =>
         {
             match byte_range(r, size) {
                 Ok(range) => range,
@@ -363,7 +405,7 @@ fn prepare(
         }
         None => (StatusCode::OK, 0, size),
     };
-    put(&mut headers, header::CONTENT_LENGTH, &len.to_string());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let plan = if c.head || len == 0 {
         Plan::Empty
     } else {

@@ -102,6 +102,13 @@ pub(crate) async fn ingest_request(
     let over_cap = Arc::new(AtomicBool::new(false));
     let media = state.media();
     let declared_len = content_length(request.headers())?;
+    // A client waiting for `100 Continue` has sent no body: answer at once
+    // rather than invite it (hyper sends the 100 when the body is first read).
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let polled = Arc::new(AtomicBool::new(false));
     let ingested = if is_multipart(request.headers()) {
         let mut form = Multipart::from_request(request, state)
             .await
@@ -114,6 +121,7 @@ pub(crate) async fn ingest_request(
         };
         let result = match result {
             Ok(()) => {
+                polled.store(true, Ordering::Relaxed);
                 let target = UploadTarget {
                     uploader_id,
                     filename,
@@ -123,7 +131,7 @@ pub(crate) async fn ingest_request(
             }
             Err(e) => Err(e),
         };
-        if result.is_err() {
+        if result.is_err() && (polled.load(Ordering::Relaxed) || !expects_continue) {
             drain_form(&mut form).await;
         }
         result
@@ -139,13 +147,16 @@ pub(crate) async fn ingest_request(
                 declared_len,
                 claimed_hash,
             };
-            let capped_body = capped(&mut body, cap, over_cap.clone());
+            let polled = polled.clone();
+            let capped_body = capped(&mut body, cap, over_cap.clone()).inspect(move |_| {
+                polled.store(true, Ordering::Relaxed);
+            });
             media
                 .ingest(meta, capped_body)
                 .await
                 .map_err(ApiError::from)
         };
-        if result.is_err() {
+        if result.is_err() && (polled.load(Ordering::Relaxed) || !expects_continue) {
             drain(&mut body).await;
         }
         result
