@@ -673,6 +673,66 @@ async fn hung_mysql_does_not_slow_uploads_and_sync_catches_up_after() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reload_of_public_base_url_rewrites_every_file_url() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = dir.path().join("run");
+    let url = db.socket_url(&name);
+    let d = TestDaemon::start(&data, &run, &mysql_toml(&url, "https://a.example"));
+    for i in 0..4 {
+        assert_eq!(
+            upload_raw(&d.client, &d.base, 1, unique_png(950 + i))
+                .await
+                .0,
+            201
+        );
+    }
+    wait_mirrored(
+        db,
+        &name,
+        &data,
+        "https://a.example",
+        Duration::from_secs(20),
+    )
+    .await;
+    // Replace the config file as editors do; the daemon keeps running.
+    std::fs::write(
+        run.join("config.toml.new"),
+        mysql_toml(&url, "https://b.example"),
+    )
+    .unwrap();
+    std::fs::rename(run.join("config.toml.new"), run.join("config.toml")).unwrap();
+    wait_mirrored(
+        db,
+        &name,
+        &data,
+        "https://b.example",
+        Duration::from_secs(20),
+    )
+    .await;
+    // New uploads get the new base too.
+    let (_, body) = upload_raw(&d.client, &d.base, 1, unique_png(960)).await;
+    assert!(
+        body["file_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://b.example/files/")
+    );
+    wait_mirrored(
+        db,
+        &name,
+        &data,
+        "https://b.example",
+        Duration::from_secs(20),
+    )
+    .await;
+    drop(d);
+    assert_consistent(&data);
+}
+
 /// The safety belt wired end to end: `media-store gc` with `mysql.url` set keeps
 /// expired orphans that chat messages in MySQL still point at, and deletes
 /// nothing when it cannot ask.
