@@ -336,10 +336,6 @@ impl Config {
             ignored.push("mysql");
             self.mysql = running.mysql.clone();
         }
-        if self.mysql != running.mysql {
-            ignored.push("mysql");
-            self.mysql = running.mysql.clone();
-        }
         (self, ignored)
     }
 
