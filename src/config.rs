@@ -498,6 +498,17 @@ mod tests {
     }
 
     #[test]
+    fn readme_lists_every_env_var() {
+        let readme = include_str!("../README.md");
+        for (path, env) in Config::keys() {
+            assert!(
+                readme.contains(&format!("`{env}`")),
+                "README's config table lacks {path} ({env})"
+            );
+        }
+    }
+
+    #[test]
     fn example_config_lists_every_key() {
         let example = include_str!("../media-store.example.toml");
         for (path, env) in Config::keys() {
