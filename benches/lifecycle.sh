@@ -16,7 +16,8 @@
 # The data folder is generated directly (tiny files written in parallel, index
 # rows inserted by SQL: examples/lifecycle_bench.rs) because uploading 1 M
 # blobs over HTTP would take far longer than the measurements themselves.
-# Set BENCH_DIR to put the data elsewhere than /tmp (needs ~5 GB and 1.1 M inodes).
+# Set BENCH_DIR to put the data elsewhere than /tmp (needs ~5 GB and 1.1 M inodes);
+# SKIP_SCRUB=1 stops after part 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -92,6 +93,7 @@ PY
 kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=""
 rm -rf "$DATA"
 
+[ -n "${SKIP_SCRUB:-}" ] && exit 0
 echo "== 3. scrub vs b3sum over the same files"
 for spec in "64 16777216 large" "20000 16384 small"; do
     set -- $spec

@@ -193,8 +193,8 @@ fn collect_zero_count_blobs(
     // rows skipped (dry run, errors) are not seen again.
     let mut cursor: (i64, Vec<u8>) = (i64::MIN, Vec::new());
     loop {
-        let tx_started = Instant::now();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx_started = Instant::now();
         let rows: Vec<(i64, [u8; 32], u64)> = tx
             .prepare_cached(
                 "SELECT zero_since, hash, size FROM blobs
@@ -326,8 +326,8 @@ fn delete_unknown(
     if pending.is_empty() {
         return Ok(());
     }
-    let tx_started = Instant::now();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx_started = Instant::now();
     for (hash, path) in pending.drain(..) {
         // Under the write lock: no upload is between its rename and its commit.
         if known(&tx, &hash)? || !older_than(&path, cutoff) {
@@ -417,8 +417,18 @@ pub fn open_existing(data_dir: &Path) -> anyhow::Result<(Connection, BlobStore)>
         );
     }
     let conn = crate::index::open_connection(&path)?;
+    conn.busy_handler(Some(poll_for_lock))?;
     let store = BlobStore::open(data_dir)?;
     Ok((conn, store))
+}
+
+/// Busy handler for lifecycle connections: retry every millisecond for up to
+/// 60 s. SQLite's default handler sleeps up to 100 ms between tries, which
+/// next to a daemon committing uploads back to back makes every GC batch wait
+/// hundreds of milliseconds for a lock that is free for short moments.
+fn poll_for_lock(retries: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(1));
+    retries < 60_000
 }
 
 /// The daemon's own GC loop (`gc.interval` > 0): runs retention + GC on its

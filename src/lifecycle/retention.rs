@@ -80,10 +80,11 @@ pub fn expire(
             let deleted = if dry_run {
                 summary.would_delete.extend(&doomed);
                 doomed.len() as u64
+            } else if doomed.is_empty() {
+                0
             } else {
-                let tx_started = std::time::Instant::now();
-                let n = delete_batch(conn, &rule, &doomed, cutoff, now_ms)?;
-                super::gc::pace(opts, tx_started);
+                let (n, held) = delete_batch(conn, &rule, &doomed, cutoff, now_ms)?;
+                super::gc::pace(opts, held);
                 n
             };
             match rule {
@@ -133,18 +134,17 @@ fn candidates(
     }
 }
 
-/// Deletes the rows that still match `rule`, under the write lock.
+/// Deletes the rows that still match `rule`, under the write lock. Returns
+/// how many, and when the lock was taken.
 fn delete_batch(
     conn: &mut Connection,
     rule: &Rule,
     ids: &[i64],
     cutoff: i64,
     now_ms: i64,
-) -> anyhow::Result<u64> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
+) -> anyhow::Result<(u64, std::time::Instant)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let started = std::time::Instant::now();
     let mut deleted = 0;
     for &id in ids {
         // Re-check: the row may have been attached to a message since it was listed.
@@ -162,7 +162,7 @@ fn delete_batch(
         }
     }
     tx.commit()?;
-    Ok(deleted)
+    Ok((deleted, started))
 }
 
 #[cfg(test)]
