@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::error::{Classify, ErrorKind};
 use crate::index::media::{self as q, ListQuery, MediaRow, NewMedia};
@@ -94,10 +94,15 @@ pub struct Ingested {
     pub deduplicated: bool,
 }
 
-/// How many body chunks may wait for the disk writer. Bounds memory per upload
-/// (hyper's chunks are at most a few hundred KiB) while the network and the disk
-/// overlap.
-const WRITE_QUEUE_CHUNKS: usize = 32;
+/// How many body bytes may wait for the disk writer, per upload. Counted in
+/// bytes, not chunks: hyper's chunks range from a few KiB to hundreds, and each
+/// queued one pins its read buffer. Bounds memory per upload while the network
+/// and the disk overlap.
+const WRITE_QUEUE_BYTES: usize = 1024 * 1024;
+
+/// A body chunk on its way to the writer, holding its share of the byte budget
+/// until written.
+type Queued = (Bytes, OwnedSemaphorePermit);
 
 #[derive(Clone)]
 pub struct MediaService {
@@ -165,7 +170,7 @@ impl MediaService {
                 Sink::Staged(crate::tasks::blocking(move || store.stage()).await??)
             }
         };
-        let (chunks, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_CHUNKS);
+        let (chunks, rx) = mpsc::unbounded_channel::<Queued>();
         let writer = crate::tasks::blocking(move || write_chunks(sink, rx));
 
         let policy = self.policy.load_full();
@@ -340,12 +345,13 @@ impl MediaService {
 async fn receive<S, E>(
     policy: &Policy,
     mut body: S,
-    chunks: mpsc::Sender<Bytes>,
+    chunks: mpsc::UnboundedSender<Queued>,
 ) -> Result<(&'static str, u64)>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: Display,
 {
+    let budget = Arc::new(Semaphore::new(WRITE_QUEUE_BYTES));
     let mut head: Vec<u8> = Vec::with_capacity(SNIFF_LEN);
     let mut sniffed: Option<(&'static str, u64)> = None;
     let mut limit = policy.max_bytes();
@@ -372,7 +378,13 @@ where
                 }
             }
         }
-        if chunks.send(chunk).await.is_err() {
+        // Wait until the writer has room (a chunk larger than the whole budget
+        // waits for an empty queue).
+        let want = chunk.len().clamp(1, WRITE_QUEUE_BYTES) as u32;
+        let Ok(permit) = budget.clone().acquire_many_owned(want).await else {
+            break;
+        };
+        if chunks.send((chunk, permit)).is_err() {
             // The writer stopped early: it failed, and `ingest` reports why.
             break;
         }
@@ -414,8 +426,8 @@ impl Sink {
 
 /// Runs on a blocking thread: hashes (and writes) chunks as they arrive, all
 /// the chunks already queued in one go.
-fn write_chunks(mut sink: Sink, mut rx: mpsc::Receiver<Bytes>) -> Result<Sink> {
-    let mut queued: Vec<Bytes> = Vec::with_capacity(WRITE_QUEUE_CHUNKS);
+fn write_chunks(mut sink: Sink, mut rx: mpsc::UnboundedReceiver<Queued>) -> Result<Sink> {
+    let mut queued: Vec<Queued> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         queued.push(first);
         while let Ok(more) = rx.try_recv() {
@@ -423,11 +435,11 @@ fn write_chunks(mut sink: Sink, mut rx: mpsc::Receiver<Bytes>) -> Result<Sink> {
         }
         match &mut sink {
             Sink::Staged(staged) => {
-                let slices: Vec<&[u8]> = queued.iter().map(|b| &b[..]).collect();
+                let slices: Vec<&[u8]> = queued.iter().map(|(b, _)| &b[..]).collect();
                 staged.write_chunks(&slices)?;
             }
             Sink::HashOnly(hasher, len) => {
-                for chunk in &queued {
+                for (chunk, _) in &queued {
                     hasher.update(chunk);
                     *len += chunk.len() as u64;
                 }
