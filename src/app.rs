@@ -219,9 +219,23 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(Option<String>, Opti
         return Ok((None, None));
     }
     let path = config.data_dir.join(TOKEN_FILE);
-    match fs::read_to_string(&path) {
-        Ok(token) => {
-            let mode = fs::metadata(&path)?.permissions().mode();
+    if let Some(token) = read_private_file(&path)? {
+        if token.is_empty() {
+            bail!("{} is empty", path.display());
+        }
+        return Ok((Some(token), None));
+    }
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    create_private_file(&path, &token)?;
+    Ok((Some(token), Some(path)))
+}
+
+/// Reads a secret file of the data folder (trimmed); `None` when it does not
+/// exist. A file other users could read is refused: the secret may have leaked.
+fn read_private_file(path: &Path) -> anyhow::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = fs::metadata(path)?.permissions().mode();
             if mode & 0o077 != 0 {
                 bail!(
                     "{} is readable by other users (mode {:o}); run `chmod 600` on it",
@@ -229,27 +243,24 @@ fn load_or_create_token(config: &Config) -> anyhow::Result<(Option<String>, Opti
                     mode & 0o777
                 );
             }
-            let token = token.trim().to_owned();
-            if token.is_empty() {
-                bail!("{} is empty", path.display());
-            }
-            Ok((Some(token), None))
+            Ok(Some(text.trim().to_owned()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token =
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{token}")?;
-            file.sync_all()?;
-            Ok((Some(token), Some(path)))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Creates a secret file, mode 0600 from the start, durably; never overwrites.
+fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{line}")?;
+    file.sync_all()?;
+    Ok(())
 }
 
 const SIGNING_KEY_FILE: &str = "signing-key";
@@ -265,40 +276,22 @@ pub fn load_signing_key_file(
     create: bool,
 ) -> anyhow::Result<(Option<SigningKey>, Option<PathBuf>)> {
     let path = data_dir.join(SIGNING_KEY_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let mode = fs::metadata(&path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                bail!(
-                    "{} is readable by other users (mode {:o}); run `chmod 600` on it",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
-            let (kid, secret) = text
-                .trim()
-                .split_once(' ')
-                .with_context(|| format!("{} is not `<kid> <secret>`", path.display()))?;
-            crate::signing::check_kid(kid).map_err(anyhow::Error::msg)?;
-            let secret = crate::signing::decode_secret(secret)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok((Some((kid.to_owned(), secret)), None))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let kid = format!("gen-{:08x}", rand::random::<u32>());
-            let secret = crate::signing::generate_secret();
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{kid} {secret}")?;
-            file.sync_all()?;
-            let bytes = crate::signing::decode_secret(&secret).map_err(anyhow::Error::msg)?;
-            Ok((Some((kid, bytes)), Some(path)))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, None)),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    if let Some(text) = read_private_file(&path)? {
+        let (kid, secret) = text
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("{} is not `<kid> <secret>`", path.display()))?;
+        crate::signing::check_kid(kid).map_err(anyhow::Error::msg)?;
+        let secret = crate::signing::decode_secret(secret)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok((Some((kid.to_owned(), secret)), None));
     }
+    if !create {
+        return Ok((None, None));
+    }
+    let kid = format!("gen-{:08x}", rand::random::<u32>());
+    let secret = crate::signing::generate_secret();
+    create_private_file(&path, &format!("{kid} {secret}"))?;
+    let bytes = crate::signing::decode_secret(&secret).map_err(anyhow::Error::msg)?;
+    Ok((Some((kid, bytes)), Some(path)))
 }

@@ -27,9 +27,11 @@ pub struct NewMedia {
     pub original_name: Option<String>,
 }
 
-const COLUMNS: &str = "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
+/// The `media` columns that [`from_row`] reads, in its order.
+pub const COLUMNS: &str = "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
+/// Maps a row selected with [`COLUMNS`].
+pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
     let hash: [u8; 32] = r.get(3)?;
     Ok(MediaRow {
         id: r.get(0)?,

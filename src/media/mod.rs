@@ -87,6 +87,19 @@ pub struct UploadMeta {
     pub claimed_hash: Option<blake3::Hash>,
 }
 
+impl UploadMeta {
+    /// The media row this upload becomes once its content is known.
+    fn into_row(self, hash: blake3::Hash, size: u64, mime: &str) -> NewMedia {
+        NewMedia {
+            uploader_id: self.uploader_id,
+            file_type: mime.to_owned(),
+            hash,
+            size,
+            original_name: self.original_name,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Ingested {
     pub row: MediaRow,
@@ -222,13 +235,7 @@ impl MediaService {
         meta: UploadMeta,
     ) -> Result<Ingested> {
         let store = self.store.clone();
-        let new = NewMedia {
-            uploader_id: meta.uploader_id,
-            file_type: mime.to_owned(),
-            hash,
-            size,
-            original_name: meta.original_name,
-        };
+        let new = meta.into_row(hash, size, mime);
         let row = self
             .index
             .write(move |ctx| {
@@ -274,13 +281,7 @@ impl MediaService {
         .await??;
 
         let store = self.store.clone();
-        let new = NewMedia {
-            uploader_id: meta.uploader_id,
-            file_type: mime.to_owned(),
-            hash,
-            size,
-            original_name: meta.original_name,
-        };
+        let new = meta.into_row(hash, size, mime);
         let quota = self.quota.load_full();
         let (row, deduplicated) = self
             .index

@@ -132,20 +132,7 @@ pub fn backlog(conn: &Connection) -> Result<i64> {
     )?)
 }
 
-const COLUMNS: &str = "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
-
-fn media_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
-    let hash: [u8; 32] = r.get(3)?;
-    Ok(MediaRow {
-        id: r.get(0)?,
-        uploader_id: r.get(1)?,
-        file_type: r.get(2)?,
-        hash: blake3::Hash::from_bytes(hash),
-        size: r.get(4)?,
-        original_name: r.get(5)?,
-        uploaded_at_ms: r.get(6)?,
-    })
-}
+use crate::index::media::{COLUMNS, from_row as media_row};
 
 /// The current rows of those `ids` that exist (the others were deleted).
 pub fn rows_by_ids(conn: &Connection, ids: &[i64]) -> Result<Vec<MediaRow>> {
