@@ -16,6 +16,7 @@ BENCH_DIR=${BENCH_DIR:-$PWD/target/bench}
 BIG_MB=${BIG_MB:-1024}
 ROUNDS=${ROUNDS:-3}
 LIST_ROWS=${LIST_ROWS:-10000000}
+BENCH_ENV=${BENCH_ENV:-}
 TOKEN=bench-token
 mkdir -p "$BENCH_DIR"
 cargo build --release --quiet --bin media-store --example loadgen
