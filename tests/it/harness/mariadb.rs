@@ -33,12 +33,46 @@ fn find_binary(name: &str) -> PathBuf {
 
 pub struct MariaDb {
     dir: TempDir,
+    /// Held while this server's folder is in use; the shared server is a static
+    /// that is never dropped, so later runs sweep folders whose lock is free.
+    _alive: nix::fcntl::Flock<std::fs::File>,
     pub port: u16,
     /// The running server; None while killed.
     child: Mutex<Option<u32>>,
 }
 
 static SHARED: LazyLock<MariaDb> = LazyLock::new(MariaDb::start);
+
+const ALIVE_LOCK: &str = "alive.lock";
+
+fn lock_file(path: &Path) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+}
+
+/// Removes server folders of earlier runs: their lock is free once the process
+/// that held it is gone (its mariadbd died with it, PR_SET_PDEATHSIG).
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("ms-mariadb-"));
+        if is_ours && path.join(ALIVE_LOCK).exists() && lock_file(&path.join(ALIVE_LOCK)).is_some()
+        {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
 
 static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
@@ -50,10 +84,12 @@ impl MariaDb {
 
     /// A dedicated server (initialises a fresh datadir; a few seconds).
     pub fn start() -> MariaDb {
+        sweep_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix("ms-mariadb-")
             .tempdir()
             .unwrap();
+        let alive = lock_file(&dir.path().join(ALIVE_LOCK)).expect("a new folder's lock is free");
         let datadir = dir.path().join("data");
         let out = Command::new(find_binary("mariadb-install-db"))
             .arg("--no-defaults")
@@ -74,6 +110,7 @@ impl MariaDb {
         // mariadbd does, so start-up is retried on a new port (bounded).
         let mut server = MariaDb {
             dir,
+            _alive: alive,
             port: 0,
             child: Mutex::new(None),
         };
