@@ -84,6 +84,7 @@ CONF
 
 bench_big() {
     local src=$BENCH_DIR/src.mp4
+    rm -rf "$BENCH_DIR/data-big"
     make_video "$src" "$BIG_MB"
     start_daemon "$BENCH_DIR/data-big"
     start_nginx_dav
@@ -130,11 +131,12 @@ bench_big() {
     t=$(now); b3sum --num-threads 1 "$src" >/dev/null; b3one=$(elapsed "$t")
     summary+=("duplicate upload ($BIG_MB MiB, already stored): $(echo "$BIG_MB/$hinted" | bc -l | xargs printf '%.0f') MiB/s with ?blake3= (hash only, nothing written), $(echo "$BIG_MB/$dup" | bc -l | xargs printf '%.0f') MiB/s without (staged in page cache, no fsync, unlinked) over HTTP with curl (b3sum of the same file: $(echo "$BIG_MB/$b3" | bc -l | xargs printf '%.0f') MiB/s all cores, $(echo "$BIG_MB/$b3one" | bc -l | xargs printf '%.0f') MiB/s one thread)")
     stop_daemon
-    rm -f "$src"
+    rm -rf "$src" "$BENCH_DIR/data-big"
 }
 
 bench_small() {
     local seq_r=() ms_r=() p99=()
+    rm -rf "$BENCH_DIR/data-small" "$BENCH_DIR"/seq*
     start_daemon "$BENCH_DIR/data-small"
     for r in $(seq "$ROUNDS"); do
         out=$("$LOADGEN" durable-seq "$BENCH_DIR/seq$r" 3000 4096)
@@ -149,6 +151,7 @@ bench_small() {
     local s m
     s=$(printf '%s\n' "${seq_r[@]}" | sort -g | tail -1)
     m=$(printf '%s\n' "${ms_r[@]}" | sort -g | tail -1)
+    rm -rf "$BENCH_DIR/data-small" "$BENCH_DIR"/seq*
     summary+=("4 KiB uploads, 32 clients, durable before 201, best of $ROUNDS: media-store $(printf '%.0f' "$m")/s vs per-file durable sequence $(printf '%.0f' "$s")/s = $(echo "$m/$s" | bc -l | xargs printf '%.2f')x (target >= 1.3x); p99 latencies ms: ${p99[*]}")
 }
 
@@ -156,6 +159,7 @@ bench_rss() {
     local srcs=()
     make_video "$BENCH_DIR/rss0.mp4" "$BIG_MB"
     for i in 1 2 3; do cp "$BENCH_DIR/rss0.mp4" "$BENCH_DIR/rss$i.mp4"; perturb "$BENCH_DIR/rss$i.mp4"; done
+    rm -rf "$BENCH_DIR/data-rss"
     start_daemon "$BENCH_DIR/data-rss"
     for i in 0 1 2 3; do
         curl -sS -o /dev/null -w '%{http_code}\n' -X POST -T "$BENCH_DIR/rss$i.mp4" -H "Authorization: Bearer $TOKEN" "$URL/v1/media?uploader_id=1" &
@@ -164,7 +168,7 @@ bench_rss() {
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
     summary+=("peak RSS with 4 concurrent $BIG_MB MiB uploads: $((hwm / 1024)) MiB (VmHWM; target < 64 MiB)")
     stop_daemon
-    rm -f "$BENCH_DIR"/rss*.mp4
+    rm -rf "$BENCH_DIR"/rss*.mp4 "$BENCH_DIR/data-rss"
 }
 
 bench_list() {
