@@ -37,7 +37,7 @@ start_daemon() { # $1 data dir -> sets URL, DPID
     pids+=("$DPID")
     # Up to 5 minutes: the first start on an old seeded index runs its migrations.
     for _ in $(seq 6000); do
-        URL=$(sed -n 's/^listening on //p' "$log")
+        URL=$(sed -n 's/^listening on //p' "$log" 2>/dev/null || true)
         [ -n "$URL" ] && return 0
         sleep 0.05
     done
@@ -106,6 +106,11 @@ bench_big() {
     dd=$(printf '%s\n' "${dd_t[@]}" | sort -g | head -1)
     ms=$(printf '%s\n' "${ms_t[@]}" | sort -g | head -1)
     dav=$(printf '%s\n' "${dav_t[@]}" | sort -g | head -1)
+    local dd_med ms_med dav_med
+    dd_med=$(printf '%s\n' "${dd_t[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    ms_med=$(printf '%s\n' "${ms_t[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    dav_med=$(printf '%s\n' "${dav_t[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    summary+=("1 GiB-class upload, median of $ROUNDS rounds: media-store/dd = $(echo "$dd_med/$ms_med" | bc -l | xargs printf '%.2f'), media-store/nginx = $(echo "$dav_med/$ms_med" | bc -l | xargs printf '%.2f') (per-round seconds: dd ${dd_t[*]}; media-store ${ms_t[*]}; nginx ${dav_t[*]})")
     summary+=("1 GiB-class upload ($BIG_MB MiB), best of $ROUNDS: dd conv=fsync $(echo "$BIG_MB/$dd" | bc -l | xargs printf '%.0f') MiB/s, media-store $(echo "$BIG_MB/$ms" | bc -l | xargs printf '%.0f') MiB/s, nginx WebDAV PUT+fsync $(echo "$BIG_MB/$dav" | bc -l | xargs printf '%.0f') MiB/s; media-store/dd = $(echo "$dd/$ms" | bc -l | xargs printf '%.2f') (target >= 0.80), media-store/nginx = $(echo "$dav/$ms" | bc -l | xargs printf '%.2f') (target > 1)")
     # A duplicate of content already stored: hashing only.
     local dup_t=()
