@@ -33,7 +33,7 @@ use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
 pub use self::config::MysqlConfig;
-pub use self::mysql::MysqlReferences;
+pub use self::mysql::{MysqlReferences, mirror_file_type};
 pub use self::worker::{Drained, ack, drain_batch};
 use crate::error::{Classify, ErrorKind};
 use crate::index::{Index, IndexError};

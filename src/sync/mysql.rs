@@ -149,10 +149,38 @@ impl MirrorRow {
             uploader_id: row.uploader_id,
             // The API's own function, so the mirror and the API never disagree.
             file_url: crate::http::views::file_url(public_base_url, row.id),
-            file_type: row.file_type.clone(),
+            file_type: mirror_file_type(&row.file_type),
             uploaded_at_s: row.uploaded_at_ms.div_euclid(1000),
             size: row.size,
             blake3: row.hash.to_hex().to_string(),
+        }
+    }
+}
+
+/// The seed's `media_files.file_type` is `VARCHAR(50)`, "MIME type or file
+/// extension". MIME types that fit are stored as they are; the longer ones (the
+/// OOXML and OpenDocument types, up to 73 characters) as their file extension,
+/// which is what the seed allows and what a chat client shows anyway.
+pub fn mirror_file_type(mime: &str) -> String {
+    const SEED_WIDTH: usize = 50;
+    if mime.len() <= SEED_WIDTH {
+        return mime.to_owned();
+    }
+    let known = match mime {
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => Some("docx"),
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => Some("xlsx"),
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation" => Some("pptx"),
+        "application/vnd.oasis.opendocument.text" => Some("odt"),
+        "application/vnd.oasis.opendocument.spreadsheet" => Some("ods"),
+        "application/vnd.oasis.opendocument.presentation" => Some("odp"),
+        _ => None,
+    };
+    match known {
+        Some(ext) => ext.to_owned(),
+        // Any other long type: its last dotted component, cut to fit.
+        None => {
+            let tail = mime.rsplit(['.', '/']).next().unwrap_or(mime);
+            tail.chars().take(SEED_WIDTH).collect()
         }
     }
 }
@@ -328,4 +356,27 @@ pub fn migrate_cli(cfg: &MysqlConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mirror_file_type;
+
+    #[test]
+    fn file_types_fit_the_seed_column() {
+        assert_eq!(mirror_file_type("image/png"), "image/png");
+        assert_eq!(
+            mirror_file_type(
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            ),
+            "docx"
+        );
+        // 47 characters: fits, kept as it is.
+        assert_eq!(
+            mirror_file_type("application/vnd.oasis.opendocument.spreadsheet"),
+            "application/vnd.oasis.opendocument.spreadsheet"
+        );
+        let long = format!("application/x-{}", "a".repeat(80));
+        assert!(mirror_file_type(&long).len() <= 50);
+    }
 }
