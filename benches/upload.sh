@@ -4,8 +4,9 @@
 #   benches/upload.sh [all|big|small|rss|list]   (big includes the duplicate-upload runs)
 #
 # Environment: BENCH_DIR (scratch folder on the file system under test; default
-# target/bench), BIG_MB (size of the large upload, default 1024), ROUNDS (default 3),
-# LIST_ROWS (rows in the listing index, default 10000000; the seeded index is kept in
+# target/bench), BIG_MB (size of the large upload, default 1024), ROUNDS (default 6;
+# keep it a multiple of 3: the large-upload runs rotate their order), LIST_ROWS (rows
+# in the listing index, default 10000000; the seeded index is kept in
 # $BENCH_DIR/list-data and reused), BENCH_ENV (prefix for the daemon's command, e.g.
 # "env MIMALLOC_PURGE_DELAY=0" to see how much of the peak RSS is allocator retention).
 # Prints one line per measurement and a summary of ratios at the end.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 BENCH_DIR=${BENCH_DIR:-$PWD/target/bench}
 BIG_MB=${BIG_MB:-1024}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-6}
 LIST_ROWS=${LIST_ROWS:-10000000}
 BENCH_ENV=${BENCH_ENV:-}
 TOKEN=bench-token
@@ -89,28 +90,39 @@ bench_big() {
     start_daemon "$BENCH_DIR/data-big"
     start_nginx_dav
     local dd_t=() ms_t=() dav_t=()
-    for r in $(seq "$ROUNDS"); do
+    run_dd() {
         perturb "$src"; sync
         t=$(now); dd if="$src" of="$BENCH_DIR/dd.out" bs=1M conv=fsync status=none; dd_t+=("$(elapsed "$t")")
+    }
+    run_ms() {
         perturb "$src"; sync
         t=$(now)
         code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -T "$src" -H "Authorization: Bearer $TOKEN" "$URL/v1/media?uploader_id=1")
         ms_t+=("$(elapsed "$t")")
         [ "$code" = 201 ] || { echo "upload failed: $code"; exit 1; }
+    }
+    run_dav() {
         perturb "$src"; sync
         t=$(now); curl -sS -o /dev/null -T "$src" "$DAV_URL/f$r.mp4"; sync "$DAV_ROOT/f$r.mp4"; dav_t+=("$(elapsed "$t")")
-        echo "big round $r: dd ${dd_t[-1]} s, media-store ${ms_t[-1]} s, nginx PUT+fsync ${dav_t[-1]} s"
+    }
+    # The order rotates each round: this disk slows down after a few GiB of
+    # writes, and whoever runs first must not always get the fast disk.
+    local orders=("run_dd run_ms run_dav" "run_ms run_dav run_dd" "run_dav run_dd run_ms")
+    for r in $(seq "$ROUNDS"); do
+        for step in ${orders[$(( (r - 1) % 3 ))]}; do $step; done
+        echo "big round $r (${orders[$(( (r - 1) % 3 ))]}): dd ${dd_t[-1]} s, media-store ${ms_t[-1]} s, nginx PUT+fsync ${dav_t[-1]} s"
         rm -f "$BENCH_DIR/dd.out" "$DAV_ROOT/f$r.mp4"
     done
+    # Each tool ran in each position equally often (ROUNDS a multiple of 3), so
+    # total times compare like with like whatever state the disk was in.
+    total() { printf '%s\n' "$@" | paste -sd+ | bc -l; }
+    local dd_sum ms_sum dav_sum
+    dd_sum=$(total "${dd_t[@]}"); ms_sum=$(total "${ms_t[@]}"); dav_sum=$(total "${dav_t[@]}")
+    summary+=("1 GiB-class upload, $ROUNDS rounds, order rotated: throughput media-store/dd = $(echo "$dd_sum/$ms_sum" | bc -l | xargs printf '%.2f') (target >= 0.80), media-store/nginx WebDAV PUT+fsync = $(echo "$dav_sum/$ms_sum" | bc -l | xargs printf '%.2f') (target > 1); per-round seconds: dd ${dd_t[*]}; media-store ${ms_t[*]}; nginx ${dav_t[*]}")
     local dd ms dav
     dd=$(printf '%s\n' "${dd_t[@]}" | sort -g | head -1)
     ms=$(printf '%s\n' "${ms_t[@]}" | sort -g | head -1)
     dav=$(printf '%s\n' "${dav_t[@]}" | sort -g | head -1)
-    local dd_med ms_med dav_med
-    dd_med=$(printf '%s\n' "${dd_t[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    ms_med=$(printf '%s\n' "${ms_t[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    dav_med=$(printf '%s\n' "${dav_t[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    summary+=("1 GiB-class upload, median of $ROUNDS rounds: media-store/dd = $(echo "$dd_med/$ms_med" | bc -l | xargs printf '%.2f'), media-store/nginx = $(echo "$dav_med/$ms_med" | bc -l | xargs printf '%.2f') (per-round seconds: dd ${dd_t[*]}; media-store ${ms_t[*]}; nginx ${dav_t[*]})")
     summary+=("1 GiB-class upload ($BIG_MB MiB), best of $ROUNDS: dd conv=fsync $(echo "$BIG_MB/$dd" | bc -l | xargs printf '%.0f') MiB/s, media-store $(echo "$BIG_MB/$ms" | bc -l | xargs printf '%.0f') MiB/s, nginx WebDAV PUT+fsync $(echo "$BIG_MB/$dav" | bc -l | xargs printf '%.0f') MiB/s; media-store/dd = $(echo "$dd/$ms" | bc -l | xargs printf '%.2f') (target >= 0.80), media-store/nginx = $(echo "$dav/$ms" | bc -l | xargs printf '%.2f') (target > 1)")
     # A duplicate of content already stored: hashing only.
     local dup_t=()
