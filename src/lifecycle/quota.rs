@@ -2,7 +2,7 @@
 //! writer: the totals read there cannot change before the upload's own row
 //! commits, so concurrent uploads of one uploader cannot overshoot together.
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use super::RetentionConfig;
 use crate::error::ErrorKind;
@@ -39,14 +39,7 @@ pub fn check(
     if quota.is_unlimited() {
         return Ok(());
     }
-    let (files, bytes): (u64, u64) = conn
-        .query_row(
-            "SELECT file_count, bytes FROM uploader_usage WHERE uploader_id = ?1",
-            [uploader_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?
-        .unwrap_or((0, 0));
+    let (files, bytes) = super::refs::counted_usage(conn, uploader_id)?;
     let refuse = |message: String| IndexError::Job {
         kind: ErrorKind::InsufficientStorage,
         code: "quota_exceeded",

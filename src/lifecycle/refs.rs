@@ -194,15 +194,20 @@ pub struct Usage {
     pub bytes_stored: u64,
 }
 
-pub fn usage(conn: &Connection, uploader_id: i64) -> Result<Usage> {
-    let (file_count, bytes_referenced): (u64, u64) = conn
+/// The uploader's (file count, bytes referenced), kept exact by triggers on `media`.
+pub fn counted_usage(conn: &Connection, uploader_id: i64) -> rusqlite::Result<(u64, u64)> {
+    Ok(conn
         .query_row(
             "SELECT file_count, bytes FROM uploader_usage WHERE uploader_id = ?1",
             [uploader_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?
-        .unwrap_or((0, 0));
+        .unwrap_or((0, 0)))
+}
+
+pub fn usage(conn: &Connection, uploader_id: i64) -> Result<Usage> {
+    let (file_count, bytes_referenced) = counted_usage(conn, uploader_id)?;
     let bytes_stored: u64 = conn.query_row(
         "SELECT coalesce(sum(size), 0) FROM blobs
          WHERE hash IN (SELECT hash FROM media WHERE uploader_id = ?1)",
