@@ -362,6 +362,53 @@ async fn deleted_media_is_not_found_at_once_even_with_a_valid_cached_url() {
     assert_consistent(&app.data);
 }
 
+/// Another process (`media-store gc`, retention) deletes a media row and its
+/// blob while the daemon still has the row cached: the download becomes a 404
+/// within the cache's bound and is never a 500 (the streamed case used to be),
+/// for small (cached body) and large (streamed) blobs alike.
+#[tokio::test]
+async fn media_deleted_by_another_process_is_not_found_even_while_cached() {
+    let app = TestApp::start().await;
+    for (seed, content) in [(1u64, unique_png(61)), (2, fake_mp4(300_000, 62))] {
+        let media = upload(&app.base, &app.client, content.clone(), "f").await;
+        let id = media["id"].as_i64().unwrap();
+        let url = signed(&app.base, &app.client, id, json!({})).await;
+        let resp = app.client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "round {seed}");
+        // What GC does in its own process: the row, then (count 0) the file.
+        let conn = media_store::index::open_connection(&app.data.join("index.sqlite3")).unwrap();
+        media_store::index::media::delete_media(&conn, id, 0)
+            .unwrap()
+            .expect("row existed");
+        let blob = app
+            .data
+            .join("blobs")
+            .join(media_store::store::blob_relative_path(&blake3::hash(
+                &content,
+            )));
+        std::fs::remove_file(blob).unwrap();
+        conn.execute("DELETE FROM blobs WHERE refcount = 0", [])
+            .unwrap();
+        // Rows (and small bodies) cached from before are trusted for at most 1 s
+        // after another process's change (storage-layout.md, "Serving"); never a 5xx.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let (status, code) = error_code(app.client.get(&url).send().await.unwrap()).await;
+            assert!(status < 500, "round {seed}: {status} {code}");
+            if status == 404 {
+                assert_eq!(code, "media_not_found");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {seed}: still {status} after 3 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert_consistent(&app.data);
+}
+
 #[tokio::test]
 async fn generated_key_is_private_and_survives_a_restart() {
     use std::os::unix::fs::PermissionsExt;

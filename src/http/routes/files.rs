@@ -197,10 +197,13 @@ pub async fn download_file(
         Plan::Bytes { start, len } => {
             let store = state.media().store().clone();
             let hash = row.hash;
-            let file = crate::tasks::blocking(move || store.open_blob(&hash))
+            let file = match crate::tasks::blocking(move || store.open_blob(&hash))
                 .await
                 .map_err(|e| internal("blob open task failed", e))?
-                .map_err(|e| internal("blob file of a live media row cannot be opened", e))?;
+            {
+                Ok(file) => file,
+                Err(e) => return Err(unreadable_blob(&state, row.id, e).await),
+            };
             let mut file = tokio::fs::File::from_std(file);
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
             file.seek(SeekFrom::Start(start))
@@ -261,11 +264,23 @@ async fn small_body(state: &AppState, row: &MediaRow) -> Result<Bytes, ApiError>
         Ok(buf)
     })
     .await
-    .map_err(|e| internal("blob read task failed", e))?
-    .map_err(|e| internal("cannot read blob", e))?;
-    let bytes = Bytes::from(bytes);
+    .map_err(|e| internal("blob read task failed", e))?;
+    let bytes = match bytes {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => return Err(unreadable_blob(state, row.id, e).await),
+    };
     cache.put_body(row.hash, bytes.clone());
     Ok(bytes)
+}
+
+/// A blob that cannot be read: if its media row is gone meanwhile (deleted by
+/// another process within the row cache's 1 s), the answer is the 404 a fresh
+/// lookup gives; a live row without its file breaks I2 and is a 500.
+async fn unreadable_blob(state: &AppState, id: i64, e: std::io::Error) -> ApiError {
+    match state.media().get(id).await {
+        Err(gone) => ApiError::from(gone),
+        Ok(_) => internal("blob file of a live media row cannot be read", e),
+    }
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
