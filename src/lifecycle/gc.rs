@@ -234,15 +234,10 @@ fn collect_zero_count_blobs(
             // File first, then the row, both under the write lock: a crash in
             // between leaves a count-0 row without a file, which an upload
             // treats as absent (it installs its own copy) and the next GC drops.
-            match std::fs::remove_file(&path) {
-                Ok(()) => summary.bytes_freed += size,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    summary
-                        .errors
-                        .push(format!("cannot delete {}: {e}", path.display()));
-                    continue;
-                }
+            match unlink(&path, summary) {
+                Unlinked::Removed => summary.bytes_freed += size,
+                Unlinked::Absent => {}
+                Unlinked::Failed => continue,
             }
             tx.execute(
                 "DELETE FROM blobs WHERE hash = ?1 AND refcount = 0",
@@ -342,20 +337,38 @@ fn delete_unknown(
             summary.bytes_freed += size;
             continue;
         }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                summary.unknown_files_deleted += 1;
-                summary.bytes_freed += size;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => summary
-                .errors
-                .push(format!("cannot delete {}: {e}", path.display())),
+        if unlink(&path, summary) == Unlinked::Removed {
+            summary.unknown_files_deleted += 1;
+            summary.bytes_freed += size;
         }
     }
     tx.commit()?;
     pace(opts, tx_started);
     Ok(())
+}
+
+#[derive(Debug, PartialEq)]
+enum Unlinked {
+    Removed,
+    /// Already gone: fine, nothing freed.
+    Absent,
+    /// Could not delete; the error is in the summary.
+    Failed,
+}
+
+/// Deletes one file for GC; a failure is recorded in the summary, not raised,
+/// so one unreadable file does not stop the run.
+fn unlink(path: &std::path::Path, summary: &mut GcSummary) -> Unlinked {
+    match std::fs::remove_file(path) {
+        Ok(()) => Unlinked::Removed,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Unlinked::Absent,
+        Err(e) => {
+            summary
+                .errors
+                .push(format!("cannot delete {}: {e}", path.display()));
+            Unlinked::Failed
+        }
+    }
 }
 
 /// After a write transaction, leaves the write lock free for as long as the
