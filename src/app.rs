@@ -68,7 +68,7 @@ impl AppState {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let store = BlobStore::open(&config.data_dir)?;
+        let store = BlobStore::open(&config.data_dir)?.with_archive(config.archive.root())?;
         // No upload is in flight before we serve, so every staging file is debris.
         let stale = store.clean_tmp(std::time::Duration::ZERO)?;
         let index = Index::open(

@@ -48,6 +48,8 @@ pub struct Config {
     pub retention: crate::lifecycle::RetentionConfig,
     /// Garbage collection of unreferenced blobs and stale files (issue #4).
     pub gc: crate::lifecycle::GcConfig,
+    /// Moving old blobs to a second data root (issue #4).
+    pub archive: crate::lifecycle::ArchiveConfig,
     pub signing: SigningConfig,
     pub serve: ServeConfig,
     pub cors: CorsConfig,
@@ -96,7 +98,8 @@ pub struct SigningConfig {
 pub struct ServeConfig {
     /// Verify, then let nginx send the file (`X-Accel-Redirect`).
     pub nginx_accel: bool,
-    /// nginx `internal` location aliasing `<data_dir>/blobs/`.
+    /// nginx `internal` location aliasing `<data_dir>/blobs/` (falling back to
+    /// `<archive.root>/blobs/` for archived blobs, see nginx/media-store.conf).
     pub accel_prefix: String,
 }
 
@@ -154,6 +157,7 @@ impl Default for Config {
             mysql: crate::sync::MysqlConfig::default(),
             retention: Default::default(),
             gc: Default::default(),
+            archive: Default::default(),
             signing: SigningConfig::default(),
             serve: ServeConfig::default(),
             cors: CorsConfig::default(),
@@ -304,12 +308,21 @@ impl Config {
                 "serve.accel_prefix must start and end with `/`".into(),
             ));
         }
+        self.archive
+            .validate(&self.data_dir)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
     /// Keys read only at start: a reload keeps the running values of these.
-    pub const RESTART_KEYS: &'static [&'static str] =
-        &["data_dir", "listen", "log", "index", "mysql"];
+    pub const RESTART_KEYS: &'static [&'static str] = &[
+        "data_dir",
+        "listen",
+        "log",
+        "index",
+        "mysql",
+        "archive.root",
+    ];
 
     /// For a reload: `self` with the restart-only keys taken from `running`.
     /// Returns the restart-only keys whose new value was not applied.
@@ -330,6 +343,11 @@ impl Config {
         if self.index != running.index {
             ignored.push("index");
             self.index = running.index.clone();
+        }
+        // The blob store (which roots it reads) is built once at start.
+        if self.archive.root != running.archive.root {
+            ignored.push("archive.root");
+            self.archive.root = running.archive.root.clone();
         }
         // The sync worker is built once at start from these.
         if self.mysql != running.mysql {

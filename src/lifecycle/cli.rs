@@ -41,8 +41,8 @@ pub const EXIT_ERROR: i32 = 2;
 pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
     crate::cli::init_tracing(&config.log);
     let external = super::external_references(config)?;
-    let (mut conn, store) = super::gc::open_existing(&config.data_dir)?;
-    let mut opts = super::gc::GcOptions::from_config(&config.gc, super::gc::system_now_ms());
+    let (mut conn, store) = super::gc::open_existing(&config.data_dir, config.archive.root())?;
+    let mut opts = super::gc::GcOptions::from_config(config, super::gc::system_now_ms());
     opts.dry_run = args.dry_run;
     opts.progress = !args.json;
     opts.retention = !args.no_retention;
@@ -72,7 +72,7 @@ pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
 
 pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
     crate::cli::init_tracing(&config.log);
-    let (mut conn, store) = super::gc::open_existing(&config.data_dir)?;
+    let (mut conn, store) = super::gc::open_existing(&config.data_dir, config.archive.root())?;
     let opts = super::fsck::FsckOptions {
         repair: args.repair,
         progress: !args.json,

@@ -22,7 +22,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::report::{BlobEntry, progress, shard_count, walk_blobs};
-use crate::store::BlobStore;
+use crate::store::{BlobStore, Tier};
 
 #[derive(Debug, Clone, Default)]
 pub struct FsckOptions {
@@ -43,6 +43,8 @@ pub struct CountMismatch {
 pub struct FsckSummary {
     pub blobs_checked: u64,
     pub bytes_checked: u64,
+    /// Of the blobs checked, those found in the archive root.
+    pub blobs_archived: u64,
     /// Referenced blobs whose file is missing (media rows not yet marked).
     pub missing: Vec<String>,
     /// Referenced blobs whose file is missing and whose media are all marked
@@ -74,10 +76,11 @@ impl FsckSummary {
 
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "fsck: {} blobs ({} bytes) checked in {} ms: {} missing, {} corrupt, {} count mismatches, \
-             {} known lost; orphans: {} files, {} rows\n",
+            "fsck: {} blobs ({} bytes, {} archived) checked in {} ms: {} missing, {} corrupt, \
+             {} count mismatches, {} known lost; orphans: {} files, {} rows\n",
             self.blobs_checked,
             self.bytes_checked,
+            self.blobs_archived,
             self.duration_ms,
             self.missing.len(),
             self.corrupt.len(),
@@ -189,17 +192,23 @@ pub fn run(
             .collect::<rusqlite::Result<_>>()?;
         let Some(last) = rows.last() else { break };
         after = last.0.to_vec();
-        let verdicts: Vec<Verdict> = rows
+        let verdicts: Vec<(Verdict, Option<Tier>)> = rows
             .par_iter()
             .map(|(h, size, _)| {
                 let hash = blake3::Hash::from_bytes(*h);
-                verify(&store.blob_path(&hash), *size, &hash)
+                match store.locate(&hash) {
+                    Some((path, tier)) => (verify(&path, *size, &hash), Some(tier)),
+                    None => (Verdict::Missing, None),
+                }
             })
             .collect();
-        for ((h, size, refcount), verdict) in rows.iter().zip(verdicts) {
+        for ((h, size, refcount), (verdict, tier)) in rows.iter().zip(verdicts) {
             let hash = blake3::Hash::from_bytes(*h);
             let hex = hash.to_hex().to_string();
             summary.blobs_checked += 1;
+            if tier == Some(Tier::Archive) {
+                summary.blobs_archived += 1;
+            }
             match verdict {
                 Verdict::Ok => {
                     summary.bytes_checked += size;
@@ -233,9 +242,35 @@ pub fn run(
     // 2. Counts against the media rows, in one statement (one snapshot).
     summary.count_mismatches = count_mismatches(conn)?;
 
-    // 3. Files the index does not know.
-    let blobs_dir = store.blobs_dir().to_owned();
-    let bar = progress(shard_count(&blobs_dir), "orphan files", opts.progress);
+    // 3. Files the index does not know, in each root.
+    orphan_files(conn, store.blobs_dir(), opts, &mut summary)?;
+    if let Some(archived) = store.archive_blobs_dir() {
+        orphan_files(conn, archived, opts, &mut summary)?;
+    }
+
+    if opts.repair {
+        repair(
+            conn,
+            store,
+            opts.now_ms,
+            &to_quarantine,
+            &to_mark,
+            &healthy_marked,
+            &mut summary,
+        )?;
+    }
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+/// Lists the files under `blobs` (a root's blob folder) with no index row.
+fn orphan_files(
+    conn: &Connection,
+    blobs_dir: &Path,
+    opts: &FsckOptions,
+    summary: &mut FsckSummary,
+) -> anyhow::Result<()> {
+    let bar = progress(shard_count(blobs_dir), "orphan files", opts.progress);
     // The walk yields files in hash order (the shard folders are hash
     // prefixes), so a merge with the rows in hash order finds the unknown ones
     // without one lookup per file.
@@ -244,7 +279,7 @@ pub fn run(
     let mut current: Option<[u8; 32]> = None;
     let mut exhausted = false;
     walk_blobs(
-        &blobs_dir,
+        blobs_dir,
         || bar.inc(1),
         |entries| {
             for entry in entries {
@@ -267,23 +302,8 @@ pub fn run(
             Ok(())
         },
     )?;
-    drop(rows);
-    drop(stmt);
     bar.finish_and_clear();
-
-    if opts.repair {
-        repair(
-            conn,
-            store,
-            opts.now_ms,
-            &to_quarantine,
-            &to_mark,
-            &healthy_marked,
-            &mut summary,
-        )?;
-    }
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(summary)
+    Ok(())
 }
 
 fn still_referenced(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<bool> {
@@ -348,9 +368,15 @@ fn repair(
             + "))"),
         [now_ms],
     )? as u64;
-    let quarantine = quarantine_dir(store);
     for hash in to_quarantine {
-        let from = store.blob_path(hash);
+        let Some((from, _)) = store.locate(hash) else {
+            // Gone meanwhile (GC): nothing to move; the media are marked below
+            // if the blob is still referenced.
+            summary.media_marked += mark(&tx, hash, now_ms)?;
+            continue;
+        };
+        // Next to the root it was found in: a rename never crosses disks.
+        let quarantine = quarantine_dir(&from);
         // Re-verify under the lock: an upload may have replaced a missing file.
         let size: Option<u64> = tx
             .query_row(
@@ -392,10 +418,11 @@ fn mark(tx: &Connection, hash: &blake3::Hash, now_ms: i64) -> rusqlite::Result<u
     )? as u64)
 }
 
-pub fn quarantine_dir(store: &BlobStore) -> PathBuf {
-    store
-        .blobs_dir()
-        .parent()
-        .expect("is a bug: blobs/ is inside the data folder")
+/// `<root>/quarantine` for a blob file at `<root>/blobs/xx/yy/<hash>`.
+pub fn quarantine_dir(blob_file: &Path) -> PathBuf {
+    blob_file
+        .ancestors()
+        .nth(4)
+        .expect("is a bug: blob paths are <root>/blobs/xx/yy/<hash>")
         .join("quarantine")
 }

@@ -14,7 +14,7 @@
 //! the file, deletes the row, and commits. Whichever transaction comes second
 //! sees the other's result whole.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::report::{BlobEntry, progress, shard_count, walk_blobs};
 use super::retention::{self, RetentionSummary};
-use super::{ExternalReferences, GcConfig, RetentionConfig};
+use super::{ExternalReferences, RetentionConfig};
 use crate::store::BlobStore;
 
 /// What one GC run is told.
@@ -46,10 +46,14 @@ pub struct GcOptions {
     /// Pause after each write transaction (see [`pace`]); off only in tests
     /// that want rounds as fast as possible.
     pub pace: bool,
+    /// Blobs whose newest upload is older than this move to the archive root
+    /// (when the store has one; see [`super::archive`]).
+    pub archive_after: Duration,
 }
 
 impl GcOptions {
-    pub fn from_config(gc: &GcConfig, now_ms: i64) -> GcOptions {
+    pub fn from_config(config: &crate::Config, now_ms: i64) -> GcOptions {
+        let gc = &config.gc;
         GcOptions {
             grace: gc.grace,
             tmp_max_age: gc.tmp_max_age,
@@ -59,6 +63,7 @@ impl GcOptions {
             progress: false,
             retention: true,
             pace: true,
+            archive_after: Duration::from_secs(config.archive.after_days.saturating_mul(86_400)),
         }
     }
 }
@@ -73,17 +78,26 @@ pub struct GcSummary {
     pub bytes_freed: u64,
     /// Files under `blobs/` with no index row, deleted.
     pub unknown_files_deleted: u64,
-    /// Staging files removed from `tmp/`.
+    /// Staging files removed from `tmp/` (both roots).
     pub tmp_files_deleted: u64,
+    /// Blobs moved to the archive root (primary copy unlinked).
+    pub blobs_archived: u64,
+    pub bytes_archived: u64,
+    /// Primary copies of blobs already whole in the archive (left by a move
+    /// that was interrupted), deleted.
+    pub redundant_copies_deleted: u64,
     /// Paths under `blobs/` that are not blob files; reported, never deleted.
     pub foreign_files: Vec<String>,
     /// In a dry run: the blob files that would be deleted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_delete: Vec<String>,
+    /// In a dry run: the blob files that would move to the archive.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_archive: Vec<String>,
     /// Problems that stopped one deletion each (the rest went on).
     pub errors: Vec<String>,
     pub duration_ms: u64,
-    /// Time per phase: retention, blobs, unknown_files, tmp.
+    /// Time per phase: retention, blobs, unknown_files, archive, tmp.
     pub phases_ms: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -106,7 +120,8 @@ impl GcSummary {
         };
         let mut s = format!(
             "gc {verb}: {} expired media ({} orphans, {} past max age; {} kept by external references), \
-             {} blobs, {} unknown files, {} staging files; {} bytes freed; {} ms\n",
+             {} blobs, {} unknown files, {} staging files, {} redundant copies; {} bytes freed; \
+             {} blobs ({} bytes) {}; {} ms\n",
             self.retention.orphans_expired + self.retention.aged_expired,
             self.retention.orphans_expired,
             self.retention.aged_expired,
@@ -114,11 +129,22 @@ impl GcSummary {
             self.blobs_deleted,
             self.unknown_files_deleted,
             self.tmp_files_deleted,
+            self.redundant_copies_deleted,
             self.bytes_freed,
+            self.blobs_archived,
+            self.bytes_archived,
+            if self.dry_run {
+                "would be archived"
+            } else {
+                "archived"
+            },
             self.duration_ms,
         );
         for p in &self.would_delete {
             s.push_str(&format!("would delete {p}\n"));
+        }
+        for p in &self.would_archive {
+            s.push_str(&format!("would archive {p}\n"));
         }
         for id in &self.retention.would_delete {
             s.push_str(&format!("would delete media {id}\n"));
@@ -161,15 +187,23 @@ pub fn run(
     lap(&mut summary, "retention");
     collect_zero_count_blobs(conn, store, opts, &mut summary)?;
     lap(&mut summary, "blobs");
-    collect_unknown_files(conn, store, opts, &mut summary)?;
+    collect_unknown_files(conn, store, store.blobs_dir(), opts, &mut summary)?;
+    if let Some(archived) = store.archive_blobs_dir() {
+        collect_unknown_files(conn, store, archived, opts, &mut summary)?;
+    }
     lap(&mut summary, "unknown_files");
-    collect_staging_files(store, opts, &mut summary)?;
+    super::archive::run(conn, store, opts, &mut summary)?;
+    lap(&mut summary, "archive");
+    collect_staging_files(store.tmp_dir(), opts, &mut summary)?;
+    if let Some(tmp) = store.archive_tmp_dir() {
+        collect_staging_files(tmp, opts, &mut summary)?;
+    }
     lap(&mut summary, "tmp");
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
 }
 
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
@@ -211,6 +245,7 @@ fn collect_zero_count_blobs(
         for (_, hash, size) in &rows {
             let hash = blake3::Hash::from_bytes(*hash);
             let path = store.blob_path(&hash);
+            let archived = store.archive_path(&hash);
             // Never trust the count alone: a media row using the hash means the
             // count drifted (fsck --repair fixes it); keep the file.
             let used: bool = tx.query_row(
@@ -231,13 +266,20 @@ fn collect_zero_count_blobs(
                 summary.bytes_freed += size;
                 continue;
             }
-            // File first, then the row, both under the write lock: a crash in
-            // between leaves a count-0 row without a file, which an upload
-            // treats as absent (it installs its own copy) and the next GC drops.
-            match unlink(&path, summary) {
-                Unlinked::Removed => summary.bytes_freed += size,
-                Unlinked::Absent => {}
-                Unlinked::Failed => continue,
+            // Files first (both copies), then the row, all under the write
+            // lock: a crash in between leaves a count-0 row without a file,
+            // which an upload treats as absent (it installs its own copy) and
+            // the next GC drops.
+            let mut failed = false;
+            for copy in std::iter::once(&path).chain(archived.as_ref()) {
+                match unlink(copy, summary) {
+                    Unlinked::Removed => summary.bytes_freed += size,
+                    Unlinked::Absent => {}
+                    Unlinked::Failed => failed = true,
+                }
+            }
+            if failed {
+                continue;
             }
             tx.execute(
                 "DELETE FROM blobs WHERE hash = ?1 AND refcount = 0",
@@ -253,53 +295,118 @@ fn collect_zero_count_blobs(
     Ok(())
 }
 
-/// Files under `blobs/` with no `blobs` row, untouched for the grace period.
-/// A blob renamed into place by an upload whose transaction has not committed
-/// yet has no row either: the re-check happens under the write lock (which
-/// that upload holds from its rename to its commit), and the mtime bound keeps
-/// any file written recently.
+/// Files under `dir` (the primary or the archive `blobs/`) with no `blobs`
+/// row, untouched for the grace period. A blob renamed into place by an upload
+/// whose transaction has not committed yet has no row either: the re-check
+/// happens under the write lock (which that upload holds from its rename to its
+/// commit), and the mtime bound keeps any file written recently.
+///
+/// In the primary folder, a known blob whose archive copy is whole is a
+/// leftover of an interrupted move (A3): its primary copy is deleted.
 fn collect_unknown_files(
     conn: &mut Connection,
     store: &BlobStore,
+    dir: &Path,
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
     let cutoff = opts.now_ms.saturating_sub(millis(opts.grace));
-    let blobs = store.blobs_dir().to_owned();
-    let bar = progress(shard_count(&blobs), "unknown files", opts.progress);
-    let mut pending: Vec<(blake3::Hash, std::path::PathBuf)> = Vec::new();
+    let primary = dir == store.blobs_dir();
+    let bar = progress(shard_count(dir), "unknown files", opts.progress);
+    let mut pending: Vec<(blake3::Hash, PathBuf)> = Vec::new();
+    let mut redundant: Vec<(blake3::Hash, PathBuf)> = Vec::new();
     walk_blobs(
-        &blobs,
+        dir,
         || bar.inc(1),
         |entries| {
             for entry in entries {
                 match entry {
                     BlobEntry::Foreign(p) => summary.foreign_files.push(p.display().to_string()),
-                    BlobEntry::Blob(hash, path) => {
-                        if known(conn, &hash)? || !older_than(&path, cutoff) {
-                            continue;
+                    BlobEntry::Blob(hash, path) => match known_size(conn, &hash)? {
+                        Some(size) if primary && archived_whole(store, &hash, size) => {
+                            redundant.push((hash, path))
                         }
-                        pending.push((hash, path));
-                    }
+                        Some(_) => {}
+                        None if older_than(&path, cutoff) => pending.push((hash, path)),
+                        None => {}
+                    },
                 }
             }
             if pending.len() >= opts.batch {
                 delete_unknown(conn, &mut pending, cutoff, opts, summary)?;
             }
+            if redundant.len() >= opts.batch {
+                delete_redundant(conn, store, &mut redundant, opts, summary)?;
+            }
             Ok(())
         },
     )?;
     delete_unknown(conn, &mut pending, cutoff, opts, summary)?;
+    delete_redundant(conn, store, &mut redundant, opts, summary)?;
     bar.finish_and_clear();
     Ok(())
 }
 
-fn known(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?
-        .query_row([hash.as_bytes()], |_| Ok(()))
-        .optional()?
-        .is_some())
+/// The size recorded for a blob, if the index knows it.
+fn known_size(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached("SELECT size FROM blobs WHERE hash = ?1")?
+        .query_row([hash.as_bytes()], |r| r.get(0))
+        .optional()
+}
+
+/// Whether the archive root holds a whole copy of the blob. Archive files are
+/// only ever created by renaming a hash-verified, fsynced copy (A1), so a file
+/// of the right size there is the content.
+pub(super) fn archived_whole(store: &BlobStore, hash: &blake3::Hash, size: u64) -> bool {
+    store
+        .archive_path(hash)
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|m| m.is_file() && m.len() == size)
+}
+
+/// Deletes primary copies of blobs whose archive copy is whole, under the
+/// write lock, after making the archive copy's folder entry durable (its
+/// mover may not have synced it yet).
+fn delete_redundant(
+    conn: &mut Connection,
+    store: &BlobStore,
+    pending: &mut Vec<(blake3::Hash, PathBuf)>,
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx_started = Instant::now();
+    for (hash, path) in pending.drain(..) {
+        let Some(size) = known_size(&tx, &hash)? else {
+            continue;
+        };
+        if !archived_whole(store, &hash, size) {
+            continue;
+        }
+        if opts.dry_run {
+            summary.would_delete.push(path.display().to_string());
+            summary.redundant_copies_deleted += 1;
+            continue;
+        }
+        let copy = store
+            .archive_path(&hash)
+            .expect("archived_whole implies a root");
+        if let Err(e) = crate::store::fsync_dir(copy.parent().expect("blob paths have a shard")) {
+            summary
+                .errors
+                .push(format!("cannot sync the folder of {}: {e}", copy.display()));
+            continue;
+        }
+        if unlink(&path, summary) == Unlinked::Removed {
+            summary.redundant_copies_deleted += 1;
+        }
+    }
+    tx.commit()?;
+    pace(opts, tx_started);
+    Ok(())
 }
 
 fn mtime_ms(path: &Path) -> Option<i64> {
@@ -313,7 +420,7 @@ fn older_than(path: &Path, cutoff_ms: i64) -> bool {
 
 fn delete_unknown(
     conn: &mut Connection,
-    pending: &mut Vec<(blake3::Hash, std::path::PathBuf)>,
+    pending: &mut Vec<(blake3::Hash, PathBuf)>,
     cutoff: i64,
     opts: &GcOptions,
     summary: &mut GcSummary,
@@ -325,7 +432,7 @@ fn delete_unknown(
     let tx_started = Instant::now();
     for (hash, path) in pending.drain(..) {
         // Under the write lock: no upload is between its rename and its commit.
-        if known(&tx, &hash)? || !older_than(&path, cutoff) {
+        if known_size(&tx, &hash)?.is_some() || !older_than(&path, cutoff) {
             continue;
         }
         let size = std::fs::symlink_metadata(&path)
@@ -348,7 +455,7 @@ fn delete_unknown(
 }
 
 #[derive(Debug, PartialEq)]
-enum Unlinked {
+pub(super) enum Unlinked {
     Removed,
     /// Already gone: fine, nothing freed.
     Absent,
@@ -358,7 +465,7 @@ enum Unlinked {
 
 /// Deletes one file for GC; a failure is recorded in the summary, not raised,
 /// so one unreadable file does not stop the run.
-fn unlink(path: &std::path::Path, summary: &mut GcSummary) -> Unlinked {
+pub(super) fn unlink(path: &Path, summary: &mut GcSummary) -> Unlinked {
     match std::fs::remove_file(path) {
         Ok(()) => Unlinked::Removed,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Unlinked::Absent,
@@ -387,13 +494,13 @@ pub fn pace(opts: &GcOptions, tx_started: Instant) {
 /// Staging files untouched for `tmp_max_age`. An upload in flight writes its
 /// staging file continuously, so its mtime stays recent.
 fn collect_staging_files(
-    store: &BlobStore,
+    tmp: &Path,
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
     let cutoff = opts.now_ms.saturating_sub(millis(opts.tmp_max_age));
-    let entries = std::fs::read_dir(store.tmp_dir())
-        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", store.tmp_dir().display()))?;
+    let entries = std::fs::read_dir(tmp)
+        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", tmp.display()))?;
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_file() || !older_than(&path, cutoff) {
@@ -420,7 +527,10 @@ pub fn system_now_ms() -> i64 {
 /// Opens a data folder's index for a lifecycle command, refusing a folder
 /// that has no index: on a wrong or unmounted path, an empty new index would
 /// make every blob look unknown.
-pub fn open_existing(data_dir: &Path) -> anyhow::Result<(Connection, BlobStore)> {
+pub fn open_existing(
+    data_dir: &Path,
+    archive_root: Option<&Path>,
+) -> anyhow::Result<(Connection, BlobStore)> {
     let path = crate::app::index_path(data_dir);
     if !path.is_file() {
         anyhow::bail!(
@@ -431,7 +541,7 @@ pub fn open_existing(data_dir: &Path) -> anyhow::Result<(Connection, BlobStore)>
     }
     let conn = crate::index::open_connection(&path)?;
     conn.busy_handler(Some(poll_for_lock))?;
-    let store = BlobStore::open(data_dir)?;
+    let store = BlobStore::open(data_dir)?.with_archive(archive_root)?;
     Ok((conn, store))
 }
 
@@ -461,8 +571,8 @@ pub fn spawn_background(state: crate::AppState) -> tokio::task::JoinHandle<()> {
             let config = state.config();
             let outcome = crate::tasks::blocking(move || -> anyhow::Result<GcSummary> {
                 let external = super::external_references(&config)?;
-                let (mut conn, store) = open_existing(&config.data_dir)?;
-                let opts = GcOptions::from_config(&config.gc, system_now_ms());
+                let (mut conn, store) = open_existing(&config.data_dir, config.archive.root())?;
+                let opts = GcOptions::from_config(&config, system_now_ms());
                 run(
                     &mut conn,
                     &store,

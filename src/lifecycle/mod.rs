@@ -7,6 +7,7 @@
 //! unlinked only inside the SQLite write transaction that deletes its
 //! zero-count row.
 
+pub mod archive;
 pub mod cli;
 pub mod fsck;
 pub mod gc;
@@ -114,6 +115,42 @@ impl Default for GcConfig {
             batch: 256,
             interval: Duration::ZERO,
         }
+    }
+}
+
+/// `[archive]`: moving old blobs to a second data root (a cheaper disk),
+/// still served transparently.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Folder on the archive disk (gets `blobs/` and `tmp/`); empty: archival off.
+    pub root: std::path::PathBuf,
+    /// A blob moves once its newest upload is this many days old (0: at the
+    /// next GC run). Moves happen in `media-store gc` and the daemon's GC task.
+    pub after_days: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            root: std::path::PathBuf::new(),
+            after_days: 90,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// The archive root, when archival is on.
+    pub fn root(&self) -> Option<&std::path::Path> {
+        (!self.root.as_os_str().is_empty()).then_some(self.root.as_path())
+    }
+
+    pub(crate) fn validate(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        // The same folder would make every blob its own "archived copy".
+        if self.root().is_some_and(|root| root == data_dir) {
+            return Err("archive.root must not be the data folder itself".into());
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,13 @@
 //! The blob store: content-addressed files on local disk.
 //!
-//! Owns `blobs/` and `tmp/` inside the data folder. It stages uploads in `tmp/`,
-//! installs them under their BLAKE3 hash with an atomic rename, and opens them for
-//! reading. It never opens SQLite and never decides that a blob may be deleted.
-//! Invariant upheld (storage-layout.md, I1): a file under `blobs/` is only ever
-//! created by renaming a fully written and fsynced staging file.
+//! Owns `blobs/` and `tmp/` inside the data folder, and the same two folders in
+//! the optional archive root (a second, cheaper disk for old blobs). It stages
+//! uploads in `tmp/`, installs them under their BLAKE3 hash with an atomic
+//! rename, copies old blobs to the archive, and opens blobs for reading from
+//! whichever root holds them. It never opens SQLite and never decides that a
+//! blob may be deleted. Invariant upheld (storage-layout.md, I1 and A1): a file
+//! under either `blobs/` is only ever created by renaming a fully written,
+//! fsynced (and, for the archive, hash-verified) temporary file.
 
 mod layout;
 
@@ -59,23 +62,59 @@ impl Classify for StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Handle on the blob folders of one data folder. Cheap to clone.
+/// Handle on the blob folders of one data folder (and its archive root, if
+/// any). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
+    archive: Option<Root>,
+}
+
+/// `blobs/` and `tmp/` of the archive root.
+#[derive(Debug, Clone)]
+struct Root {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Root {
+    fn open(dir: &Path) -> Result<Root> {
+        let root = Root {
+            blobs: dir.join("blobs"),
+            tmp: dir.join("tmp"),
+        };
+        for dir in [&root.blobs, &root.tmp] {
+            fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        }
+        Ok(root)
+    }
+}
+
+/// Which root a blob file was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Primary,
+    Archive,
 }
 
 impl BlobStore {
     /// Opens (creating if needed) `blobs/` and `tmp/` under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let blobs = data_dir.join("blobs");
-        let tmp = data_dir.join("tmp");
-        for dir in [&blobs, &tmp] {
-            fs::create_dir_all(dir)
-                .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
-        }
-        Ok(BlobStore { blobs, tmp })
+        let Root { blobs, tmp } = Root::open(data_dir)?;
+        Ok(BlobStore {
+            blobs,
+            tmp,
+            archive: None,
+        })
+    }
+
+    /// Adds the archive root (`blobs/` and `tmp/` under `root`, created if
+    /// needed); `None` leaves archival off.
+    pub fn with_archive(mut self, root: Option<&Path>) -> Result<Self> {
+        self.archive = root.map(Root::open).transpose()?;
+        Ok(self)
     }
 
     pub fn blobs_dir(&self) -> &Path {
@@ -86,17 +125,99 @@ impl BlobStore {
         &self.tmp
     }
 
-    /// Where the blob with this hash lives (whether or not it exists).
+    /// The archive root's `blobs/`, when archival is on.
+    pub fn archive_blobs_dir(&self) -> Option<&Path> {
+        self.archive.as_ref().map(|a| a.blobs.as_path())
+    }
+
+    /// The archive root's `tmp/`, when archival is on.
+    pub fn archive_tmp_dir(&self) -> Option<&Path> {
+        self.archive.as_ref().map(|a| a.tmp.as_path())
+    }
+
+    /// Where the blob with this hash lives in the primary root (whether or not
+    /// it exists). New blobs are always installed here.
     pub fn blob_path(&self, hash: &blake3::Hash) -> PathBuf {
         self.blobs.join(blob_relative_path(hash))
     }
 
-    pub fn contains(&self, hash: &blake3::Hash) -> bool {
-        self.blob_path(hash).is_file()
+    /// Where the blob's archived copy lives (whether or not it exists).
+    pub fn archive_path(&self, hash: &blake3::Hash) -> Option<PathBuf> {
+        self.archive
+            .as_ref()
+            .map(|a| a.blobs.join(blob_relative_path(hash)))
     }
 
+    /// The file holding this blob, primary root first; `None` if neither has it.
+    pub fn locate(&self, hash: &blake3::Hash) -> Option<(PathBuf, Tier)> {
+        let primary = self.blob_path(hash);
+        if primary.is_file() {
+            return Some((primary, Tier::Primary));
+        }
+        self.archive_path(hash)
+            .filter(|p| p.is_file())
+            .map(|p| (p, Tier::Archive))
+    }
+
+    pub fn contains(&self, hash: &blake3::Hash) -> bool {
+        self.locate(hash).is_some()
+    }
+
+    /// Opens the blob from whichever root holds it. The primary is tried first
+    /// and the archive on `NotFound`, so a blob moved to the archive meanwhile
+    /// (its primary copy unlinked after the archive copy was durable) is found.
     pub fn open_blob(&self, hash: &blake3::Hash) -> io::Result<File> {
-        File::open(self.blob_path(hash))
+        match File::open(self.blob_path(hash)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.archive_path(hash) {
+                Some(archived) => File::open(archived),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Copies a primary blob into the archive root: read (verifying its
+    /// BLAKE3 hash and size on the way), write to the archive's `tmp/`, fsync,
+    /// rename to its content address. The primary copy is left alone; the
+    /// caller unlinks it once the returned directories are durable (A2).
+    pub fn copy_to_archive(&self, hash: &blake3::Hash, size: u64) -> Result<ArchiveCopy> {
+        let archive = self
+            .archive
+            .as_ref()
+            .expect("is a bug: copy_to_archive without an archive root");
+        let target = archive.blobs.join(blob_relative_path(hash));
+        if fs::metadata(&target).is_ok_and(|m| m.is_file() && m.len() == size) {
+            return Ok(ArchiveCopy::AlreadyThere);
+        }
+        let mut source = match File::open(self.blob_path(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ArchiveCopy::SourceGone),
+            Err(e) => return Err(StoreError::io("open blob to archive", e)),
+        };
+        let archive_store = BlobStore {
+            blobs: archive.blobs.clone(),
+            tmp: archive.tmp.clone(),
+            archive: None,
+        };
+        let mut staged = archive_store.stage()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            use std::io::Read as _;
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::io("read blob to archive", e)),
+            };
+            staged.write_chunk(&buf[..n])?;
+        }
+        if staged.hash() != *hash || staged.len() != size {
+            // Never spread a damaged copy; fsck reports and quarantines it.
+            return Ok(ArchiveCopy::SourceCorrupt);
+        }
+        staged.sync()?;
+        let dirs = archive_store.install(staged, hash)?;
+        Ok(ArchiveCopy::Copied(dirs))
     }
 
     /// Creates a new, uniquely named staging file in `tmp/`.
@@ -176,6 +297,20 @@ impl BlobStore {
         }
         Ok(removed)
     }
+}
+
+/// What [`BlobStore::copy_to_archive`] did.
+#[derive(Debug)]
+pub enum ArchiveCopy {
+    /// Installed; these directories changed and must be made durable before
+    /// the primary copy may go.
+    Copied(Vec<PathBuf>),
+    /// A whole copy was already archived (an earlier, interrupted move).
+    AlreadyThere,
+    /// The primary copy vanished (GC deleted the blob meanwhile).
+    SourceGone,
+    /// The primary copy does not match its hash or size; nothing was archived.
+    SourceCorrupt,
 }
 
 /// An upload being written to `tmp/`. Hashes what it writes; removes its file

@@ -200,20 +200,46 @@ async fn gc_applies_orphan_ttl_but_keeps_media_a_message_carries() {
 /// at once, and at the end every invariant must hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
-    const GC_ROUNDS: u64 = 2000;
+    race_gc_against_uploads(2000, false).await;
+}
+
+/// The same race with archival on and `after_days = 0`: every GC round also
+/// moves every live blob to the archive root, while uploads deduplicate
+/// against (and revive) blobs in either root (storage-layout.md, A1 to A4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_and_archival_racing_uploads_never_lose_a_blob() {
+    race_gc_against_uploads(1000, true).await;
+}
+
+async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
     const UPLOADERS: u64 = 4;
-    let app = TestApp::start().await;
+    let archive_dir = tempfile::tempdir().unwrap();
+    let archive: Option<Arc<std::path::PathBuf>> =
+        with_archive.then(|| Arc::new(archive_dir.path().join("archive")));
+    let app = match &archive {
+        Some(root) => {
+            TestApp::start_with(&format!(
+                "[archive]\nroot = {:?}\nafter_days = 0\n",
+                root.display().to_string()
+            ))
+            .await
+        }
+        None => TestApp::start().await,
+    };
     let contents: Arc<Vec<Vec<u8>>> = Arc::new((0..3).map(|i| unique_png(500 + i)).collect());
     let done = Arc::new(AtomicBool::new(false));
     let deleted_by_gc = Arc::new(AtomicU64::new(0));
+    let archived_by_gc = Arc::new(AtomicU64::new(0));
 
     // GC on its own connection, as `media-store gc` in another process would.
     let gc_task = {
         let (data, done, deleted) = (app.data.clone(), done.clone(), deleted_by_gc.clone());
+        let (archive, archived) = (archive.clone(), archived_by_gc.clone());
         tokio::task::spawn_blocking(move || {
-            let (mut conn, store) = gc::open_existing(&data).unwrap();
+            let (mut conn, store) =
+                gc::open_existing(&data, archive.as_deref().map(|p| p.as_path())).unwrap();
             let retention = Default::default();
-            for _ in 0..GC_ROUNDS {
+            for _ in 0..gc_rounds {
                 let opts = GcOptions {
                     grace: Duration::ZERO,
                     tmp_max_age: Duration::from_secs(86_400),
@@ -223,10 +249,12 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
                     progress: false,
                     retention: false,
                     pace: false,
+                    archive_after: Duration::ZERO,
                 };
                 let s = gc::run(&mut conn, &store, &retention, &opts, None).unwrap();
                 assert!(s.errors.is_empty(), "{:?}", s.errors);
                 deleted.fetch_add(s.blobs_deleted + s.unknown_files_deleted, Ordering::Relaxed);
+                archived.fetch_add(s.blobs_archived, Ordering::Relaxed);
             }
             done.store(true, Ordering::Relaxed);
         })
@@ -235,7 +263,7 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
     let mut uploaders = Vec::new();
     for u in 0..UPLOADERS {
         let (client, base, data) = (app.client.clone(), app.base.clone(), app.data.clone());
-        let (contents, done) = (contents.clone(), done.clone());
+        let (contents, done, archive) = (contents.clone(), done.clone(), archive.clone());
         uploaders.push(tokio::spawn(async move {
             let (mut n, mut dedup) = (0u64, 0u64);
             let mut i = u;
@@ -259,8 +287,12 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
                 n += 1;
                 dedup += u64::from(v["deduplicated"] == true);
                 // Our row holds a reference: the blob must be there, whole, now.
-                let bytes = std::fs::read(blob_path(&data, content))
-                    .unwrap_or_else(|e| panic!("blob lost after a 201 ({v}): {e}"));
+                let bytes = read_stored_blob(
+                    &data,
+                    archive.as_deref().map(|p| p.as_path()),
+                    &blake3::hash(content),
+                )
+                .unwrap_or_else(|e| panic!("blob lost after a 201 ({v}): {e}"));
                 assert_eq!(
                     blake3::hash(&bytes),
                     blake3::hash(content),
@@ -287,8 +319,10 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
         dedups += d;
     }
     let deleted = deleted_by_gc.load(Ordering::Relaxed);
+    let archived = archived_by_gc.load(Ordering::Relaxed);
     eprintln!(
-        "{GC_ROUNDS} gc rounds, {uploads} uploads ({dedups} deduplicated), {deleted} blobs collected"
+        "{gc_rounds} gc rounds, {uploads} uploads ({dedups} deduplicated), {deleted} blobs collected, \
+         {archived} archived"
     );
     // Both sides of the race really happened many times.
     assert!(uploads >= 500, "only {uploads} uploads raced GC");
@@ -297,7 +331,14 @@ async fn gc_racing_uploads_of_the_same_content_never_loses_a_blob() {
         deleted >= 50,
         "GC collected only {deleted} blobs: it never really raced"
     );
-    assert_consistent(&app.data);
+    if with_archive {
+        assert!(
+            archived >= 50,
+            "only {archived} blobs archived: the mover never raced"
+        );
+    }
+    assert_consistent_with_archive(&app.data, archive.as_deref().map(|p| p.as_path()));
+    drop(archive_dir);
 }
 
 #[tokio::test]

@@ -16,13 +16,17 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
         .is_ok();
     let store = state.media().store().clone();
     let data_ok = crate::tasks::blocking(move || {
-        [store.blobs_dir(), store.tmp_dir()].iter().all(|d| {
-            nix::unistd::access(
-                *d,
-                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-            )
-            .is_ok()
-        })
+        [Some(store.blobs_dir()), Some(store.tmp_dir())]
+            .into_iter()
+            .chain([store.archive_blobs_dir(), store.archive_tmp_dir()])
+            .flatten()
+            .all(|d| {
+                nix::unistd::access(
+                    d,
+                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+                )
+                .is_ok()
+            })
     })
     .await
     .unwrap_or(false);

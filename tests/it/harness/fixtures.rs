@@ -146,6 +146,27 @@ pub fn refcount(data: &Path, blake3_hex: &str) -> Option<i64> {
 /// every media row's blob exists with the right size and hash, every refcount
 /// equals its number of media rows, and no file under blobs/ is partial.
 pub fn assert_consistent(data: &Path) {
+    assert_consistent_with_archive(data, None)
+}
+
+/// The bytes of a stored blob, from the primary root or else the archive root
+/// (the order a reader uses: a move unlinks the primary copy last).
+pub fn read_stored_blob(
+    data: &Path,
+    archive: Option<&Path>,
+    hash: &blake3::Hash,
+) -> std::io::Result<Vec<u8>> {
+    let relative = media_store::store::blob_relative_path(hash);
+    match std::fs::read(data.join("blobs").join(&relative)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && archive.is_some() => {
+            std::fs::read(archive.unwrap().join("blobs").join(&relative))
+        }
+        other => other,
+    }
+}
+
+/// [`assert_consistent`] for a data folder with an archive root.
+pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
     let idx = index(data);
     let mut stmt = idx
         .prepare("SELECT b.hash, b.size, b.refcount, (SELECT count(*) FROM media m WHERE m.hash = b.hash) FROM blobs b")
@@ -164,10 +185,7 @@ pub fn assert_consistent(data: &Path) {
             hash.to_hex()
         );
         if rc > 0 {
-            let path = data
-                .join("blobs")
-                .join(media_store::store::blob_relative_path(&hash));
-            let bytes = std::fs::read(&path)
+            let bytes = read_stored_blob(data, archive, &hash)
                 .unwrap_or_else(|e| panic!("blob {} missing: {e}", hash.to_hex()));
             assert_eq!(bytes.len() as u64, size);
             assert_eq!(
@@ -186,7 +204,11 @@ pub fn assert_consistent(data: &Path) {
         )
         .unwrap();
     assert_eq!(orphan_rows, 0, "media rows without a blob row");
-    for file in blob_files(data) {
+    // I1 and A1: whatever is under either blobs/ is whole, whether known or not.
+    for file in blob_files(data)
+        .into_iter()
+        .chain(archive.map(blob_files).unwrap_or_default())
+    {
         let name = file.file_name().unwrap().to_str().unwrap();
         let bytes = std::fs::read(&file).unwrap();
         assert_eq!(
