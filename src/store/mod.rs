@@ -110,9 +110,22 @@ impl BlobStore {
         })
     }
 
-    /// Adds the archive root (`blobs/` and `tmp/` under `root`, created if
-    /// needed); `None` leaves archival off.
+    /// Adds the archive root, which must exist (`blobs/` and `tmp/` under it
+    /// are created if needed); `None` leaves archival off.
     pub fn with_archive(mut self, root: Option<&Path>) -> Result<Self> {
+        if let Some(root) = root
+            && !root.is_dir()
+        {
+            // Not created on demand: a typo or an unmounted disk would
+            // otherwise silently fill the wrong file system.
+            return Err(StoreError::io(
+                format!(
+                    "archive root {} (is the archive disk mounted?)",
+                    root.display()
+                ),
+                io::ErrorKind::NotFound.into(),
+            ));
+        }
         self.archive = root.map(Root::open).transpose()?;
         Ok(self)
     }
@@ -471,6 +484,86 @@ mod tests {
         staged.write_chunk(b"partial").unwrap();
         drop(staged);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    fn store_with_blob(content: &[u8]) -> (tempfile::TempDir, BlobStore, blake3::Hash) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("archive")).unwrap();
+        let store = BlobStore::open(&dir.path().join("data"))
+            .unwrap()
+            .with_archive(Some(&dir.path().join("archive")))
+            .unwrap();
+        let mut staged = store.stage().unwrap();
+        staged.write_chunk(content).unwrap();
+        let hash = staged.hash();
+        staged.sync().unwrap();
+        store.install(staged, &hash).unwrap();
+        (dir, store, hash)
+    }
+
+    #[test]
+    fn archived_blob_is_found_and_opened_in_the_archive_root() {
+        let (_dir, store, hash) = store_with_blob(b"old content");
+        assert!(matches!(
+            store.copy_to_archive(&hash, 11).unwrap(),
+            ArchiveCopy::Copied(_)
+        ));
+        // Both copies: the primary one is preferred.
+        assert_eq!(store.locate(&hash).unwrap().1, Tier::Primary);
+        assert!(matches!(
+            store.copy_to_archive(&hash, 11).unwrap(),
+            ArchiveCopy::AlreadyThere
+        ));
+        fs::remove_file(store.blob_path(&hash)).unwrap();
+        assert_eq!(store.locate(&hash).unwrap().1, Tier::Archive);
+        assert!(store.contains(&hash));
+        let mut text = String::new();
+        use std::io::Read as _;
+        store
+            .open_blob(&hash)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "old content");
+        assert!(matches!(
+            store.copy_to_archive(&blake3::hash(b"x"), 1).unwrap(),
+            ArchiveCopy::SourceGone
+        ));
+        assert_eq!(
+            fs::read_dir(store.archive_tmp_dir().unwrap())
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_never_copied_to_the_archive() {
+        let (_dir, store, hash) = store_with_blob(b"soon damaged");
+        fs::write(store.blob_path(&hash), b"soon DAMAGED").unwrap();
+        assert!(matches!(
+            store.copy_to_archive(&hash, 12).unwrap(),
+            ArchiveCopy::SourceCorrupt
+        ));
+        assert!(!store.archive_path(&hash).unwrap().exists());
+        assert_eq!(
+            fs::read_dir(store.archive_tmp_dir().unwrap())
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_missing_archive_root_is_refused_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not-mounted");
+        let err = BlobStore::open(dir.path())
+            .unwrap()
+            .with_archive(Some(&missing))
+            .unwrap_err();
+        assert!(err.to_string().contains("not-mounted"), "{err}");
+        assert!(!missing.exists());
     }
 
     #[test]

@@ -215,7 +215,7 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
     const UPLOADERS: u64 = 4;
     let archive_dir = tempfile::tempdir().unwrap();
     let archive: Option<Arc<std::path::PathBuf>> =
-        with_archive.then(|| Arc::new(archive_dir.path().join("archive")));
+        with_archive.then(|| Arc::new(archive_dir.path().to_owned()));
     let app = match &archive {
         Some(root) => {
             TestApp::start_with(&format!(

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod archive;
 mod browser;
 mod crash;
 mod diskfull;

@@ -24,7 +24,13 @@ fn nginx_binary() -> PathBuf {
 }
 
 /// The shipped site file with its `@` values replaced; each must occur exactly once.
-pub fn site_config(listen: &str, upstream: &str, blobs: &Path, access_log: &Path) -> String {
+pub fn site_config(
+    listen: &str,
+    upstream: &str,
+    blobs: &Path,
+    archive_blobs: &Path,
+    access_log: &Path,
+) -> String {
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/media-store.conf"),
     )
@@ -42,6 +48,10 @@ pub fn site_config(listen: &str, upstream: &str, blobs: &Path, access_log: &Path
         (
             "alias /var/lib/media-store/blobs/; # @blobs",
             format!("alias {}/; # @blobs", blobs.display()),
+        ),
+        (
+            "alias /var/lib/media-store-archive/blobs/; # @archive",
+            format!("alias {}/; # @archive", archive_blobs.display()),
         ),
         (
             "access_log /var/log/nginx/media-store.access.log media_store;",
@@ -76,6 +86,14 @@ impl Nginx {
     /// Starts nginx on a random loopback port in front of `upstream` (host:port),
     /// serving `blobs` for X-Accel-Redirect.
     pub fn start(upstream: &str, blobs: &Path) -> Nginx {
+        // No archive root: the fallback location points at a folder that
+        // does not exist, as in a shipped config with archival off.
+        Nginx::start_with_archive(upstream, blobs, &blobs.with_extension("no-archive"))
+    }
+
+    /// [`Nginx::start`] with the archive root's `blobs/` folder for the
+    /// fallback location.
+    pub fn start_with_archive(upstream: &str, blobs: &Path, archive_blobs: &Path) -> Nginx {
         let binary = nginx_binary();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
@@ -89,6 +107,7 @@ impl Nginx {
                 &format!("127.0.0.1:{port}"),
                 upstream,
                 blobs,
+                archive_blobs,
                 &p.join("access.log"),
             );
             std::fs::write(p.join("site.conf"), site).unwrap();
