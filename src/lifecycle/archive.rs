@@ -5,8 +5,10 @@
 //! the primary location to the archive one.
 //!
 //! The move never leaves a referenced blob without a whole, durable copy (A2):
-//! 1. copy primary -> archive `tmp/`, verifying the hash, fsync, rename to the
-//!    content address, fsync the archive folders ([`BlobStore::copy_to_archive`]);
+//! 1. copy primary -> archive `tmp/`, verifying the hash; make the batch's
+//!    copies durable, rename each to its content address, make the archive
+//!    folders durable ([`BlobStore::stage_archive_copy`],
+//!    [`BlobStore::install_archive_copies`]);
 //! 2. under SQLite's write lock, check the archive copy is still there and
 //!    whole, then unlink the primary copy.
 //!
@@ -17,6 +19,7 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::gc::{GcOptions, GcSummary, Unlinked, archived_whole, millis, pace, unlink};
@@ -82,7 +85,7 @@ pub fn run(
     Ok(())
 }
 
-/// Steps 1 and 2 for one batch: all copies first (outside the lock, one
+/// Steps 1 to 3 for one batch: all copies first (outside the lock, one
 /// durability barrier for all of them), then one write transaction unlinking
 /// the primaries.
 fn move_batch(
@@ -92,12 +95,18 @@ fn move_batch(
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
+    let mut staged = Vec::with_capacity(candidates.len());
     let mut copied = Vec::with_capacity(candidates.len());
     let mut dirs = Vec::new();
-    for (hash, size) in candidates {
-        match store.copy_to_archive(hash, *size) {
-            Ok(ArchiveCopy::Copied(changed)) => {
-                dirs.extend(changed);
+    // Copying and hashing is CPU work: spread it over the cores.
+    let outcomes: Vec<_> = candidates
+        .par_iter()
+        .map(|(hash, size)| store.stage_archive_copy(hash, *size))
+        .collect();
+    for ((hash, size), outcome) in candidates.iter().zip(outcomes) {
+        match outcome {
+            Ok(ArchiveCopy::Staged(copy)) => {
+                staged.push(copy);
                 copied.push((*hash, *size));
             }
             Ok(ArchiveCopy::AlreadyThere) => {
@@ -120,6 +129,11 @@ fn move_batch(
     if copied.is_empty() {
         return Ok(());
     }
+    dirs.extend(
+        store
+            .install_archive_copies(staged)
+            .map_err(|e| anyhow::anyhow!("cannot install archive copies: {e}"))?,
+    );
     crate::store::make_dirs_durable(&dirs)
         .map_err(|e| anyhow::anyhow!("cannot make archive folders durable: {e}"))?;
 

@@ -189,17 +189,14 @@ impl BlobStore {
         }
     }
 
-    /// Copies a primary blob into the archive root: read (verifying its
-    /// BLAKE3 hash and size on the way), write to the archive's `tmp/`, fsync,
-    /// rename to its content address. The primary copy is left alone; the
-    /// caller unlinks it once the returned directories are durable (A2).
-    pub fn copy_to_archive(&self, hash: &blake3::Hash, size: u64) -> Result<ArchiveCopy> {
-        let archive = self
-            .archive
-            .as_ref()
-            .expect("is a bug: copy_to_archive without an archive root");
-        let target = archive.blobs.join(blob_relative_path(hash));
-        if fs::metadata(&target).is_ok_and(|m| m.is_file() && m.len() == size) {
+    /// Step 1a of a move to the archive root: copies a primary blob into the
+    /// archive's `tmp/`, verifying its BLAKE3 hash and size on the way. The
+    /// copy becomes visible only through [`BlobStore::install_archive_copies`];
+    /// the primary copy is left alone (the caller unlinks it once the archive
+    /// copy is durable, A2).
+    pub fn stage_archive_copy(&self, hash: &blake3::Hash, size: u64) -> Result<ArchiveCopy> {
+        let archive = self.archive_store();
+        if fs::metadata(archive.blob_path(hash)).is_ok_and(|m| m.is_file() && m.len() == size) {
             return Ok(ArchiveCopy::AlreadyThere);
         }
         let mut source = match File::open(self.blob_path(hash)) {
@@ -207,12 +204,7 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ArchiveCopy::SourceGone),
             Err(e) => return Err(StoreError::io("open blob to archive", e)),
         };
-        let archive_store = BlobStore {
-            blobs: archive.blobs.clone(),
-            tmp: archive.tmp.clone(),
-            archive: None,
-        };
-        let mut staged = archive_store.stage()?;
+        let mut staged = archive.stage()?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             use std::io::Read as _;
@@ -228,9 +220,36 @@ impl BlobStore {
             // Never spread a damaged copy; fsck reports and quarantines it.
             return Ok(ArchiveCopy::SourceCorrupt);
         }
-        staged.sync()?;
-        let dirs = archive_store.install(staged, hash)?;
-        Ok(ArchiveCopy::Copied(dirs))
+        Ok(ArchiveCopy::Staged(Box::new(staged)))
+    }
+
+    /// Step 1b: makes staged archive copies durable (one `syncfs` of the
+    /// archive file system for a batch, as group commit does for uploads) and
+    /// renames each to its content address. Returns the archive folders whose
+    /// entries changed: they must be made durable before a primary copy goes.
+    pub fn install_archive_copies(&self, staged: Vec<Box<StagingFile>>) -> Result<Vec<PathBuf>> {
+        let archive = self.archive_store();
+        let mut staged: Vec<StagingFile> = staged.into_iter().map(|b| *b).collect();
+        sync_all(&mut staged)?;
+        let mut dirs = Vec::new();
+        for copy in staged {
+            let hash = copy.hash();
+            dirs.extend(archive.install(copy, &hash)?);
+        }
+        Ok(dirs)
+    }
+
+    /// The archive root as a store of its own (for staging and installing).
+    fn archive_store(&self) -> BlobStore {
+        let archive = self
+            .archive
+            .as_ref()
+            .expect("is a bug: archive operation without an archive root");
+        BlobStore {
+            blobs: archive.blobs.clone(),
+            tmp: archive.tmp.clone(),
+            archive: None,
+        }
     }
 
     /// Creates a new, uniquely named staging file in `tmp/`.
@@ -312,12 +331,11 @@ impl BlobStore {
     }
 }
 
-/// What [`BlobStore::copy_to_archive`] did.
+/// What [`BlobStore::stage_archive_copy`] did.
 #[derive(Debug)]
 pub enum ArchiveCopy {
-    /// Installed; these directories changed and must be made durable before
-    /// the primary copy may go.
-    Copied(Vec<PathBuf>),
+    /// Written and verified, not yet durable nor visible.
+    Staged(Box<StagingFile>),
     /// A whole copy was already archived (an earlier, interrupted move).
     AlreadyThere,
     /// The primary copy vanished (GC deleted the blob meanwhile).
@@ -435,6 +453,24 @@ impl Drop for StagingFile {
     }
 }
 
+/// From this many files or folders to flush, one `syncfs` is cheaper than an
+/// fsync of each.
+const SYNCFS_FROM: usize = 4;
+
+/// Makes every staging file's bytes durable: `fdatasync` each of a few, one
+/// `syncfs` of their file system for many (all are in one `tmp/`).
+fn sync_all(files: &mut [StagingFile]) -> Result<()> {
+    if files.len() >= SYNCFS_FROM {
+        nix::unistd::syncfs(&files[0].file)
+            .map_err(|e| StoreError::io("syncfs of staged copies", io::Error::from(e)))?;
+        for file in files.iter_mut() {
+            file.synced = true;
+        }
+        return Ok(());
+    }
+    files.iter_mut().try_for_each(StagingFile::sync)
+}
+
 /// Makes a directory's entries durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -444,7 +480,6 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// `syncfs` of the whole file system when many changed in the same batch
 /// (group commit: one flush then covers all of them).
 pub fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
-    const SYNCFS_FROM: usize = 4;
     let mut unique: Vec<&PathBuf> = dirs.iter().collect();
     unique.sort();
     unique.dedup();
@@ -504,14 +539,19 @@ mod tests {
     #[test]
     fn archived_blob_is_found_and_opened_in_the_archive_root() {
         let (_dir, store, hash) = store_with_blob(b"old content");
-        assert!(matches!(
-            store.copy_to_archive(&hash, 11).unwrap(),
-            ArchiveCopy::Copied(_)
-        ));
+        let ArchiveCopy::Staged(copy) = store.stage_archive_copy(&hash, 11).unwrap() else {
+            panic!("not staged")
+        };
+        assert!(
+            !store.archive_path(&hash).unwrap().exists(),
+            "visible before install"
+        );
+        let dirs = store.install_archive_copies(vec![copy]).unwrap();
+        make_dirs_durable(&dirs).unwrap();
         // Both copies: the primary one is preferred.
         assert_eq!(store.locate(&hash).unwrap().1, Tier::Primary);
         assert!(matches!(
-            store.copy_to_archive(&hash, 11).unwrap(),
+            store.stage_archive_copy(&hash, 11).unwrap(),
             ArchiveCopy::AlreadyThere
         ));
         fs::remove_file(store.blob_path(&hash)).unwrap();
@@ -526,7 +566,7 @@ mod tests {
             .unwrap();
         assert_eq!(text, "old content");
         assert!(matches!(
-            store.copy_to_archive(&blake3::hash(b"x"), 1).unwrap(),
+            store.stage_archive_copy(&blake3::hash(b"x"), 1).unwrap(),
             ArchiveCopy::SourceGone
         ));
         assert_eq!(
@@ -542,7 +582,7 @@ mod tests {
         let (_dir, store, hash) = store_with_blob(b"soon damaged");
         fs::write(store.blob_path(&hash), b"soon DAMAGED").unwrap();
         assert!(matches!(
-            store.copy_to_archive(&hash, 12).unwrap(),
+            store.stage_archive_copy(&hash, 12).unwrap(),
             ArchiveCopy::SourceCorrupt
         ));
         assert!(!store.archive_path(&hash).unwrap().exists());
