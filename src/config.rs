@@ -455,6 +455,21 @@ mod tests {
     }
 
     #[test]
+    fn archive_root_must_be_apart_from_the_data_folder() {
+        let mut c = Config {
+            data_dir: "/srv/media".into(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        for bad in ["/srv/media", "/srv/media/blobs/archive"] {
+            c.archive.root = bad.into();
+            assert!(c.validate().is_err(), "{bad} accepted");
+        }
+        c.archive.root = "/mnt/cold/media".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::from_parts("", &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c, Config::default());

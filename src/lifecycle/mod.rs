@@ -146,9 +146,20 @@ impl ArchiveConfig {
     }
 
     pub(crate) fn validate(&self, data_dir: &std::path::Path) -> Result<(), String> {
-        // The same folder would make every blob its own "archived copy".
-        if self.root().is_some_and(|root| root == data_dir) {
-            return Err("archive.root must not be the data folder itself".into());
+        let Some(root) = self.root() else {
+            return Ok(());
+        };
+        // The same folder would make every blob its own "archived copy"; one
+        // inside the other's blobs/ would look like foreign files to GC.
+        if root == data_dir
+            || root.starts_with(data_dir.join("blobs"))
+            || data_dir.starts_with(root.join("blobs"))
+        {
+            return Err(format!(
+                "archive.root ({}) must be a folder of its own, apart from the data folder ({})",
+                root.display(),
+                data_dir.display()
+            ));
         }
         Ok(())
     }

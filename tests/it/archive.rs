@@ -106,6 +106,15 @@ async fn archived_blobs_are_served_deduplicated_and_checked() {
     let v = upload_attached(app, image.clone(), 1).await;
     let (id, hex) = (v["id"].as_i64().unwrap(), v["blake3"].as_str().unwrap());
 
+    // A dry run lists the move and moves nothing.
+    let summary = a.gc(&["--dry-run"]);
+    assert_eq!(summary["blobs_archived"], 1, "{summary}");
+    assert_eq!(
+        summary["would_archive"],
+        json!([a.primary(hex).display().to_string()])
+    );
+    assert!(a.primary(hex).exists() && !a.archived(hex).exists());
+
     let summary = a.gc(&[]);
     assert_eq!(summary["blobs_archived"], 1, "{summary}");
     assert_eq!(summary["bytes_archived"], image.len() as u64);
