@@ -17,12 +17,10 @@
 //! (count 0 past grace) removes both copies under the same lock; if it ran
 //! before the rename, the archive copy has no row and is swept as unknown.
 
-use std::time::Instant;
-
 use rayon::prelude::*;
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 
-use super::gc::{GcOptions, GcSummary, Unlinked, archived_whole, millis, pace, unlink};
+use super::gc::{GcOptions, GcSummary, Unlinked, archived_whole, in_write_tx, millis, unlink};
 use super::report::progress;
 use crate::store::{ArchiveCopy, BlobStore};
 
@@ -137,20 +135,18 @@ fn move_batch(
     crate::store::make_dirs_durable(&dirs)
         .map_err(|e| anyhow::anyhow!("cannot make archive folders durable: {e}"))?;
 
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let tx_started = Instant::now();
-    for (hash, size) in copied {
-        // Under the lock no GC is removing the archive copy: if it is whole
-        // now, it stays whole after the primary goes.
-        if !archived_whole(store, &hash, size) {
-            continue;
+    in_write_tx(conn, opts, |_| {
+        for (hash, size) in copied {
+            // Under the lock no GC is removing the archive copy: if it is
+            // whole now, it stays whole after the primary goes.
+            if !archived_whole(store, &hash, size) {
+                continue;
+            }
+            if unlink(&store.blob_path(&hash), summary) == Unlinked::Removed {
+                summary.blobs_archived += 1;
+                summary.bytes_archived += size;
+            }
         }
-        if unlink(&store.blob_path(&hash), summary) == Unlinked::Removed {
-            summary.blobs_archived += 1;
-            summary.bytes_archived += size;
-        }
-    }
-    tx.commit()?;
-    pace(opts, tx_started);
-    Ok(())
+        Ok(())
+    })
 }

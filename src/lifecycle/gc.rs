@@ -377,35 +377,49 @@ fn delete_redundant(
     if pending.is_empty() {
         return Ok(());
     }
+    in_write_tx(conn, opts, |tx| {
+        for (hash, path) in pending.drain(..) {
+            let Some(size) = known_size(tx, &hash)? else {
+                continue;
+            };
+            if !archived_whole(store, &hash, size) {
+                continue;
+            }
+            if opts.dry_run {
+                summary.would_delete.push(path.display().to_string());
+                summary.redundant_copies_deleted += 1;
+                continue;
+            }
+            let copy = store
+                .archive_path(&hash)
+                .expect("archived_whole implies a root");
+            let shard = copy.parent().expect("blob paths have a shard");
+            if let Err(e) = crate::store::fsync_dir(shard) {
+                summary
+                    .errors
+                    .push(format!("cannot sync the folder of {}: {e}", copy.display()));
+                continue;
+            }
+            if unlink(&path, summary) == Unlinked::Removed {
+                summary.redundant_copies_deleted += 1;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` in one `BEGIN IMMEDIATE` transaction (SQLite's write lock, which
+/// the daemon's upload commit also takes), commits, then [`pace`]s.
+pub(super) fn in_write_tx(
+    conn: &mut Connection,
+    opts: &GcOptions,
+    f: impl FnOnce(&Connection) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let tx_started = Instant::now();
-    for (hash, path) in pending.drain(..) {
-        let Some(size) = known_size(&tx, &hash)? else {
-            continue;
-        };
-        if !archived_whole(store, &hash, size) {
-            continue;
-        }
-        if opts.dry_run {
-            summary.would_delete.push(path.display().to_string());
-            summary.redundant_copies_deleted += 1;
-            continue;
-        }
-        let copy = store
-            .archive_path(&hash)
-            .expect("archived_whole implies a root");
-        if let Err(e) = crate::store::fsync_dir(copy.parent().expect("blob paths have a shard")) {
-            summary
-                .errors
-                .push(format!("cannot sync the folder of {}: {e}", copy.display()));
-            continue;
-        }
-        if unlink(&path, summary) == Unlinked::Removed {
-            summary.redundant_copies_deleted += 1;
-        }
-    }
+    let started = Instant::now();
+    f(&tx)?;
     tx.commit()?;
-    pace(opts, tx_started);
+    pace(opts, started);
     Ok(())
 }
 
@@ -428,30 +442,28 @@ fn delete_unknown(
     if pending.is_empty() {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let tx_started = Instant::now();
-    for (hash, path) in pending.drain(..) {
-        // Under the write lock: no upload is between its rename and its commit.
-        if known_size(&tx, &hash)?.is_some() || !older_than(&path, cutoff) {
-            continue;
+    in_write_tx(conn, opts, |tx| {
+        for (hash, path) in pending.drain(..) {
+            // Under the write lock: no upload is between its rename and its commit.
+            if known_size(tx, &hash)?.is_some() || !older_than(&path, cutoff) {
+                continue;
+            }
+            let size = std::fs::symlink_metadata(&path)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if opts.dry_run {
+                summary.would_delete.push(path.display().to_string());
+                summary.unknown_files_deleted += 1;
+                summary.bytes_freed += size;
+                continue;
+            }
+            if unlink(&path, summary) == Unlinked::Removed {
+                summary.unknown_files_deleted += 1;
+                summary.bytes_freed += size;
+            }
         }
-        let size = std::fs::symlink_metadata(&path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if opts.dry_run {
-            summary.would_delete.push(path.display().to_string());
-            summary.unknown_files_deleted += 1;
-            summary.bytes_freed += size;
-            continue;
-        }
-        if unlink(&path, summary) == Unlinked::Removed {
-            summary.unknown_files_deleted += 1;
-            summary.bytes_freed += size;
-        }
-    }
-    tx.commit()?;
-    pace(opts, tx_started);
-    Ok(())
+        Ok(())
+    })
 }
 
 #[derive(Debug, PartialEq)]

@@ -67,19 +67,7 @@ fn shard(blobs: &Path, hex: &str) -> PathBuf {
 }
 
 async fn sign(app: &TestApp, id: i64) -> String {
-    let resp = app
-        .client
-        .post(app.url(&format!("/v1/media/{id}/url")))
-        .header("authorization", bearer())
-        .json(&json!({"ttl_secs": 600}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json::<Value>().await.unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    crate::nginx::sign(&app.client, &app.base, id).await
 }
 
 /// Uploads a real attached media (a message references it, so retention keeps it).

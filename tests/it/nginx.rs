@@ -9,7 +9,8 @@ use crate::harness::*;
 const ACCEL: &str =
     "[serve]\nnginx_accel = true\n[cors]\nallowed_origins = [\"http://chat.test\"]\n";
 
-async fn sign(client: &reqwest::Client, base: &str, id: i64) -> String {
+/// A signed download path for media `id` (600 s), asked of the daemon at `base`.
+pub async fn sign(client: &reqwest::Client, base: &str, id: i64) -> String {
     let resp = client
         .post(format!("{base}/v1/media/{id}/url"))
         .header("authorization", bearer())
