@@ -187,6 +187,10 @@ pub fn init_tracing(filter: &str) {
 
 async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    let (config_socket, socket_mode) = (
+        config.serve.unix_socket.clone(),
+        config.serve.unix_socket_mode,
+    );
     let data_dir = config.data_dir.clone();
     let (state, report) = AppState::open(config)?;
     if let Some(path) = &report.generated_token {
@@ -221,7 +225,18 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    // The socket file is removed again when this function returns (after the drain).
+    let (unix, _socket_file) = if config_socket.as_os_str().is_empty() {
+        (None, None)
+    } else {
+        let (unix, file) = crate::server::bind_unix(&config_socket, socket_mode)
+            .with_context(|| format!("cannot listen on {}", config_socket.display()))?;
+        // Not "listening on ...": scripts take the first such line as the TCP address.
+        println!("also serving on unix:{}", file.path().display());
+        (Some(unix), Some(file))
+    };
     // One machine-readable line: tests and scripts read the bound address from it.
+    // Printed last: once it is out, every listener accepts.
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "media-store serving");
@@ -233,7 +248,7 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
         signal.await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
-    crate::server::run(listener, state, shutdown).await?;
+    crate::server::run_on(listener, unix, state, shutdown).await?;
     gc_task.abort();
     tracing::info!("stopped cleanly");
     Ok(())

@@ -101,6 +101,10 @@ pub struct ServeConfig {
     /// nginx `internal` location aliasing `<data_dir>/blobs/` (falling back to
     /// `<archive.root>/blobs/` for archived blobs, see nginx/media-store.conf).
     pub accel_prefix: String,
+    /// Unix socket served besides `listen` (for nginx on the same host); empty: none.
+    pub unix_socket: PathBuf,
+    /// Permission bits of `unix_socket` (connecting needs write permission).
+    pub unix_socket_mode: u32,
 }
 
 /// Cross-origin access to downloads and presigned uploads (never to the service API).
@@ -129,6 +133,8 @@ impl Default for ServeConfig {
         ServeConfig {
             nginx_accel: false,
             accel_prefix: "/_blobs/".into(),
+            unix_socket: PathBuf::new(),
+            unix_socket_mode: 0o660,
         }
     }
 }
@@ -311,6 +317,12 @@ impl Config {
         self.archive
             .validate(&self.data_dir)
             .map_err(ConfigError::Invalid)?;
+        if self.serve.unix_socket_mode > 0o777 {
+            return Err(ConfigError::Invalid(format!(
+                "serve.unix_socket_mode {:#o} is not a permission mode (at most 0o777)",
+                self.serve.unix_socket_mode
+            )));
+        }
         Ok(())
     }
 
@@ -322,6 +334,8 @@ impl Config {
         "index",
         "mysql",
         "archive.root",
+        "serve.unix_socket",
+        "serve.unix_socket_mode",
     ];
 
     /// For a reload: `self` with the restart-only keys taken from `running`.
@@ -353,6 +367,15 @@ impl Config {
         if self.mysql != running.mysql {
             ignored.push("mysql");
             self.mysql = running.mysql.clone();
+        }
+        // Bound once at start, like `listen`.
+        if self.serve.unix_socket != running.serve.unix_socket {
+            ignored.push("serve.unix_socket");
+            self.serve.unix_socket = running.serve.unix_socket.clone();
+        }
+        if self.serve.unix_socket_mode != running.serve.unix_socket_mode {
+            ignored.push("serve.unix_socket_mode");
+            self.serve.unix_socket_mode = running.serve.unix_socket_mode;
         }
         (self, ignored)
     }
@@ -518,6 +541,38 @@ mod tests {
         assert_eq!(applied.listen, running.listen);
         assert_eq!(applied.upload.max_bytes, 5);
         assert_eq!(ignored, vec!["listen"]);
+
+        // The socket is bound at start; the other serve keys stay live.
+        let mut edited = Config::default();
+        edited.serve.unix_socket = "/run/x.sock".into();
+        edited.serve.unix_socket_mode = 0o600;
+        edited.serve.nginx_accel = true;
+        let (applied, ignored) = edited.with_restart_keys_from(&running);
+        assert_eq!(applied.serve.unix_socket, PathBuf::new());
+        assert_eq!(applied.serve.unix_socket_mode, 0o660);
+        assert!(applied.serve.nginx_accel);
+        assert_eq!(ignored, vec!["serve.unix_socket", "serve.unix_socket_mode"]);
+    }
+
+    #[test]
+    fn unix_socket_keys_from_file_and_env() {
+        let file =
+            "[serve]\nunix_socket = \"/run/media-store/http.sock\"\nunix_socket_mode = 0o666\n";
+        let c = Config::from_parts(file, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.serve.unix_socket,
+            PathBuf::from("/run/media-store/http.sock")
+        );
+        assert_eq!(c.serve.unix_socket_mode, 0o666);
+        let e = env(&[
+            ("MEDIA_STORE_SERVE_UNIX_SOCKET", "/tmp/m.sock"),
+            ("MEDIA_STORE_SERVE_UNIX_SOCKET_MODE", "0o600"),
+        ]);
+        let c = Config::from_parts("", &e, &Overrides::default()).unwrap();
+        assert_eq!(c.serve.unix_socket, PathBuf::from("/tmp/m.sock"));
+        assert_eq!(c.serve.unix_socket_mode, 0o600);
+        let bad = "[serve]\nunix_socket_mode = 0o1777\n";
+        assert!(Config::from_parts(bad, &env(&[]), &Overrides::default()).is_err());
     }
 
     #[test]

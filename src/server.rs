@@ -1,9 +1,13 @@
-//! Serving: the router on a bound listener until shutdown, then a drain.
+//! Serving: the router on bound listeners until shutdown, then a drain.
 
 use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 
 use axum::serve::ListenerExt as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 
@@ -14,14 +18,99 @@ pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
+    run_on(listener, None, state, shutdown).await
+}
+
+/// Like [`run`], and also on a Unix socket (`serve.unix_socket`): the same
+/// router, one shutdown, both listeners drained before this returns.
+pub async fn run_on(
+    listener: TcpListener,
+    unix: Option<UnixListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let router = crate::http::router(state);
+    let stop = CancellationToken::new();
     // Small responses must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let tcp = axum::serve(listener, router.clone())
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future();
+    let unix = async {
+        match unix {
+            Some(unix) => {
+                axum::serve(unix, router)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let trigger = async {
+        shutdown.await;
+        stop.cancel();
+        Ok(())
+    };
+    tokio::try_join!(trigger, tcp, unix).map(|_| ())
+}
+
+/// The socket file bound by [`bind_unix`]; removed when dropped, unless another
+/// process has replaced it meanwhile.
+#[derive(Debug)]
+pub struct UnixSocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl UnixSocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a Unix socket at `path` with permission bits `mode`. A socket file
+/// left by a process that died is replaced; a live one (something accepts on
+/// it) or a file that is not a socket is an error, never removed.
+pub fn bind_unix(path: &Path, mode: u32) -> io::Result<(UnixListener, UnixSocketFile)> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    let file = UnixSocketFile {
+        path: path.to_owned(),
+        id: (meta.dev(), meta.ino()),
+    };
+    // Connecting needs write permission; the umask alone would leave it out.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok((listener, file))
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are installed when this is
@@ -36,5 +125,34 @@ pub fn termination_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = term.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
             _ = int.recv() => tracing::info!("SIGINT: draining in-flight requests"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_unix_replaces_stale_sockets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let (listener, file) = bind_unix(&path, 0o660).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        // Live: refused, and left in place.
+        let err = bind_unix(&path, 0o660).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(path.exists());
+        // Stale (the listener is gone, the file is not): replaced.
+        drop(listener);
+        std::mem::forget(file);
+        let (_listener, file) = bind_unix(&path, 0o600).unwrap();
+        drop(file);
+        assert!(!path.exists(), "the socket file is removed on drop");
+        // Not a socket: never removed.
+        std::fs::write(&path, b"data").unwrap();
+        let err = bind_unix(&path, 0o660).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
     }
 }

@@ -15,5 +15,6 @@ mod listing;
 mod mysql;
 mod nginx;
 mod reload;
+mod socket;
 mod systemd;
 mod upload;

@@ -188,3 +188,69 @@ async fn presigned_uploads_stream_through_nginx() {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), big.as_slice());
     assert_consistent(&app.data);
 }
+
+#[tokio::test]
+async fn nginx_reaches_the_daemon_over_its_unix_socket() {
+    let app = TestApp::start_with_socket(ACCEL).await;
+    let socket = app.socket.clone().expect("the harness bound a socket");
+    // nginx knows only the socket: every answer below came through it.
+    let nginx = Nginx::start(
+        &format!("unix:{}", socket.display()),
+        &app.data.join("blobs"),
+    );
+    let client = &app.client;
+
+    let png = unique_png(11);
+    let resp = client
+        .post(nginx.url("/v1/media?uploader_id=5&filename=p.png"))
+        .header("authorization", bearer())
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
+    let media: Value = resp.json().await.unwrap();
+    let id = media["id"].as_i64().unwrap();
+    let path = sign(client, &nginx.base, id).await;
+
+    let resp = client.get(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", nginx.error_log());
+    assert_eq!(header(&resp, "content-type"), "image/png");
+    assert_eq!(
+        header(&resp, "etag"),
+        format!("\"{}\"", media["blake3"].as_str().unwrap())
+    );
+    assert_eq!(header(&resp, "content-security-policy"), "sandbox");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), png.as_slice());
+    let resp = client
+        .get(nginx.url(&path))
+        .header("range", "bytes=0-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &png[..8]);
+
+    // A delete is seen by the next download: nothing answers for the daemon.
+    let resp = client
+        .delete(nginx.url(&format!("/v1/media/{id}")))
+        .header("authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = client.get(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "media_not_found");
+
+    // The TCP listener serves the same router meanwhile.
+    let resp = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        nginx.error_log().lines().all(|l| !l.contains("[error]")),
+        "{}",
+        nginx.error_log()
+    );
+    assert_consistent(&app.data);
+}

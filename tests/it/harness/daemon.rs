@@ -17,9 +17,13 @@ pub struct TestApp {
     pub base: String,
     pub data: PathBuf,
     pub client: reqwest::Client,
+    /// `serve.unix_socket`, when the test asked for one.
+    pub socket: Option<PathBuf>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _socket_file: Option<media_store::server::UnixSocketFile>,
     _dir: Option<TempDir>,
+    _socket_dir: Option<TempDir>,
 }
 
 impl TestApp {
@@ -32,6 +36,28 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut app = Self::start_in(dir.path(), toml).await;
         app._dir = Some(dir);
+        app
+    }
+
+    /// Also serves on a Unix socket (`serve.unix_socket`, set through its
+    /// environment variable) in a folder of its own.
+    pub async fn start_with_socket(toml: &str) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let socket_dir = tempfile::tempdir().unwrap();
+        let socket = socket_dir.path().join("http.sock");
+        let env = [(
+            "MEDIA_STORE_SERVE_UNIX_SOCKET".to_string(),
+            socket.display().to_string(),
+        )];
+        let mut app = Self::start_configured(
+            dir.path(),
+            toml,
+            &env,
+            std::sync::Arc::new(media_store::signing::SystemClock),
+        )
+        .await;
+        app._dir = Some(dir);
+        app._socket_dir = Some(socket_dir);
         app
     }
 
@@ -61,26 +87,47 @@ impl TestApp {
         toml: &str,
         clock: std::sync::Arc<dyn media_store::signing::Clock>,
     ) -> TestApp {
-        let env = BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), TOKEN.to_string())]);
+        Self::start_configured(data, toml, &[], clock).await
+    }
+
+    async fn start_configured(
+        data: &Path,
+        toml: &str,
+        extra_env: &[(String, String)],
+        clock: std::sync::Arc<dyn media_store::signing::Clock>,
+    ) -> TestApp {
+        let mut env = BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), TOKEN.to_string())]);
+        env.extend(extra_env.iter().cloned());
         let overrides = Overrides {
             data_dir: Some(data.to_owned()),
             listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let config = Config::from_parts(toml, &env, &overrides).expect("test config is valid");
+        let socket = config.serve.unix_socket.clone();
+        let mode = config.serve.unix_socket_mode;
         let (state, _) = media_store::AppState::open_with_clock(config, clock).expect("app opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (unix, socket_file) = if socket.as_os_str().is_empty() {
+            (None, None)
+        } else {
+            let (unix, file) = media_store::server::bind_unix(&socket, mode).unwrap();
+            (Some(unix), Some(file))
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(media_store::server::run(listener, state, async {
+        let task = tokio::spawn(media_store::server::run_on(listener, unix, state, async {
             let _ = rx.await;
         }));
         TestApp {
             base: format!("http://{addr}"),
             data: data.to_owned(),
             client: reqwest::Client::new(),
+            socket: socket_file.as_ref().map(|f| f.path().to_owned()),
             shutdown: Some(tx),
             task: Some(task),
+            _socket_file: socket_file,
             _dir: None,
+            _socket_dir: None,
         }
     }
 

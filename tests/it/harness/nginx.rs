@@ -24,6 +24,7 @@ fn nginx_binary() -> PathBuf {
 }
 
 /// The shipped site file with its `@` values replaced; each must occur exactly once.
+/// `upstream` is nginx's `server` value: `host:port` or `unix:/path`.
 pub fn site_config(
     listen: &str,
     upstream: &str,
@@ -35,6 +36,18 @@ pub fn site_config(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/media-store.conf"),
     )
     .unwrap();
+    // The upstream line is matched by its marker: the shipped value (socket or
+    // TCP) is the operator's choice, not the tests'.
+    let upstream_lines: Vec<&str> = shipped
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server ") && l.ends_with("; # @upstream"))
+        .collect();
+    assert_eq!(
+        upstream_lines.len(),
+        1,
+        "nginx/media-store.conf must have one `server ...; # @upstream` line"
+    );
+    let upstream_line = upstream_lines[0].trim_start().to_owned();
     let mut site = shipped;
     for (from, to) in [
         (
@@ -42,7 +55,7 @@ pub fn site_config(
             format!("listen {listen}; # @listen"),
         ),
         (
-            "server 127.0.0.1:8080; # @upstream",
+            upstream_line.as_str(),
             format!("server {upstream}; # @upstream"),
         ),
         (
@@ -83,8 +96,8 @@ fn free_port() -> u16 {
 }
 
 impl Nginx {
-    /// Starts nginx on a random loopback port in front of `upstream` (host:port),
-    /// serving `blobs` for X-Accel-Redirect.
+    /// Starts nginx on a random loopback port in front of `upstream` (`host:port`
+    /// or `unix:/path`), serving `blobs` for X-Accel-Redirect.
     pub fn start(upstream: &str, blobs: &Path) -> Nginx {
         // No archive root: the fallback location points at a folder that
         // does not exist, as in a shipped config with archival off.
