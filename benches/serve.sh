@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Download serving benchmark (issue 3), whole-program, baseline interleaved:
 #   * 4 KiB signed downloads, 64 connections: daemon alone, and nginx with
-#     X-Accel-Redirect, each against nginx serving the same file statically;
-#     keep-alive and `Connection: close`.
+#     X-Accel-Redirect (reaching the daemon over loopback TCP, and over its Unix
+#     socket), each against nginx serving the same file statically; keep-alive
+#     and `Connection: close`.
 #   * 100 MiB download throughput: daemon alone (and via nginx) vs nginx static.
 #   * signature verification ns/verify (benches/verify.rs).
 # Runs a release build of the daemon and a real nginx from nginx/media-store.conf
@@ -32,10 +33,11 @@ cleanup() {
 trap cleanup EXIT
 TOKEN=bench-token-0123456789
 
-start_daemon() { # name accel -> sets ADDR_<name>
+start_daemon() { # name accel -> sets ADDR_<name>; the daemon also serves on $WORK/<name>/http.sock
     local name=$1 accel=$2 dir=$WORK/$1
     mkdir -p "$dir"
-    printf 'log = "warn"\n[serve]\nnginx_accel = %s\n[signing]\nmax_ttl_secs = 86400\n' "$accel" >"$dir/config.toml"
+    printf 'log = "warn"\n[serve]\nnginx_accel = %s\nunix_socket = "%s"\n[signing]\nmax_ttl_secs = 86400\n' \
+        "$accel" "$dir/http.sock" >"$dir/config.toml"
     MEDIA_STORE_API_TOKEN=$TOKEN "$BIN" serve --listen 127.0.0.1:0 --data-dir "$dir/data" \
         --config "$dir/config.toml" >"$dir/stdout" 2>"$dir/stderr" &
     PIDS+=($!)
@@ -85,17 +87,27 @@ SMALL_URL_A=$(sign "$ADDR_accel" "$SMALL_ID_A")
 BIG_URL_A=$(sign "$ADDR_accel" "$BIG_ID_A")
 shard() { echo "${1:0:2}/${1:2:2}/$1"; }
 
-# nginx: the shipped site (fronting the accel daemon) plus a static server for
-# the baseline, serving the same blob files.
+# nginx: the shipped site (fronting the accel daemon) twice, reaching it over
+# loopback TCP and over its Unix socket, plus a static server for the baseline,
+# serving the same blob files.
 NGX=$WORK/nginx
 mkdir -p "$NGX"/{client_body,proxy,fastcgi,uwsgi,scgi}
 PORT_SITE=$(free_port)
+PORT_SITE_UNIX=$(free_port)
 PORT_STATIC=$(free_port)
-sed -e "s|listen 80; # @listen|listen 127.0.0.1:$PORT_SITE; # @listen|" \
-    -e "s|server 127.0.0.1:8080; # @upstream|server $ADDR_accel; # @upstream|" \
-    -e "s|alias /var/lib/media-store/blobs/; # @blobs|alias $WORK/accel/data/blobs/; # @blobs|" \
-    -e "s|access_log /var/log/nginx/media-store.access.log media_store;|access_log off;|" \
-    nginx/media-store.conf >"$NGX/site.conf"
+site() { # port upstream
+    sed -e "s|listen 80; # @listen|listen 127.0.0.1:$1; # @listen|" \
+        -e "s|^\( *\)server [^ ]*; # @upstream|\1server $2; # @upstream|" \
+        -e "s|alias /var/lib/media-store/blobs/; # @blobs|alias $WORK/accel/data/blobs/; # @blobs|" \
+        -e "s|access_log /var/log/nginx/media-store.access.log media_store;|access_log off;|" \
+        nginx/media-store.conf
+}
+site "$PORT_SITE" "$ADDR_accel" >"$NGX/site.conf"
+grep -q "server $ADDR_accel; # @upstream" "$NGX/site.conf" || { echo "no @upstream line in nginx/media-store.conf"; exit 2; }
+# The second copy: its own upstream name, the log format defined once.
+site "$PORT_SITE_UNIX" "unix:$WORK/accel/http.sock" |
+    sed -e '/^log_format /,/;$/d' -e 's|upstream media_store {|upstream media_store_unix {|' \
+        -e 's|proxy_pass http://media_store;|proxy_pass http://media_store_unix;|' >"$NGX/site-unix.conf"
 USER_LINE=""; [ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
 cat >"$NGX/nginx.conf" <<CONF
 $USER_LINE
@@ -110,6 +122,7 @@ http {
   client_body_temp_path $NGX/client_body; proxy_temp_path $NGX/proxy;
   fastcgi_temp_path $NGX/fastcgi; uwsgi_temp_path $NGX/uwsgi; scgi_temp_path $NGX/scgi;
   include $NGX/site.conf;
+  include $NGX/site-unix.conf;
   server {
     listen 127.0.0.1:$PORT_STATIC;
     access_log off;
@@ -130,10 +143,11 @@ STATIC_BIG="http://127.0.0.1:$PORT_STATIC/static/$(shard "$BIG_HASH")"
 DAEMON_SMALL="http://$ADDR_plain$SMALL_URL"
 DAEMON_BIG="http://$ADDR_plain$BIG_URL"
 ACCEL_SMALL="http://127.0.0.1:$PORT_SITE$SMALL_URL_A"
+UNIX_SMALL="http://127.0.0.1:$PORT_SITE_UNIX$SMALL_URL_A"
 ACCEL_BIG="http://127.0.0.1:$PORT_SITE$BIG_URL_A"
 
 # Every target must answer 200 with the right bytes before we time it.
-for u in "$STATIC_SMALL" "$DAEMON_SMALL" "$ACCEL_SMALL"; do
+for u in "$STATIC_SMALL" "$DAEMON_SMALL" "$ACCEL_SMALL" "$UNIX_SMALL"; do
     cmp -s <(curl -sf "$u") "$WORK/small.txt" || { echo "wrong bytes from $u"; exit 2; }
 done
 for u in "$STATIC_BIG" "$DAEMON_BIG" "$ACCEL_BIG"; do
@@ -173,25 +187,49 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round"
     record "4k static keepalive" "$(run_wrk 64 "$STATIC_SMALL")"
     record "4k daemon keepalive" "$(run_wrk 64 "$DAEMON_SMALL")"
-    record "4k accel keepalive" "$(run_wrk 64 "$ACCEL_SMALL")"
+    # TCP and socket take turns going first.
+    if [ $((round % 2)) -eq 1 ]; then
+        record "4k accel keepalive" "$(run_wrk 64 "$ACCEL_SMALL")"
+        record "4k accel-unix keepalive" "$(run_wrk 64 "$UNIX_SMALL")"
+    else
+        record "4k accel-unix keepalive" "$(run_wrk 64 "$UNIX_SMALL")"
+        record "4k accel keepalive" "$(run_wrk 64 "$ACCEL_SMALL")"
+    fi
     # Per-round ratios: the baseline ran seconds before, under the same load.
     echo "daemon_ka ${LAST["4k daemon keepalive"]} ${LAST["4k static keepalive"]}" >>"$RATIOS"
     echo "accel_ka ${LAST["4k accel keepalive"]} ${LAST["4k static keepalive"]}" >>"$RATIOS"
+    echo "accel_unix_ka ${LAST["4k accel-unix keepalive"]} ${LAST["4k static keepalive"]}" >>"$RATIOS"
     [ "$ONLY" = keepalive ] && continue
     record "4k static close" "$(run_wrk 64 "$STATIC_SMALL" -H 'Connection: close')"
     record "4k daemon close" "$(run_wrk 64 "$DAEMON_SMALL" -H 'Connection: close')"
     record "4k accel close" "$(run_wrk 64 "$ACCEL_SMALL" -H 'Connection: close')"
+    record "4k accel-unix close" "$(run_wrk 64 "$UNIX_SMALL" -H 'Connection: close')"
     record "100M static" "$(run_wrk 4 "$STATIC_BIG")"
     record "100M daemon" "$(run_wrk 4 "$DAEMON_BIG")"
     record "100M accel" "$(run_wrk 4 "$ACCEL_BIG")"
     echo "daemon_close ${LAST["4k daemon close"]} ${LAST["4k static close"]}" >>"$RATIOS"
     echo "accel_close ${LAST["4k accel close"]} ${LAST["4k static close"]}" >>"$RATIOS"
+    echo "accel_unix_close ${LAST["4k accel-unix close"]} ${LAST["4k static close"]}" >>"$RATIOS"
     echo "daemon_100m ${LAST_BPS["100M daemon"]} ${LAST_BPS["100M static"]}" >>"$RATIOS"
     echo "accel_100m ${LAST_BPS["100M accel"]} ${LAST_BPS["100M static"]}" >>"$RATIOS"
 done
 
+per_round() {
+    echo "== per-round ratios (each against the baseline run in the same round), median"
+    python3 - "$RATIOS" <<'PY'
+import collections, statistics, sys
+r = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    k, a, b = line.split()
+    r[k].append(100 * float(a) / float(b))
+for k, v in r.items():
+    print(f"  {k:16s} median {statistics.median(v):4.0f}%   rounds: " + " ".join(f"{x:.0f}%" for x in v))
+PY
+}
+
 if [ "$ONLY" = keepalive ]; then
-    python3 -c "print(f'daemon/static {100*${SUM_RPS["4k daemon keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%  accel/static {100*${SUM_RPS["4k accel keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%')"
+    per_round
+    python3 -c "print(f'daemon/static {100*${SUM_RPS["4k daemon keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%  accel/static {100*${SUM_RPS["4k accel keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%  accel-unix/static {100*${SUM_RPS["4k accel-unix keepalive"]}/${SUM_RPS["4k static keepalive"]}:.0f}%')"
     exit 0
 fi
 avg() { python3 -c "print(${SUM_RPS[$1]}/$ROUNDS)"; }
@@ -199,7 +237,8 @@ avgb() { python3 -c "print(${SUM_BPS[$1]}/$ROUNDS/1048576)"; }
 ratio() { python3 -c "print(f'{100*$1/$2:.0f}%')"; }
 echo
 echo "== averages over $ROUNDS rounds"
-for k in "4k static keepalive" "4k daemon keepalive" "4k accel keepalive" "4k static close" "4k daemon close" "4k accel close"; do
+for k in "4k static keepalive" "4k daemon keepalive" "4k accel keepalive" "4k accel-unix keepalive" \
+    "4k static close" "4k daemon close" "4k accel close" "4k accel-unix close"; do
     printf '  %-22s %10.0f req/s  (errors %d)\n' "$k" "$(avg "$k")" "${ERRS[$k]}"
 done
 for k in "100M static" "100M daemon" "100M accel"; do
@@ -208,23 +247,16 @@ done
 echo
 echo "== ratios (target)"
 echo "  4 KiB daemon / nginx static, keep-alive:   $(ratio "$(avg "4k daemon keepalive")" "$(avg "4k static keepalive")")  (>= 60%)"
-echo "  4 KiB accel  / nginx static, keep-alive:   $(ratio "$(avg "4k accel keepalive")" "$(avg "4k static keepalive")")  (>= 50%)"
+echo "  4 KiB accel  / nginx static, keep-alive:   $(ratio "$(avg "4k accel keepalive")" "$(avg "4k static keepalive")")  (>= 50%; TCP to the daemon)"
+echo "  4 KiB accel  / nginx static, keep-alive:   $(ratio "$(avg "4k accel-unix keepalive")" "$(avg "4k static keepalive")")  (>= 50%; Unix socket to the daemon)"
 echo "  4 KiB daemon / nginx static, close:        $(ratio "$(avg "4k daemon close")" "$(avg "4k static close")")"
-echo "  4 KiB accel  / nginx static, close:        $(ratio "$(avg "4k accel close")" "$(avg "4k static close")")"
+echo "  4 KiB accel  / nginx static, close:        $(ratio "$(avg "4k accel close")" "$(avg "4k static close")")  (TCP)"
+echo "  4 KiB accel  / nginx static, close:        $(ratio "$(avg "4k accel-unix close")" "$(avg "4k static close")")  (Unix socket)"
 echo "  100 MiB daemon / nginx static throughput:  $(ratio "$(avgb "100M daemon")" "$(avgb "100M static")")  (>= 90%)"
 echo "  100 MiB accel  / nginx static throughput:  $(ratio "$(avgb "100M accel")" "$(avgb "100M static")")"
 echo "  keep-alive stall check: daemon keep-alive p99 ${P99["4k daemon keepalive"]} ms (a Nagle stall shows as >= 40 ms)"
 echo
-echo "== per-round ratios (each against the baseline run just before it), median"
-python3 - "$RATIOS" <<'PY'
-import collections, statistics, sys
-r = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    k, a, b = line.split()
-    r[k].append(100 * float(a) / float(b))
-for k, v in r.items():
-    print(f"  {k:14s} median {statistics.median(v):4.0f}%   rounds: " + " ".join(f"{x:.0f}%" for x in v))
-PY
+per_round
 echo
 echo "== signature verification"
 cargo bench --quiet --bench verify 2>/dev/null | grep 'ns/verify'
