@@ -77,6 +77,7 @@ async fn nginx_serves_verified_downloads_with_x_accel_redirect() {
     assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
     assert_eq!(header(&resp, "content-security-policy"), "sandbox");
     assert_eq!(header(&resp, "accept-ranges"), "bytes");
+    assert_eq!(resp.headers().get_all("accept-ranges").iter().count(), 1);
     assert!(header(&resp, "cache-control").starts_with("private, max-age="));
     assert!(header(&resp, "content-disposition").starts_with("inline; filename=\"clip.mp4\""));
     assert_eq!(

@@ -326,15 +326,21 @@ fn prepare(
         header::CACHE_CONTROL,
         &format!("private, max-age={remaining}"),
     );
-    let fixed = |v| HeaderValue::from_static(v);
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, fixed("nosniff"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, fixed("sandbox"));
-    headers.insert(header::ACCEPT_RANGES, fixed("bytes"));
-
-    if c.if_none_match
+    let not_modified = c
+        .if_none_match
         .as_ref()
-        .is_some_and(|m| !m.precondition_passes(etag))
-    {
+        .is_some_and(|m| !m.precondition_passes(etag));
+    // A file handed to nginx gets these from nginx: it sends its own
+    // Accept-Ranges (ours would be doubled) and drops the other two after the
+    // internal redirect (the shipped config adds them back).
+    if !config.serve.nginx_accel || not_modified {
+        let fixed = |v| HeaderValue::from_static(v);
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, fixed("nosniff"));
+        headers.insert(header::CONTENT_SECURITY_POLICY, fixed("sandbox"));
+        headers.insert(header::ACCEPT_RANGES, fixed("bytes"));
+    }
+
+    if not_modified {
         return Ok(Prepared {
             status: StatusCode::NOT_MODIFIED,
             headers,
