@@ -23,6 +23,24 @@ pub async fn sign(client: &reqwest::Client, base: &str, id: i64) -> String {
     body["url"].as_str().unwrap().to_owned()
 }
 
+/// `POST /v1/media?{query}` through nginx with the service token; expects 201.
+async fn upload_through(
+    client: &reqwest::Client,
+    nginx: &Nginx,
+    query: &str,
+    body: &[u8],
+) -> Value {
+    let resp = client
+        .post(nginx.url(&format!("/v1/media?{query}")))
+        .header("authorization", bearer())
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
+    resp.json().await.unwrap()
+}
+
 fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
     resp.headers()
         .get(name)
@@ -42,15 +60,7 @@ async fn nginx_serves_verified_downloads_with_x_accel_redirect() {
 
     // Upload through nginx (service API).
     let video = testdata("video/h264_aac_faststart.mp4");
-    let resp = client
-        .post(nginx.url("/v1/media?uploader_id=3&filename=clip.mp4"))
-        .header("authorization", bearer())
-        .body(video.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
-    let media: Value = resp.json().await.unwrap();
+    let media = upload_through(client, &nginx, "uploader_id=3&filename=clip.mp4", &video).await;
     let id = media["id"].as_i64().unwrap();
     let etag = format!("\"{}\"", media["blake3"].as_str().unwrap());
     let path = sign(client, &nginx.base, id).await;
@@ -202,15 +212,7 @@ async fn nginx_reaches_the_daemon_over_its_unix_socket() {
     let client = &app.client;
 
     let png = unique_png(11);
-    let resp = client
-        .post(nginx.url("/v1/media?uploader_id=5&filename=p.png"))
-        .header("authorization", bearer())
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
-    let media: Value = resp.json().await.unwrap();
+    let media = upload_through(client, &nginx, "uploader_id=5&filename=p.png", &png).await;
     let id = media["id"].as_i64().unwrap();
     let path = sign(client, &nginx.base, id).await;
 
