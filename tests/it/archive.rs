@@ -374,3 +374,72 @@ async fn nginx_serves_archived_blobs_through_its_fallback_location() {
     let resp = app.client.get(nginx.url(&path)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+/// kill -9 of `media-store gc` at several points of moving 150 blobs: after
+/// each kill every referenced blob is whole in one root or the other, fsck
+/// finds no problem, and a final run finishes the job.
+#[tokio::test]
+async fn kill_9_of_gc_while_it_archives_loses_nothing() {
+    // Small batches: kills land between batches as well as inside one.
+    let a = start("[gc]\nbatch = 16\n").await;
+    let app = &a.app;
+    for seed in 0..150u64 {
+        let (status, v) = upload_raw(
+            &app.client,
+            &app.base,
+            9,
+            fake_mp4(512 * 1024, 7_000 + seed),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let config = a.app.data.with_extension("kill.toml");
+    std::fs::write(&config, &a.config).unwrap();
+    let mut killed_mid_move = 0;
+    for kill_after_ms in [5u64, 20, 40, 80, 150, 300] {
+        let mut gc = std::process::Command::new(TestDaemon::binary())
+            .args([
+                "gc",
+                "--json",
+                "--no-retention",
+                "--grace",
+                "0s",
+                "--data-dir",
+            ])
+            .arg(&app.data)
+            .arg("--config")
+            .arg(&config)
+            .env("MEDIA_STORE_API_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        if gc.try_wait().unwrap().is_none() {
+            killed_mid_move += 1;
+        }
+        gc.kill().unwrap(); // SIGKILL
+        gc.wait().unwrap();
+        eprintln!(
+            "killed at {kill_after_ms} ms: {} primary, {} archived, {} in the archive's tmp/",
+            blob_files(&app.data).len(),
+            blob_files(&a.root).len(),
+            std::fs::read_dir(a.root.join("tmp")).unwrap().count()
+        );
+        assert_consistent_with_archive(&app.data, Some(&a.root));
+        let (code, fsck) = a.fsck();
+        assert_eq!(code, 0, "after a kill at {kill_after_ms} ms: {fsck}");
+    }
+    assert!(killed_mid_move >= 2, "gc was never killed while running");
+    let summary = a.gc(&["--no-retention"]);
+    assert!(
+        summary["errors"].as_array().unwrap().is_empty(),
+        "{summary}"
+    );
+    assert!(
+        blob_files(&app.data).is_empty(),
+        "primary copies left after the final run"
+    );
+    assert_eq!(blob_files(&a.root).len(), 150);
+    assert_consistent_with_archive(&app.data, Some(&a.root));
+}
