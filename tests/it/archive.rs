@@ -94,6 +94,10 @@ async fn archived_blobs_are_served_deduplicated_and_checked() {
     let v = upload_attached(app, image.clone(), 1).await;
     let (id, hex) = (v["id"].as_i64().unwrap(), v["blake3"].as_str().unwrap());
 
+    let (status, health) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(status, 200);
+    assert_eq!(health["checks"]["archive"], "ok", "{health}");
+
     // A dry run lists the move and moves nothing.
     let summary = a.gc(&["--dry-run"]);
     assert_eq!(summary["blobs_archived"], 1, "{summary}");

@@ -15,32 +15,41 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
         .await
         .is_ok();
     let store = state.media().store().clone();
-    let data_ok = crate::tasks::blocking(move || {
-        [Some(store.blobs_dir()), Some(store.tmp_dir())]
-            .into_iter()
-            .chain([store.archive_blobs_dir(), store.archive_tmp_dir()])
-            .flatten()
-            .all(|d| {
+    let (data_ok, archive_ok) = crate::tasks::blocking(move || {
+        let writable = |dirs: &[&std::path::Path]| {
+            dirs.iter().all(|d| {
                 nix::unistd::access(
-                    d,
+                    *d,
                     nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
                 )
                 .is_ok()
             })
+        };
+        let archive = match (store.archive_blobs_dir(), store.archive_tmp_dir()) {
+            (Some(blobs), Some(tmp)) => Some(writable(&[blobs, tmp])),
+            _ => None,
+        };
+        (writable(&[store.blobs_dir(), store.tmp_dir()]), archive)
     })
     .await
-    .unwrap_or(false);
+    .unwrap_or((false, Some(false)));
     let backlog = state
         .media()
         .index()
         .read(crate::sync::outbox::backlog)
         .await
         .ok();
-    let healthy = index_ok && data_ok;
+    // Archived blobs are live data: an archive disk that cannot be used is
+    // an outage for them.
+    let healthy = index_ok && data_ok && archive_ok != Some(false);
     let word = |ok: bool| if ok { "ok" } else { "failing" };
+    let mut checks = json!({ "index": word(index_ok), "data_dir": word(data_ok) });
+    if let Some(ok) = archive_ok {
+        checks["archive"] = json!(word(ok));
+    }
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
-        "checks": { "index": word(index_ok), "data_dir": word(data_ok) },
+        "checks": checks,
         // Detail only: MySQL being down does not make media-store unhealthy.
         "mysql": state.mysql().health(backlog),
     });
