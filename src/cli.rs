@@ -187,10 +187,12 @@ pub fn init_tracing(filter: &str) {
 
 async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let (config_socket, socket_mode) = (
+    let (config_socket, socket_mode, socket_group) = (
         config.serve.unix_socket.clone(),
         config.serve.unix_socket_mode,
+        config.serve.unix_socket_group.clone(),
     );
+    let socket_group = (!socket_group.is_empty()).then_some(socket_group);
     let data_dir = config.data_dir.clone();
     let (state, report) = AppState::open(config)?;
     if let Some(path) = &report.generated_token {
@@ -229,8 +231,9 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     let (unix, _socket_file) = if config_socket.as_os_str().is_empty() {
         (None, None)
     } else {
-        let (unix, file) = crate::server::bind_unix(&config_socket, socket_mode)
-            .with_context(|| format!("cannot listen on {}", config_socket.display()))?;
+        let (unix, file) =
+            crate::server::bind_unix(&config_socket, socket_mode, socket_group.as_deref())
+                .with_context(|| format!("cannot listen on {}", config_socket.display()))?;
         // Not "listening on ...": scripts take the first such line as the TCP address.
         println!("also serving on unix:{}", file.path().display());
         (Some(unix), Some(file))

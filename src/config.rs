@@ -105,6 +105,9 @@ pub struct ServeConfig {
     pub unix_socket: PathBuf,
     /// Permission bits of `unix_socket` (connecting needs write permission).
     pub unix_socket_mode: u32,
+    /// Group given the socket file (e.g. nginx's `www-data`, with mode 0o660);
+    /// empty: the daemon's own group.
+    pub unix_socket_group: String,
 }
 
 /// Cross-origin access to downloads and presigned uploads (never to the service API).
@@ -135,6 +138,7 @@ impl Default for ServeConfig {
             accel_prefix: "/_blobs/".into(),
             unix_socket: PathBuf::new(),
             unix_socket_mode: 0o660,
+            unix_socket_group: String::new(),
         }
     }
 }
@@ -336,6 +340,7 @@ impl Config {
         "archive.root",
         "serve.unix_socket",
         "serve.unix_socket_mode",
+        "serve.unix_socket_group",
     ];
 
     /// For a reload: `self` with the restart-only keys taken from `running`.
@@ -376,6 +381,10 @@ impl Config {
         if self.serve.unix_socket_mode != running.serve.unix_socket_mode {
             ignored.push("serve.unix_socket_mode");
             self.serve.unix_socket_mode = running.serve.unix_socket_mode;
+        }
+        if self.serve.unix_socket_group != running.serve.unix_socket_group {
+            ignored.push("serve.unix_socket_group");
+            self.serve.unix_socket_group = running.serve.unix_socket_group.clone();
         }
         (self, ignored)
     }

@@ -82,7 +82,11 @@ impl Drop for UnixSocketFile {
 /// Binds a Unix socket at `path` with permission bits `mode`. A socket file
 /// left by a process that died is replaced; a live one (something accepts on
 /// it) or a file that is not a socket is an error, never removed.
-pub fn bind_unix(path: &Path, mode: u32) -> io::Result<(UnixListener, UnixSocketFile)> {
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> io::Result<(UnixListener, UnixSocketFile)> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -110,7 +114,28 @@ pub fn bind_unix(path: &Path, mode: u32) -> io::Result<(UnixListener, UnixSocket
     };
     // Connecting needs write permission; the umask alone would leave it out.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(name) = group {
+        give_to_group(path, name)?;
+    }
     Ok((listener, file))
+}
+
+/// Lets `group` (e.g. nginx's user's group) use the socket without opening it
+/// to every local user. A process may only do this for a group it is in (or
+/// as root): under systemd, `SupplementaryGroups=`.
+fn give_to_group(path: &Path, name: &str) -> io::Result<()> {
+    let group = nix::unistd::Group::from_name(name)
+        .map_err(io::Error::from)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group {name:?}")))?;
+    nix::unistd::chown(path, None, Some(group.gid)).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!(
+                "cannot give the socket to group {name:?}: {e} (the daemon must be a member, \
+                 e.g. SupplementaryGroups={name} in its systemd unit)"
+            ),
+        )
+    })
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are installed when this is
@@ -136,23 +161,39 @@ mod tests {
     async fn bind_unix_replaces_stale_sockets_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let (listener, file) = bind_unix(&path, 0o660).unwrap();
+        let (listener, file) = bind_unix(&path, 0o660, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         // Live: refused, and left in place.
-        let err = bind_unix(&path, 0o660).unwrap_err();
+        let err = bind_unix(&path, 0o660, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(path.exists());
         // Stale (the listener is gone, the file is not): replaced.
         drop(listener);
         std::mem::forget(file);
-        let (_listener, file) = bind_unix(&path, 0o600).unwrap();
+        let (_listener, file) = bind_unix(&path, 0o600, None).unwrap();
         drop(file);
         assert!(!path.exists(), "the socket file is removed on drop");
         // Not a socket: never removed.
         std::fs::write(&path, b"data").unwrap();
-        let err = bind_unix(&path, 0o660).unwrap_err();
+        let err = bind_unix(&path, 0o660, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn bind_unix_gives_the_socket_to_the_named_group() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        // A group the test process is in (the harness may not run as root).
+        let own = nix::unistd::Group::from_gid(nix::unistd::getegid())
+            .unwrap()
+            .expect("the process's group has a name");
+        let (_listener, _file) = bind_unix(&path, 0o660, Some(&own.name)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), own.gid.as_raw());
+        let other = dir.path().join("h.sock");
+        let err = bind_unix(&other, 0o660, Some("no-such-group-here")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 }

@@ -34,9 +34,21 @@ async fn the_daemon_serves_on_its_unix_socket_too() {
     drop(UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
 
+    // A group other than the daemon's own when the tests run as root (who may
+    // give files to any group), else the own group.
+    let group = if nix::unistd::geteuid().is_root() {
+        nix::unistd::Group::from_name("nogroup")
+            .unwrap()
+            .expect("Debian's nogroup")
+    } else {
+        nix::unistd::Group::from_gid(nix::unistd::getegid())
+            .unwrap()
+            .unwrap()
+    };
     let toml = format!(
-        "[serve]\nunix_socket = \"{}\"\nunix_socket_mode = 0o666\n",
-        socket.display()
+        "[serve]\nunix_socket = \"{}\"\nunix_socket_mode = 0o666\nunix_socket_group = \"{}\"\n",
+        socket.display(),
+        group.name
     );
     let mut daemon = TestDaemon::start(&dir.path().join("data"), &dir.path().join("log"), &toml);
     let stdout = std::fs::read_to_string(dir.path().join("log/stdout.log")).unwrap();
@@ -46,6 +58,11 @@ async fn the_daemon_serves_on_its_unix_socket_too() {
     );
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().gid(),
+        group.gid.as_raw()
+    );
 
     let health = get_over_socket(&socket, "/healthz", false);
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");

@@ -111,7 +111,7 @@ impl TestApp {
         let (unix, socket_file) = if socket.as_os_str().is_empty() {
             (None, None)
         } else {
-            let (unix, file) = media_store::server::bind_unix(&socket, mode).unwrap();
+            let (unix, file) = media_store::server::bind_unix(&socket, mode, None).unwrap();
             (Some(unix), Some(file))
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
