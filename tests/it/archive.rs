@@ -154,27 +154,12 @@ async fn archived_blobs_are_served_deduplicated_and_checked() {
     assert_consistent_with_archive(&app.data, Some(&a.root));
 
     // Released everywhere: GC deletes the archived copy and the row.
-    for media in [id, again["id"].as_i64().unwrap()] {
-        let resp = app
-            .client
-            .delete(app.url(&format!("/v1/media/{media}")))
-            .header("authorization", bearer())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 204);
-    }
     let hash_only_id: i64 = index(&app.data)
         .query_row("SELECT max(id) FROM media", [], |r| r.get(0))
         .unwrap();
-    let resp = app
-        .client
-        .delete(app.url(&format!("/v1/media/{hash_only_id}")))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    for media in [id, again["id"].as_i64().unwrap(), hash_only_id] {
+        assert_eq!(delete_media(&app.client, &app.base, media).await, 204);
+    }
     let summary = a.gc(&[]);
     assert_eq!(summary["blobs_deleted"], 1, "{summary}");
     assert!(!a.archived(hex).exists(), "archived garbage must be freed");
@@ -367,14 +352,8 @@ async fn nginx_serves_archived_blobs_through_its_fallback_location() {
     assert_eq!(resp.status(), 206, "{}", nginx.error_log());
     assert_eq!(resp.bytes().await.unwrap(), video[1000..2000]);
     // A deleted media is a 404 at once, archived or not.
-    let resp = app
-        .client
-        .delete(app.url(&format!("/v1/media/{}", moved["id"])))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    let moved_id = moved["id"].as_i64().unwrap();
+    assert_eq!(delete_media(&app.client, &app.base, moved_id).await, 204);
     let resp = app.client.get(nginx.url(&path)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }

@@ -348,14 +348,7 @@ async fn deleted_media_is_not_found_at_once_even_with_a_valid_cached_url() {
     for _ in 0..3 {
         assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
     }
-    let resp = app
-        .client
-        .delete(app.url(&format!("/v1/media/{id}")))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    assert_eq!(delete_media(&app.client, &app.base, id).await, 204);
     // ...and gone from the very next request.
     let (status, code) = error_code(app.client.get(&url).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (404, "media_not_found"));

@@ -58,13 +58,8 @@ async fn gc_keeps_garbage_within_the_grace_period_and_deletes_it_after() {
     let (s, va) = upload_raw(c, &daemon.base, 1, a.clone()).await;
     assert_eq!(s, 201);
     assert_eq!(upload_raw(c, &daemon.base, 1, b.clone()).await.0, 201);
-    let resp = c
-        .delete(daemon.url(&format!("/v1/media/{}", va["id"])))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    let id = va["id"].as_i64().unwrap();
+    assert_eq!(delete_media(c, &daemon.base, id).await, 204);
 
     // A blob file the index never knew, old; another, fresh; a stray name; a stale staging file.
     let (old_unknown, fresh_unknown) = (b"old unknown".to_vec(), b"fresh unknown".to_vec());
@@ -299,13 +294,8 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
                     "blob corrupt after a 201"
                 );
                 if !keep {
-                    let resp = client
-                        .delete(format!("{base}/v1/media/{}", v["id"]))
-                        .header("authorization", bearer())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(resp.status(), 204);
+                    let id = v["id"].as_i64().unwrap();
+                    assert_eq!(delete_media(&client, &base, id).await, 204);
                 }
             }
             (n, dedup)
@@ -350,14 +340,8 @@ async fn the_daemon_collects_garbage_itself_when_gc_interval_is_set() {
     let content = unique_png(77);
     let (s, v) = upload_raw(&daemon.client, &daemon.base, 1, content.clone()).await;
     assert_eq!(s, 201);
-    let resp = daemon
-        .client
-        .delete(daemon.url(&format!("/v1/media/{}", v["id"])))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    let id = v["id"].as_i64().unwrap();
+    assert_eq!(delete_media(&daemon.client, &daemon.base, id).await, 204);
     // The pass that unlinks the file logs its summary just after: wait for both.
     let mut gone = false;
     for _ in 0..100 {

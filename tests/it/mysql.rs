@@ -106,17 +106,6 @@ async fn wait_mirrored(db: &MariaDb, name: &str, data: &Path, base: &str, limit:
     }
 }
 
-async fn delete(client: &reqwest::Client, base: &str, id: i64) -> u16 {
-    client
-        .delete(format!("{base}/v1/media/{id}"))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_appear_with_the_same_ids_and_values_and_deletes_propagate() {
     let db = MariaDb::shared();
@@ -168,7 +157,7 @@ async fn rows_appear_with_the_same_ids_and_values_and_deletes_propagate() {
         uploaded[3]["id"].as_i64().unwrap(),
     ];
     for id in gone {
-        assert_eq!(delete(&app.client, &app.base, id).await, 204);
+        assert_eq!(delete_media(&app.client, &app.base, id).await, 204);
     }
     wait_mirrored(db, &name, &app.data, base, Duration::from_secs(20)).await;
     let left: Vec<i64> = mysql_rows(&mut conn).iter().map(|r| r.0).collect();
@@ -259,7 +248,7 @@ async fn server_killed_during_5000_uploads_then_restarted_converges_to_exactly_t
                 let mut delete_status = None;
                 if i % 10 == 9 {
                     let id = body["id"].as_i64().unwrap() - 5;
-                    delete_status = Some(delete(&client, &app_base, id).await as i64);
+                    delete_status = Some(delete_media(&client, &app_base, id).await as i64);
                 }
                 done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 (status, delete_status)
@@ -327,7 +316,7 @@ async fn daemon_killed_with_a_non_empty_outbox_resumes_and_drains() {
         assert_eq!(status, 201);
         ids.push(body["id"].as_i64().unwrap());
     }
-    assert_eq!(delete(&d.client, &d.base, ids[0]).await, 204);
+    assert_eq!(delete_media(&d.client, &d.base, ids[0]).await, 204);
     let (_, health) = get_json(&d.client, &d.url("/healthz")).await;
     assert!(
         health["mysql"]["backlog"].as_i64().unwrap() >= 21,

@@ -235,13 +235,7 @@ async fn nginx_reaches_the_daemon_over_its_unix_socket() {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &png[..8]);
 
     // A delete is seen by the next download: nothing answers for the daemon.
-    let resp = client
-        .delete(nginx.url(&format!("/v1/media/{id}")))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    assert_eq!(delete_media(client, &nginx.base, id).await, 204);
     let resp = client.get(nginx.url(&path)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     let body: Value = resp.json().await.unwrap();

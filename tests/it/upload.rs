@@ -142,15 +142,10 @@ async fn delete_drops_the_reference_but_leaves_the_file_for_gc() {
     let (_, a) = upload_raw(&app.client, &app.base, 1, png.clone()).await;
     let (_, b) = upload_raw(&app.client, &app.base, 1, png.clone()).await;
     let hash = a["blake3"].as_str().unwrap().to_owned();
-    let del = |id: i64| {
-        app.client
-            .delete(app.url(&format!("/v1/media/{id}")))
-            .header("authorization", bearer())
-            .send()
-    };
-    assert_eq!(del(a["id"].as_i64().unwrap()).await.unwrap().status(), 204);
+    let del = |id: i64| delete_media(&app.client, &app.base, id);
+    assert_eq!(del(a["id"].as_i64().unwrap()).await, 204);
     assert_eq!(refcount(&app.data, &hash), Some(1));
-    assert_eq!(del(b["id"].as_i64().unwrap()).await.unwrap().status(), 204);
+    assert_eq!(del(b["id"].as_i64().unwrap()).await, 204);
     assert_eq!(refcount(&app.data, &hash), Some(0));
     let zero_since: Option<i64> = index(&app.data)
         .query_row("SELECT zero_since FROM blobs", [], |r| r.get(0))
@@ -163,7 +158,7 @@ async fn delete_drops_the_reference_but_leaves_the_file_for_gc() {
     let (status, body) = get_json(&app.client, &app.url(&format!("/v1/media/{}", a["id"]))).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "media_not_found");
-    assert_eq!(del(a["id"].as_i64().unwrap()).await.unwrap().status(), 404);
+    assert_eq!(del(a["id"].as_i64().unwrap()).await, 404);
     // Uploading the content again revives the blob.
     let (_, c) = upload_raw(&app.client, &app.base, 1, png).await;
     assert_eq!(c["deduplicated"], true);

@@ -82,6 +82,18 @@ pub async fn upload_raw(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `DELETE /v1/media/{id}` with the service token; returns the status.
+pub async fn delete_media(client: &reqwest::Client, base: &str, id: i64) -> u16 {
+    client
+        .delete(format!("{base}/v1/media/{id}"))
+        .header("authorization", bearer())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let resp = client
         .get(url)
