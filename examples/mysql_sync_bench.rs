@@ -424,23 +424,8 @@ fn unique_png(png: &[u8], seed: u64) -> Vec<u8> {
     chunk.extend_from_slice(&(text.len() as u32).to_be_bytes());
     chunk.extend_from_slice(b"tEXt");
     chunk.extend_from_slice(text.as_bytes());
-    let crc = crc32(&chunk[4..]);
+    let crc = crc32fast::hash(&chunk[4..]);
     chunk.extend_from_slice(&crc.to_be_bytes());
     png.splice(33..33, chunk);
     png
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
