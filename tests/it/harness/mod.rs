@@ -12,3 +12,21 @@ pub use daemon::{TestApp, TestDaemon};
 pub use fixtures::*;
 
 pub const TOKEN: &str = "test-token-0123456789";
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; `None`
+/// if it is still running then.
+pub fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
