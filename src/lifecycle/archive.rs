@@ -5,14 +5,14 @@
 //! the primary location to the archive one.
 //!
 //! The move never leaves a referenced blob without a whole, durable copy (A2):
-//! 1. copy primary -> archive `tmp/`, verifying the hash; make the batch's
-//!    copies durable, rename each to its content address, make the archive
-//!    folders durable ([`BlobStore::stage_archive_copy`],
-//!    [`BlobStore::install_archive_copies`]);
-//! 2. under SQLite's write lock, check the archive copy is still there and
+//! 1. copy primary -> archive `tmp/`, verifying the hash
+//!    ([`BlobStore::stage_archive_copy`]);
+//! 2. make the batch's copies durable, rename each to its content address,
+//!    make the archive folders durable ([`BlobStore::install_archive_copies`]);
+//! 3. under SQLite's write lock, check the archive copy is still there and
 //!    whole, then unlink the primary copy.
 //!
-//! A crash after 1 leaves two copies: the next GC deletes the primary one
+//! A crash after 2 leaves two copies: the next GC deletes the primary one
 //! (`gc::collect_unknown_files`, A3). A GC that deleted the blob meanwhile
 //! (count 0 past grace) removes both copies under the same lock; if it ran
 //! before the rename, the archive copy has no row and is swept as unknown.
@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 use rusqlite::{Connection, params};
 
-use super::gc::{GcOptions, GcSummary, Unlinked, archived_whole, in_write_tx, millis, unlink};
+use super::gc::{GcOptions, GcSummary, Unlinked, in_write_tx, millis, unlink};
 use super::report::progress;
 use crate::store::{ArchiveCopy, BlobStore};
 
@@ -139,7 +139,7 @@ fn move_batch(
         for (hash, size) in copied {
             // Under the lock no GC is removing the archive copy: if it is
             // whole now, it stays whole after the primary goes.
-            if !archived_whole(store, &hash, size) {
+            if !store.archived_whole(&hash, size) {
                 continue;
             }
             if unlink(&store.blob_path(&hash), summary) == Unlinked::Removed {

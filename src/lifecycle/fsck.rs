@@ -370,8 +370,8 @@ fn repair(
     )? as u64;
     for hash in to_quarantine {
         let Some((from, _)) = store.locate(hash) else {
-            // Gone meanwhile (GC): nothing to move; the media are marked below
-            // if the blob is still referenced.
+            // Gone meanwhile: nothing to move; whatever media still use the
+            // hash have lost their data and are marked.
             summary.media_marked += mark(&tx, hash, now_ms)?;
             continue;
         };

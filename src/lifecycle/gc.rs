@@ -323,7 +323,7 @@ fn collect_unknown_files(
                 match entry {
                     BlobEntry::Foreign(p) => summary.foreign_files.push(p.display().to_string()),
                     BlobEntry::Blob(hash, path) => match known_size(conn, &hash)? {
-                        Some(size) if primary && archived_whole(store, &hash, size) => {
+                        Some(size) if primary && store.archived_whole(&hash, size) => {
                             redundant.push((hash, path))
                         }
                         Some(_) => {}
@@ -354,16 +354,6 @@ fn known_size(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<Option
         .optional()
 }
 
-/// Whether the archive root holds a whole copy of the blob. Archive files are
-/// only ever created by renaming a hash-verified, fsynced copy (A1), so a file
-/// of the right size there is the content.
-pub(super) fn archived_whole(store: &BlobStore, hash: &blake3::Hash, size: u64) -> bool {
-    store
-        .archive_path(hash)
-        .and_then(|p| std::fs::metadata(p).ok())
-        .is_some_and(|m| m.is_file() && m.len() == size)
-}
-
 /// Deletes primary copies of blobs whose archive copy is whole, under the
 /// write lock, after making the archive copy's folder entry durable (its
 /// mover may not have synced it yet).
@@ -382,7 +372,7 @@ fn delete_redundant(
             let Some(size) = known_size(tx, &hash)? else {
                 continue;
             };
-            if !archived_whole(store, &hash, size) {
+            if !store.archived_whole(&hash, size) {
                 continue;
             }
             if opts.dry_run {

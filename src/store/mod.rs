@@ -66,12 +66,11 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// any). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    blobs: PathBuf,
-    tmp: PathBuf,
+    primary: Root,
     archive: Option<Root>,
 }
 
-/// `blobs/` and `tmp/` of the archive root.
+/// `blobs/` and `tmp/` of one root (the data folder, or the archive root).
 #[derive(Debug, Clone)]
 struct Root {
     blobs: PathBuf,
@@ -102,10 +101,8 @@ pub enum Tier {
 impl BlobStore {
     /// Opens (creating if needed) `blobs/` and `tmp/` under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let Root { blobs, tmp } = Root::open(data_dir)?;
         Ok(BlobStore {
-            blobs,
-            tmp,
+            primary: Root::open(data_dir)?,
             archive: None,
         })
     }
@@ -131,11 +128,11 @@ impl BlobStore {
     }
 
     pub fn blobs_dir(&self) -> &Path {
-        &self.blobs
+        &self.primary.blobs
     }
 
     pub fn tmp_dir(&self) -> &Path {
-        &self.tmp
+        &self.primary.tmp
     }
 
     /// The archive root's `blobs/`, when archival is on.
@@ -151,7 +148,7 @@ impl BlobStore {
     /// Where the blob with this hash lives in the primary root (whether or not
     /// it exists). New blobs are always installed here.
     pub fn blob_path(&self, hash: &blake3::Hash) -> PathBuf {
-        self.blobs.join(blob_relative_path(hash))
+        self.primary.blobs.join(blob_relative_path(hash))
     }
 
     /// Where the blob's archived copy lives (whether or not it exists).
@@ -159,6 +156,15 @@ impl BlobStore {
         self.archive
             .as_ref()
             .map(|a| a.blobs.join(blob_relative_path(hash)))
+    }
+
+    /// Whether the archive root holds a whole copy of the blob. Archive files
+    /// are only ever created by renaming a hash-verified, durable copy (A1),
+    /// so a file of the right size there is the content.
+    pub fn archived_whole(&self, hash: &blake3::Hash, size: u64) -> bool {
+        self.archive_path(hash)
+            .and_then(|p| fs::metadata(p).ok())
+            .is_some_and(|m| m.is_file() && m.len() == size)
     }
 
     /// The file holding this blob, primary root first; `None` if neither has it.
@@ -195,10 +201,10 @@ impl BlobStore {
     /// the primary copy is left alone (the caller unlinks it once the archive
     /// copy is durable, A2).
     pub fn stage_archive_copy(&self, hash: &blake3::Hash, size: u64) -> Result<ArchiveCopy> {
-        let archive = self.archive_store();
-        if fs::metadata(archive.blob_path(hash)).is_ok_and(|m| m.is_file() && m.len() == size) {
+        if self.archived_whole(hash, size) {
             return Ok(ArchiveCopy::AlreadyThere);
         }
+        let archive = self.archive_store();
         let mut source = match File::open(self.blob_path(hash)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ArchiveCopy::SourceGone),
@@ -246,8 +252,7 @@ impl BlobStore {
             .as_ref()
             .expect("is a bug: archive operation without an archive root");
         BlobStore {
-            blobs: archive.blobs.clone(),
-            tmp: archive.tmp.clone(),
+            primary: archive.clone(),
             archive: None,
         }
     }
@@ -256,7 +261,7 @@ impl BlobStore {
     pub fn stage(&self) -> Result<StagingFile> {
         for _ in 0..8 {
             let name = format!("{:032x}.part", rand::random::<u128>());
-            let path = self.tmp.join(name);
+            let path = self.primary.tmp.join(name);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
                     return Ok(StagingFile {
@@ -297,7 +302,7 @@ impl BlobStore {
             // New shard folders are new entries in their parents too.
             let outer = shard.parent().expect("shard has a parent");
             if !outer.is_dir() {
-                changed.push(self.blobs.clone());
+                changed.push(self.primary.blobs.clone());
             }
             fs::create_dir_all(shard)
                 .map_err(|e| StoreError::io(format!("create {}", shard.display()), e))?;
@@ -315,8 +320,8 @@ impl BlobStore {
     pub fn clean_tmp(&self, older_than: Duration) -> Result<usize> {
         let cutoff = SystemTime::now() - older_than;
         let mut removed = 0;
-        let entries =
-            fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list staging folder", e))?;
+        let entries = fs::read_dir(&self.primary.tmp)
+            .map_err(|e| StoreError::io("list staging folder", e))?;
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             let stale = meta.modified().map(|m| m <= cutoff).unwrap_or(true);

@@ -32,7 +32,7 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
         (writable(&[store.blobs_dir(), store.tmp_dir()]), archive)
     })
     .await
-    .unwrap_or((false, Some(false)));
+    .unwrap_or((false, None));
     let backlog = state
         .media()
         .index()
