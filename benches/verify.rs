@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use media_store::signing::{ManualClock, Signer, Target};
+use media_store::clock::ManualClock;
+use media_store::signing::{Signer, Target};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");

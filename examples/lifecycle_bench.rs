@@ -6,6 +6,11 @@
 //!   the rest one media row each, GROUP_MESSAGES of which are carried by
 //!   messages of group 1.
 //! - `gen-scrub DATA COUNT SIZE`: COUNT random blobs of SIZE bytes, with rows.
+//!
+//! A benchmark fixture, not part of the service: it writes rows and blob
+//! files directly (millions of them in seconds) where the daemon would go
+//! through its index and blob-store ports one upload at a time.
+//!
 //! - `load BASE TOKEN STOP_FILE CONCURRENCY`: uploads small unique PNGs until
 //!   STOP_FILE exists, then prints the count, failures and latency percentiles
 //!   (of every request, failed ones included).
@@ -36,9 +41,21 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The layout of storage-layout.md, "Folders".
 fn blob_path(data: &Path, hash: &blake3::Hash) -> PathBuf {
+    let hex = hash.to_hex();
     data.join("blobs")
-        .join(media_store::store::blob_relative_path(hash))
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(hex.as_str())
+}
+
+/// The data folder's index, created and migrated by the daemon's own code.
+fn open_index(data: &Path) -> anyhow::Result<rusqlite::Connection> {
+    drop(media_store::index::Maintenance::create(data)?);
+    Ok(rusqlite::Connection::open(media_store::index::path_in(
+        data,
+    ))?)
 }
 
 fn make_shards(data: &Path) -> anyhow::Result<()> {
@@ -52,7 +69,8 @@ fn make_shards(data: &Path) -> anyhow::Result<()> {
 }
 
 fn now_ms() -> i64 {
-    media_store::timefmt::now_ms()
+    use media_store::clock::Clock as _;
+    media_store::clock::SystemClock.now_ms()
 }
 
 fn gen_gc(data: &Path, n: u64, garbage_permille: u64, group_messages: u64) -> anyhow::Result<()> {
@@ -68,7 +86,7 @@ fn gen_gc(data: &Path, n: u64, garbage_permille: u64, group_messages: u64) -> an
         std::fs::write(blob_path(data, &blake3::hash(&c)), &c)
     })?;
     eprintln!("wrote {n} files in {:?}", started.elapsed());
-    let mut conn = media_store::index::open_connection(&media_store::app::index_path(data))?;
+    let mut conn = open_index(data)?;
     conn.pragma_update(None, "synchronous", "OFF")?;
     let tx = conn.transaction()?;
     let now = now_ms();
@@ -123,7 +141,7 @@ fn gen_scrub(data: &Path, count: u64, size: usize) -> anyhow::Result<()> {
             std::fs::write(blob_path(data, &h), &buf).map(|()| h)
         })
         .collect::<Result<_, _>>()?;
-    let mut conn = media_store::index::open_connection(&media_store::app::index_path(data))?;
+    let mut conn = open_index(data)?;
     let tx = conn.transaction()?;
     let now = now_ms();
     for h in &hashes {

@@ -195,8 +195,10 @@ fn durable_seq(dir: &str, count: usize, size: usize) {
 fn seed_index(data: &str, rows: u64) {
     let data = std::path::Path::new(data);
     std::fs::create_dir_all(data).unwrap();
-    let mut conn =
-        media_store::index::open_connection(&media_store::app::index_path(data)).unwrap();
+    // A benchmark fixture: rows go in directly, in one transaction, into the
+    // index the daemon's own code created.
+    drop(media_store::index::Maintenance::create(data).unwrap());
+    let mut conn = rusqlite::Connection::open(media_store::index::path_in(data)).unwrap();
     conn.pragma_update(None, "synchronous", "OFF").unwrap();
     conn.pragma_update(None, "cache_size", -2_000_000).unwrap();
     let types = [

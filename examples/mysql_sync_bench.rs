@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use media_store::index::Index;
-use media_store::sync::mysql as my;
-use media_store::sync::{MysqlConfig, ack, drain_batch, outbox, reconcile};
+use media_store::mirror::mysql as my;
+use media_store::mirror::{MysqlConfig, ack, drain_batch, reconcile};
 use mysql::prelude::Queryable;
 
 const TOKEN: &str = "bench-token-0123456789";
@@ -105,11 +105,11 @@ fn main() -> anyhow::Result<()> {
         "setup: {rows} media rows (and outbox entries) written to SQLite in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    // Only outbox rows are written: no blob installs to make durable.
     let index = Index::open(
         &data.join("index.sqlite3"),
-        128,
-        2,
-        media_store::store::make_dirs_durable,
+        &media_store::index::IndexConfig::default(),
+        std::sync::Arc::new(|_| Ok(())),
     )?;
     let unbatched_n = 3000;
     let (unbatched_rows, unbatched_s) = drain(&index, &mut conn, 1, Some(unbatched_n))?;
@@ -128,7 +128,14 @@ fn main() -> anyhow::Result<()> {
     // 3. Reconcile (before the lag run: it needs the bulk table).
     let base = "";
     let t = Instant::now();
-    let report = reconcile::compare(&index, &mut conn, cfg.reconcile_chunk, base, false)?;
+    let report = reconcile::compare(
+        &index,
+        &mut conn,
+        cfg.reconcile_chunk,
+        base,
+        false,
+        &media_store::clock::SystemClock,
+    )?;
     let compare_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(report.differences() == 0, "not in sync: {report:?}");
     let t = Instant::now();
@@ -147,10 +154,24 @@ fn main() -> anyhow::Result<()> {
         (rows as i64 - bad / 2, rows as i64),
     )?;
     let t = Instant::now();
-    let report = reconcile::compare(&index, &mut conn, cfg.reconcile_chunk, base, true)?;
+    let report = reconcile::compare(
+        &index,
+        &mut conn,
+        cfg.reconcile_chunk,
+        base,
+        true,
+        &media_store::clock::SystemClock,
+    )?;
     let (repaired, _) = drain(&index, &mut conn, cfg.batch_size, None)?;
     let repair_s = t.elapsed().as_secs_f64();
-    let check = reconcile::compare(&index, &mut conn, cfg.reconcile_chunk, base, false)?;
+    let check = reconcile::compare(
+        &index,
+        &mut conn,
+        cfg.reconcile_chunk,
+        base,
+        false,
+        &media_store::clock::SystemClock,
+    )?;
     anyhow::ensure!(check.differences() == 0, "repair left {check:?}");
     println!(
         "reconcile (1% corrupted): missing={} differing={} found and {repaired} rows repaired in {repair_s:.1} s",
@@ -164,13 +185,16 @@ fn main() -> anyhow::Result<()> {
 /// Writes `rows` media rows straight into a fresh index with the mirror's
 /// triggers on, as uploads would (one transaction: setup speed only).
 fn fill_index(path: &Path, rows: usize) -> anyhow::Result<()> {
-    let mut c = media_store::index::open_connection(path)?;
+    // A benchmark fixture: the daemon's code creates the index and turns the
+    // mirror's triggers on; the rows then go in directly, in one transaction.
+    let data = path.parent().expect("index file in a folder");
+    media_store::index::Maintenance::create(data)?.immediate(|tx| tx.outbox_enable())?;
+    let mut c = rusqlite::Connection::open(path)?;
     // Setup speed only: a large page cache for the random-hash inserts.
     c.pragma_update(None, "cache_size", -512_000)?;
-    outbox::enable(&c)?;
     let tx = c.transaction()?;
     {
-        let now = media_store::timefmt::now_ms();
+        let now = media_store::clock::Clock::now_ms(&media_store::clock::SystemClock);
         let mut blob = tx.prepare(
             "INSERT INTO blobs (hash, size, refcount, zero_since, created_at) VALUES (?1, ?2, 1, NULL, ?3)",
         )?;
@@ -233,15 +257,13 @@ fn drain(
 
 /// Reads every row of both tables once, with no comparison (the floor for reconcile).
 fn raw_read(index: &Index, conn: &mut mysql::Conn) -> anyhow::Result<usize> {
-    let ours = index.read_blocking(|c| {
-        let mut stmt = c.prepare(
-            "SELECT id, uploader_id, file_type, hash, size, original_name, uploaded_at FROM media",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut n = 0usize;
-        while let Some(r) = rows.next()? {
-            let _: i64 = r.get(0)?;
-            n += 1;
+    let ours = index.read_blocking(|r| -> media_store::index::Result<usize> {
+        let (mut n, mut from) = (0usize, i64::MIN);
+        loop {
+            let rows = r.media_from(from, 10_000)?;
+            let Some(last) = rows.last() else { break };
+            from = last.id + 1;
+            n += rows.len();
         }
         Ok(n)
     })?;

@@ -13,6 +13,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+// Each module owns its section; this module only layers and validates them.
+pub use crate::http::config::{CorsConfig, ServeConfig};
+pub use crate::index::IndexConfig;
+pub use crate::lifecycle::{ArchiveConfig, GcConfig, RetentionConfig};
+pub use crate::mirror::MysqlConfig;
+pub use crate::policy::UploadConfig;
+pub use crate::signing::SigningConfig;
+
 pub const ENV_PREFIX: &str = "MEDIA_STORE_";
 
 #[derive(Debug, thiserror::Error)]
@@ -43,116 +51,17 @@ pub struct Config {
     pub upload: UploadConfig,
     pub index: IndexConfig,
     /// The MySQL mirror of the index (`media_files`) and the GC safety belt.
-    pub mysql: crate::sync::MysqlConfig,
+    pub mysql: MysqlConfig,
     /// What is deleted when, and per-uploader quotas (issue #4).
-    pub retention: crate::lifecycle::RetentionConfig,
+    pub retention: RetentionConfig,
     /// Garbage collection of unreferenced blobs and stale files (issue #4).
-    pub gc: crate::lifecycle::GcConfig,
+    pub gc: GcConfig,
     /// Moving old blobs to a second data root (issue #4).
-    pub archive: crate::lifecycle::ArchiveConfig,
+    pub archive: ArchiveConfig,
     pub signing: SigningConfig,
     pub serve: ServeConfig,
     pub cors: CorsConfig,
 }
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct UploadConfig {
-    /// Largest accepted upload in bytes, whatever its type.
-    pub max_bytes: u64,
-    /// Per-family maxima (`image`, `audio`, `video`, `application`, `text`), each capped by `max_bytes`.
-    pub family_max_bytes: BTreeMap<String, u64>,
-    /// Allowed types: exact MIME types or families such as `image/*`.
-    pub allowed_types: Vec<String>,
-    /// Refused types even when a family above allows them; wins over `allowed_types`.
-    pub denied_types: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IndexConfig {
-    /// Most uploads committed by one SQLite transaction (group commit).
-    pub group_commit_max: usize,
-    /// Read connections kept open for metadata queries.
-    pub reader_connections: usize,
-}
-
-/// Keys for signed URLs (docs/downloads.md).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SigningConfig {
-    /// Key id -> base64url secret (at least 32 bytes). Every key here verifies; empty uses
-    /// `<data_dir>/signing-key` (generated on first start).
-    pub keys: BTreeMap<String, String>,
-    /// The key that signs new URLs; must be in `keys` when `keys` is not empty.
-    pub active_kid: String,
-    /// No URL is valid longer than this after it was issued.
-    pub max_ttl_secs: u64,
-    /// Lifetime of a URL when the request names none.
-    pub default_ttl_secs: u64,
-}
-
-/// How file downloads are answered.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServeConfig {
-    /// Verify, then let nginx send the file (`X-Accel-Redirect`).
-    pub nginx_accel: bool,
-    /// nginx `internal` location aliasing `<data_dir>/blobs/` (falling back to
-    /// `<archive.root>/blobs/` for archived blobs, see nginx/media-store.conf).
-    pub accel_prefix: String,
-    /// Unix socket served besides `listen` (for nginx on the same host); empty: none.
-    pub unix_socket: PathBuf,
-    /// Permission bits of `unix_socket` (connecting needs write permission).
-    pub unix_socket_mode: u32,
-    /// Group given the socket file (e.g. nginx's `www-data`, with mode 0o660);
-    /// empty: the daemon's own group.
-    pub unix_socket_group: String,
-}
-
-/// Cross-origin access to downloads and presigned uploads (never to the service API).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CorsConfig {
-    /// Exact origins (`https://chat.example.org`) or `*`; empty disables CORS.
-    pub allowed_origins: Vec<String>,
-    /// How long browsers may cache a preflight answer.
-    pub max_age_secs: u64,
-}
-
-impl Default for SigningConfig {
-    fn default() -> Self {
-        SigningConfig {
-            keys: BTreeMap::new(),
-            active_kid: String::new(),
-            max_ttl_secs: 7 * 24 * 3600,
-            default_ttl_secs: 3600,
-        }
-    }
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            nginx_accel: false,
-            accel_prefix: "/_blobs/".into(),
-            unix_socket: PathBuf::new(),
-            unix_socket_mode: 0o660,
-            unix_socket_group: String::new(),
-        }
-    }
-}
-
-impl Default for CorsConfig {
-    fn default() -> Self {
-        CorsConfig {
-            allowed_origins: Vec::new(),
-            max_age_secs: 600,
-        }
-    }
-}
-
-const MIB: u64 = 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -164,75 +73,13 @@ impl Default for Config {
             log: "info".into(),
             upload: UploadConfig::default(),
             index: IndexConfig::default(),
-            mysql: crate::sync::MysqlConfig::default(),
+            mysql: MysqlConfig::default(),
             retention: Default::default(),
             gc: Default::default(),
             archive: Default::default(),
             signing: SigningConfig::default(),
             serve: ServeConfig::default(),
             cors: CorsConfig::default(),
-        }
-    }
-}
-
-impl Default for UploadConfig {
-    fn default() -> Self {
-        UploadConfig {
-            max_bytes: 2048 * MIB,
-            family_max_bytes: BTreeMap::from([
-                ("image".into(), 50 * MIB),
-                ("audio".into(), 500 * MIB),
-                ("video".into(), 2048 * MIB),
-                ("application".into(), 200 * MIB),
-                ("text".into(), 20 * MIB),
-            ]),
-            allowed_types: [
-                "image/*",
-                "audio/*",
-                "video/*",
-                "application/pdf",
-                "application/zip",
-                "application/msword",
-                "application/vnd.ms-excel",
-                "application/vnd.ms-powerpoint",
-                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-                "application/vnd.oasis.opendocument.text",
-                "application/vnd.oasis.opendocument.spreadsheet",
-                "application/vnd.oasis.opendocument.presentation",
-                "application/rtf",
-                "text/plain",
-            ]
-            .map(String::from)
-            .to_vec(),
-            denied_types: [
-                "image/svg+xml",
-                "text/html",
-                "application/xhtml+xml",
-                "text/javascript",
-                "application/javascript",
-                "application/x-executable",
-                "application/x-msdownload",
-                "application/vnd.microsoft.portable-executable",
-                "application/x-mach-binary",
-                "application/x-elf",
-                "application/x-sharedlib",
-                "application/x-shellscript",
-                "application/java-archive",
-                "application/wasm",
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
-    }
-}
-
-impl Default for IndexConfig {
-    fn default() -> Self {
-        IndexConfig {
-            group_commit_max: 128,
-            reader_connections: 4,
         }
     }
 }
@@ -527,7 +374,10 @@ mod tests {
         assert_eq!(c.upload.denied_types, vec!["video/*"]);
         assert_eq!(c.upload.family_max_bytes.get("image"), Some(&10));
         // A partial map in the file keeps the other families' defaults.
-        assert_eq!(c.upload.family_max_bytes.get("video"), Some(&(2048 * MIB)));
+        assert_eq!(
+            c.upload.family_max_bytes.get("video"),
+            Some(&(2048 * 1024 * 1024))
+        );
         assert_eq!(c.data_dir, PathBuf::from("/srv/m"));
     }
 

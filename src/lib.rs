@@ -19,18 +19,17 @@
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod index;
 pub mod lifecycle;
 pub mod media;
+pub mod mirror;
 pub mod policy;
-pub mod reload;
-pub mod server;
 pub mod signing;
 pub mod store;
-pub mod sync;
 pub mod tasks;
 pub mod telemetry;
 pub mod timefmt;

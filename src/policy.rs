@@ -4,7 +4,10 @@
 //! plus a text check for formats `infer` does not know); the client's
 //! Content-Type and filename are never trusted. Pure: no I/O.
 
-use crate::config::UploadConfig;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Classify, ErrorKind};
 
 /// How many leading bytes are enough to sniff any supported format
@@ -233,6 +236,74 @@ fn sniff_text(head: &[u8], complete: bool) -> Option<&'static str> {
         return Some("application/x-shellscript");
     }
     Some("text/plain")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Largest accepted upload in bytes, whatever its type.
+    pub max_bytes: u64,
+    /// Per-family maxima (`image`, `audio`, `video`, `application`, `text`), each capped by `max_bytes`.
+    pub family_max_bytes: BTreeMap<String, u64>,
+    /// Allowed types: exact MIME types or families such as `image/*`.
+    pub allowed_types: Vec<String>,
+    /// Refused types even when a family above allows them; wins over `allowed_types`.
+    pub denied_types: Vec<String>,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            max_bytes: 2048 * MIB,
+            family_max_bytes: BTreeMap::from([
+                ("image".into(), 50 * MIB),
+                ("audio".into(), 500 * MIB),
+                ("video".into(), 2048 * MIB),
+                ("application".into(), 200 * MIB),
+                ("text".into(), 20 * MIB),
+            ]),
+            allowed_types: [
+                "image/*",
+                "audio/*",
+                "video/*",
+                "application/pdf",
+                "application/zip",
+                "application/msword",
+                "application/vnd.ms-excel",
+                "application/vnd.ms-powerpoint",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+                "application/vnd.oasis.opendocument.text",
+                "application/vnd.oasis.opendocument.spreadsheet",
+                "application/vnd.oasis.opendocument.presentation",
+                "application/rtf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
+            denied_types: [
+                "image/svg+xml",
+                "text/html",
+                "application/xhtml+xml",
+                "text/javascript",
+                "application/javascript",
+                "application/x-executable",
+                "application/x-msdownload",
+                "application/vnd.microsoft.portable-executable",
+                "application/x-mach-binary",
+                "application/x-elf",
+                "application/x-sharedlib",
+                "application/x-shellscript",
+                "application/java-archive",
+                "application/wasm",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,17 +16,17 @@
 //! Owns no I/O: keys come in as bytes, time comes from an injected [`Clock`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::config::SigningConfig;
+use crate::clock::Clock;
 use crate::error::{Classify, ErrorKind};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -68,38 +68,6 @@ impl Classify for SignError {
             SignError::Expired => "url_expired",
             SignError::BadTtl { .. } => "bad_ttl",
         }
-    }
-}
-
-/// Where "now" comes from, so tests move time instead of sleeping.
-pub trait Clock: Send + Sync {
-    /// Unix time in seconds.
-    fn now(&self) -> i64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        crate::timefmt::now_ms().div_euclid(1000)
-    }
-}
-
-/// A clock that only moves when told to.
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(now: i64) -> Self {
-        ManualClock(AtomicI64::new(now))
-    }
-    pub fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -278,7 +246,7 @@ impl Signer {
     }
 
     pub fn now(&self) -> i64 {
-        self.clock.now()
+        self.clock.now_secs()
     }
 
     pub fn max_ttl(&self) -> u64 {
@@ -300,7 +268,7 @@ impl Signer {
         if ttl == 0 || ttl > self.max_ttl {
             return Err(SignError::BadTtl { max: self.max_ttl });
         }
-        let expires_at = self.clock.now().saturating_add(ttl as i64);
+        let expires_at = self.clock.now_secs().saturating_add(ttl as i64);
         let exp = expires_at.to_string();
         // `exp` and `kid` first, options after, `sig` last: `path?exp=..&kid=..&..&sig=..`.
         let mut pairs: Vec<(&str, &str)> = vec![("exp", &exp), ("kid", &self.active_kid)];
@@ -355,7 +323,7 @@ impl Signer {
         authenticate(mac, target, &mut signed)
             .verify_slice(&sig_bytes[..sig_len])
             .map_err(|_| SignError::Invalid)?;
-        let now = self.clock.now();
+        let now = self.clock.now_secs();
         if now >= exp {
             return Err(SignError::Expired);
         }
@@ -406,9 +374,36 @@ fn authenticate(mut mac: HmacSha256, target: Target<'_>, pairs: &mut [(&str, &st
     mac
 }
 
+/// Keys for signed URLs (docs/downloads.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Key id -> base64url secret (at least 32 bytes). Every key here verifies; empty uses
+    /// `<data_dir>/signing-key` (generated on first start).
+    pub keys: BTreeMap<String, String>,
+    /// The key that signs new URLs; must be in `keys` when `keys` is not empty.
+    pub active_kid: String,
+    /// No URL is valid longer than this after it was issued.
+    pub max_ttl_secs: u64,
+    /// Lifetime of a URL when the request names none.
+    pub default_ttl_secs: u64,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            keys: BTreeMap::new(),
+            active_kid: String::new(),
+            max_ttl_secs: 7 * 24 * 3600,
+            default_ttl_secs: 3600,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
 
     const T0: i64 = 1_800_000_000;
 

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use crate::http::state::HttpState;
 
 const ALLOW_METHODS: &str = "GET, HEAD, POST, PUT";
 /// Request headers a page may send (lower case, as preflights list them).
@@ -32,9 +32,9 @@ fn allowed_origin(allowed: &[String], headers: &HeaderMap) -> Option<HeaderValue
     }
 }
 
-pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let config = state.config();
-    let allow = allowed_origin(&config.cors.allowed_origins, request.headers());
+pub async fn cors(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let settings = state.settings();
+    let allow = allowed_origin(&settings.cors.allowed_origins, request.headers());
     let preflight = request.method() == Method::OPTIONS
         && request
             .headers()
@@ -74,7 +74,7 @@ pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -
             }
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from(config.cors.max_age_secs),
+                HeaderValue::from(settings.cors.max_age_secs),
             );
         }
         return response;

@@ -6,15 +6,15 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::http::state::HttpState;
 
 /// Proof that the request carried the service token.
 pub struct ServiceAuth;
 
-impl FromRequestParts<AppState> for ServiceAuth {
+impl FromRequestParts<HttpState> for ServiceAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
         let presented = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

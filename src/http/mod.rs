@@ -2,10 +2,13 @@
 //! Handlers parse, call a domain service and serialize; nothing below this
 //! module knows about axum.
 
+pub mod config;
 pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod server;
+pub mod state;
 pub mod views;
 
 use axum::Router;
@@ -14,10 +17,10 @@ use axum::middleware;
 use axum::routing::{delete, get, post, put};
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
 use error::ApiError;
+pub use state::{HttpSettings, HttpState};
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: HttpState) -> Router {
     Router::new()
         .route(
             "/v1/media",

@@ -2,7 +2,8 @@
 
 use serde::Serialize;
 
-use crate::index::media::MediaRow;
+use crate::index::MediaRow;
+use crate::media::file_url;
 use crate::timefmt::rfc3339_ms;
 
 #[derive(Debug, Serialize)]
@@ -33,9 +34,6 @@ impl MediaView {
 }
 
 /// The stable, unsigned address of a media file; signed download URLs add a query to it.
-pub fn file_url(public_base_url: &str, id: i64) -> String {
-    format!("{}/files/{id}", public_base_url.trim_end_matches('/'))
-}
 
 #[derive(Debug, Serialize)]
 pub struct UploadView {

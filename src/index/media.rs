@@ -1,9 +1,9 @@
-//! Typed queries over `media` and `blobs`. Each function takes a connection or a
-//! transaction; the caller decides the transaction boundaries.
+//! Media rows and blob reference counts: the upload and delete paths'
+//! statements (storage-layout.md, I3–I6).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
-use super::Result;
+use super::{Reader, Result, Tx};
 
 /// One upload as the index records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +28,11 @@ pub struct NewMedia {
 }
 
 /// The `media` columns that [`from_row`] reads, in its order.
-pub const COLUMNS: &str = "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
+pub(super) const COLUMNS: &str =
+    "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
 
 /// Maps a row selected with [`COLUMNS`].
-pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
+pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
     let hash: [u8; 32] = r.get(3)?;
     Ok(MediaRow {
         id: r.get(0)?,
@@ -44,49 +45,84 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
     })
 }
 
-/// The blob's reference count, or `None` when the index has no row for it.
-pub fn blob_refcount(conn: &Connection, hash: &blake3::Hash) -> Result<Option<i64>> {
-    Ok(conn
-        .query_row(
-            "SELECT refcount FROM blobs WHERE hash = ?1",
-            [hash.as_bytes()],
-            |r| r.get(0),
-        )
-        .optional()?)
+impl Reader<'_> {
+    /// The blob's reference count, or `None` when the index has no row for it.
+    pub fn blob_refcount(&self, hash: &blake3::Hash) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT refcount FROM blobs WHERE hash = ?1",
+                [hash.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The size recorded for a blob, or `None` when the index has no row for it.
+    pub fn blob_size(&self, hash: &blake3::Hash) -> Result<Option<u64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT size FROM blobs WHERE hash = ?1")?
+            .query_row([hash.as_bytes()], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// A blob row's count and tombstone (`zero_since`, Unix ms), if it exists.
+    pub fn blob_state(&self, hash: &blake3::Hash) -> Result<Option<(i64, Option<i64>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT refcount, zero_since FROM blobs WHERE hash = ?1",
+                [hash.as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn get_media(&self, id: i64) -> Result<Option<MediaRow>> {
+        // Cached: this runs for every download.
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM media WHERE id = ?1"))?
+            .query_row([id], from_row)
+            .optional()?)
+    }
 }
 
-/// Adds one reference to a blob, creating its row (or reviving a zero-count
-/// row, which clears its GC tombstone).
-pub fn add_blob_ref(conn: &Connection, hash: &blake3::Hash, size: u64, now_ms: i64) -> Result<()> {
-    conn.execute(
-        "INSERT INTO blobs (hash, size, refcount, zero_since, created_at)
+impl Tx<'_> {
+    /// Adds one reference to a blob, creating its row (or reviving a zero-count
+    /// row, which clears its GC tombstone).
+    pub fn add_blob_ref(&self, hash: &blake3::Hash, size: u64, now_ms: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO blobs (hash, size, refcount, zero_since, created_at)
          VALUES (?1, ?2, 1, NULL, ?3)
          ON CONFLICT (hash) DO UPDATE SET refcount = refcount + 1, zero_since = NULL",
-        params![hash.as_bytes(), size, now_ms],
-    )?;
-    Ok(())
-}
+            params![hash.as_bytes(), size, now_ms],
+        )?;
+        Ok(())
+    }
 
-/// Drops one reference; a blob whose count reaches 0 is stamped with the time,
-/// which starts its GC grace period.
-pub fn release_blob_ref(conn: &Connection, hash: &blake3::Hash, now_ms: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE blobs SET refcount = refcount - 1,
+    /// Drops one reference; a blob whose count reaches 0 is stamped with the time,
+    /// which starts its GC grace period.
+    pub fn release_blob_ref(&self, hash: &blake3::Hash, now_ms: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE blobs SET refcount = refcount - 1,
                 zero_since = CASE WHEN refcount = 1 THEN ?2 ELSE zero_since END
          WHERE hash = ?1 AND refcount > 0",
-        params![hash.as_bytes(), now_ms],
-    )?;
-    Ok(())
-}
+            params![hash.as_bytes(), now_ms],
+        )?;
+        Ok(())
+    }
 
-/// Inserts a media row with the next id. `uploaded_at` is the later of now and
-/// the newest existing row's time, so time never goes backwards as ids grow.
-pub fn insert_media(conn: &Connection, new: &NewMedia, now_ms: i64) -> Result<MediaRow> {
-    let newest: Option<i64> =
-        conn.query_row("SELECT max(uploaded_at) FROM media", [], |r| r.get(0))?;
-    let uploaded_at_ms = newest.map_or(now_ms, |n| n.max(now_ms));
-    let family = crate::policy::family(&new.file_type);
-    conn.execute(
+    /// Inserts a media row with the next id. `uploaded_at` is the later of now and
+    /// the newest existing row's time, so time never goes backwards as ids grow.
+    pub fn insert_media(&self, new: &NewMedia, now_ms: i64) -> Result<MediaRow> {
+        let newest: Option<i64> =
+            self.conn()
+                .query_row("SELECT max(uploaded_at) FROM media", [], |r| r.get(0))?;
+        let uploaded_at_ms = newest.map_or(now_ms, |n| n.max(now_ms));
+        let family = crate::policy::family(&new.file_type);
+        self.conn().execute(
         "INSERT INTO media (uploader_id, file_type, family, hash, size, original_name, uploaded_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -99,33 +135,27 @@ pub fn insert_media(conn: &Connection, new: &NewMedia, now_ms: i64) -> Result<Me
             uploaded_at_ms
         ],
     )?;
-    Ok(MediaRow {
-        id: conn.last_insert_rowid(),
-        uploader_id: new.uploader_id,
-        file_type: new.file_type.clone(),
-        hash: new.hash,
-        size: new.size,
-        original_name: new.original_name.clone(),
-        uploaded_at_ms,
-    })
-}
+        Ok(MediaRow {
+            id: self.conn().last_insert_rowid(),
+            uploader_id: new.uploader_id,
+            file_type: new.file_type.clone(),
+            hash: new.hash,
+            size: new.size,
+            original_name: new.original_name.clone(),
+            uploaded_at_ms,
+        })
+    }
 
-pub fn get_media(conn: &Connection, id: i64) -> Result<Option<MediaRow>> {
-    // Cached: this runs for every download.
-    Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM media WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()?)
-}
-
-/// Deletes a media row and releases its blob reference. Returns the row that was.
-pub fn delete_media(conn: &Connection, id: i64, now_ms: i64) -> Result<Option<MediaRow>> {
-    let Some(row) = get_media(conn, id)? else {
-        return Ok(None);
-    };
-    conn.execute("DELETE FROM media WHERE id = ?1", [id])?;
-    release_blob_ref(conn, &row.hash, now_ms)?;
-    Ok(Some(row))
+    /// Deletes a media row and releases its blob reference. Returns the row that was.
+    pub fn delete_media(&self, id: i64, now_ms: i64) -> Result<Option<MediaRow>> {
+        let Some(row) = self.get_media(id)? else {
+            return Ok(None);
+        };
+        self.conn()
+            .execute("DELETE FROM media WHERE id = ?1", [id])?;
+        self.release_blob_ref(&row.hash, now_ms)?;
+        Ok(Some(row))
+    }
 }
 
 /// How a listing filters by type.
@@ -152,83 +182,91 @@ pub struct ListQuery {
 /// ends in `id`, so SQLite walks it backwards and stops after `limit` rows;
 /// time bounds become id bounds through `media_by_time` because `uploaded_at`
 /// grows with `id`.
-pub fn list_media(conn: &Connection, q: &ListQuery) -> Result<Vec<MediaRow>> {
-    let mut sql = format!("SELECT {COLUMNS} FROM media WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(u) = q.uploader_id {
-        sql.push_str(" AND uploader_id = ?");
-        args.push(u.into());
-    }
-    match &q.file_type {
-        Some(TypeFilter::Exact(t)) => {
-            sql.push_str(" AND file_type = ?");
-            args.push(t.clone().into());
+impl Reader<'_> {
+    pub fn list_media(&self, q: &ListQuery) -> Result<Vec<MediaRow>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM media WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(u) = q.uploader_id {
+            sql.push_str(" AND uploader_id = ?");
+            args.push(u.into());
         }
-        Some(TypeFilter::Family(f)) => {
-            sql.push_str(" AND family = ?");
-            args.push(f.clone().into());
+        match &q.file_type {
+            Some(TypeFilter::Exact(t)) => {
+                sql.push_str(" AND file_type = ?");
+                args.push(t.clone().into());
+            }
+            Some(TypeFilter::Family(f)) => {
+                sql.push_str(" AND family = ?");
+                args.push(f.clone().into());
+            }
+            None => {}
         }
-        None => {}
-    }
-    // SQLite uses one lower and one upper bound on `id` per index search, so
-    // every bound is folded into a single max(...)/min(...) expression: with
-    // separate `id < cursor` and `id <= until_bound` terms it may pick the
-    // looser one and scan millions of rows that the other rejects.
-    let mut lower: Vec<&str> = Vec::new();
-    let mut upper: Vec<&str> = Vec::new();
-    let mut lower_args: Vec<rusqlite::types::Value> = Vec::new();
-    let mut upper_args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(before) = q.before_id {
-        upper.push("?");
-        upper_args.push(before.saturating_sub(1).into());
-    }
-    if let Some(since) = q.since_ms {
-        // `+` keeps the planner off `media_by_time` for the outer query: the id
-        // bounds below select the same rows, already in id order.
-        sql.push_str(" AND +uploaded_at >= ?");
-        args.push(since.into());
-        lower.push(
-            "coalesce((SELECT id FROM media WHERE uploaded_at >= ? \
+        // SQLite uses one lower and one upper bound on `id` per index search, so
+        // every bound is folded into a single max(...)/min(...) expression: with
+        // separate `id < cursor` and `id <= until_bound` terms it may pick the
+        // looser one and scan millions of rows that the other rejects.
+        let mut lower: Vec<&str> = Vec::new();
+        let mut upper: Vec<&str> = Vec::new();
+        let mut lower_args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut upper_args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(before) = q.before_id {
+            upper.push("?");
+            upper_args.push(before.saturating_sub(1).into());
+        }
+        if let Some(since) = q.since_ms {
+            // `+` keeps the planner off `media_by_time` for the outer query: the id
+            // bounds below select the same rows, already in id order.
+            sql.push_str(" AND +uploaded_at >= ?");
+            args.push(since.into());
+            lower.push(
+                "coalesce((SELECT id FROM media WHERE uploaded_at >= ? \
              ORDER BY uploaded_at, id LIMIT 1), 9223372036854775807)",
-        );
-        lower_args.push(since.into());
-    }
-    if let Some(until) = q.until_ms {
-        sql.push_str(" AND +uploaded_at < ?");
-        args.push(until.into());
-        upper.push(
-            "coalesce((SELECT id FROM media WHERE uploaded_at < ? \
+            );
+            lower_args.push(since.into());
+        }
+        if let Some(until) = q.until_ms {
+            sql.push_str(" AND +uploaded_at < ?");
+            args.push(until.into());
+            upper.push(
+                "coalesce((SELECT id FROM media WHERE uploaded_at < ? \
              ORDER BY uploaded_at DESC, id DESC LIMIT 1), -1)",
-        );
-        upper_args.push(until.into());
+            );
+            upper_args.push(until.into());
+        }
+        let fold = |f: &str, terms: &[&str]| match terms {
+            [one] => one.to_string(),
+            many => format!("{f}({})", many.join(", ")),
+        };
+        if !lower.is_empty() {
+            sql.push_str(&format!(" AND id >= {}", fold("max", &lower)));
+            args.extend(lower_args);
+        }
+        if !upper.is_empty() {
+            sql.push_str(&format!(" AND id <= {}", fold("min", &upper)));
+            args.extend(upper_args);
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(i64::from(q.limit).into());
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-    let fold = |f: &str, terms: &[&str]| match terms {
-        [one] => one.to_string(),
-        many => format!("{f}({})", many.join(", ")),
-    };
-    if !lower.is_empty() {
-        sql.push_str(&format!(" AND id >= {}", fold("max", &lower)));
-        args.extend(lower_args);
-    }
-    if !upper.is_empty() {
-        sql.push_str(&format!(" AND id <= {}", fold("min", &upper)));
-        args.extend(upper_args);
-    }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
-    args.push(i64::from(q.limit).into());
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn conn() -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
+    fn conn() -> rusqlite::Connection {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
         super::super::migrations().to_latest(&mut c).unwrap();
         c
+    }
+
+    fn tx(c: &rusqlite::Connection) -> Tx<'_> {
+        Tx {
+            reader: Reader { conn: c },
+        }
     }
 
     fn new(uploader: i64, t: &str, content: &[u8]) -> NewMedia {
@@ -245,11 +283,11 @@ mod tests {
     fn refcount_goes_to_zero_with_tombstone_and_revives() {
         let c = conn();
         let h = blake3::hash(b"x");
-        add_blob_ref(&c, &h, 1, 10).unwrap();
-        add_blob_ref(&c, &h, 1, 11).unwrap();
-        assert_eq!(blob_refcount(&c, &h).unwrap(), Some(2));
-        release_blob_ref(&c, &h, 20).unwrap();
-        release_blob_ref(&c, &h, 30).unwrap();
+        tx(&c).add_blob_ref(&h, 1, 10).unwrap();
+        tx(&c).add_blob_ref(&h, 1, 11).unwrap();
+        assert_eq!(tx(&c).blob_refcount(&h).unwrap(), Some(2));
+        tx(&c).release_blob_ref(&h, 20).unwrap();
+        tx(&c).release_blob_ref(&h, 30).unwrap();
         let (rc, zero): (i64, Option<i64>) = c
             .query_row("SELECT refcount, zero_since FROM blobs", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -257,9 +295,9 @@ mod tests {
             .unwrap();
         assert_eq!((rc, zero), (0, Some(30)));
         // Never below zero.
-        release_blob_ref(&c, &h, 40).unwrap();
-        assert_eq!(blob_refcount(&c, &h).unwrap(), Some(0));
-        add_blob_ref(&c, &h, 1, 50).unwrap();
+        tx(&c).release_blob_ref(&h, 40).unwrap();
+        assert_eq!(tx(&c).blob_refcount(&h).unwrap(), Some(0));
+        tx(&c).add_blob_ref(&h, 1, 50).unwrap();
         let zero: Option<i64> = c
             .query_row("SELECT zero_since FROM blobs", [], |r| r.get(0))
             .unwrap();
@@ -270,9 +308,9 @@ mod tests {
     fn uploaded_at_never_decreases_with_id() {
         let c = conn();
         let n = new(1, "image/png", b"a");
-        add_blob_ref(&c, &n.hash, 1, 0).unwrap();
-        let a = insert_media(&c, &n, 1000).unwrap();
-        let b = insert_media(&c, &n, 500).unwrap(); // clock stepped back
+        tx(&c).add_blob_ref(&n.hash, 1, 0).unwrap();
+        let a = tx(&c).insert_media(&n, 1000).unwrap();
+        let b = tx(&c).insert_media(&n, 500).unwrap(); // clock stepped back
         assert!(b.id > a.id);
         assert_eq!(b.uploaded_at_ms, 1000);
     }
@@ -283,65 +321,55 @@ mod tests {
         for i in 0..10i64 {
             let t = if i % 2 == 0 { "image/png" } else { "video/mp4" };
             let n = new(i % 3, t, &i.to_le_bytes());
-            add_blob_ref(&c, &n.hash, 8, 0).unwrap();
-            insert_media(&c, &n, 1000 * i).unwrap();
+            tx(&c).add_blob_ref(&n.hash, 8, 0).unwrap();
+            tx(&c).insert_media(&n, 1000 * i).unwrap();
         }
-        let all = list_media(
-            &c,
-            &ListQuery {
+        let all = tx(&c)
+            .list_media(&ListQuery {
                 limit: 100,
                 ..Default::default()
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         assert_eq!(
             all.iter().map(|r| r.id).collect::<Vec<_>>(),
             (1..=10).rev().collect::<Vec<_>>()
         );
-        let images = list_media(
-            &c,
-            &ListQuery {
+        let images = tx(&c)
+            .list_media(&ListQuery {
                 file_type: Some(TypeFilter::Family("image".into())),
                 limit: 100,
                 ..Default::default()
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         assert!(images.iter().all(|r| r.file_type == "image/png"));
         assert_eq!(images.len(), 5);
-        let page = list_media(
-            &c,
-            &ListQuery {
+        let page = tx(&c)
+            .list_media(&ListQuery {
                 before_id: Some(5),
                 limit: 2,
                 ..Default::default()
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![4, 3]);
-        let window = list_media(
-            &c,
-            &ListQuery {
+        let window = tx(&c)
+            .list_media(&ListQuery {
                 since_ms: Some(2000),
                 until_ms: Some(5000),
                 limit: 100,
                 ..Default::default()
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         assert_eq!(
             window.iter().map(|r| r.uploaded_at_ms).collect::<Vec<_>>(),
             vec![4000, 3000, 2000]
         );
-        let none = list_media(
-            &c,
-            &ListQuery {
+        let none = tx(&c)
+            .list_media(&ListQuery {
                 since_ms: Some(99_000),
                 limit: 100,
                 ..Default::default()
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         assert!(none.is_empty());
     }
 }

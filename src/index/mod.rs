@@ -1,15 +1,35 @@
-//! The embedded SQLite index: the source of truth for media rows and blob
-//! reference counts.
+//! The index port: the source of truth for media rows, blob reference counts,
+//! message references and the MySQL outbox, with SQLite behind it.
+//!
+//! Every SQL statement of the program lives under this module (MySQL's own
+//! statements for the mirror's target table excepted: see `mirror::mysql`),
+//! and no rusqlite type appears in its public signatures: callers see domain
+//! operations on three views of the database:
+//! - [`Reader`]: reads, on a pooled read-only connection or inside a write;
+//! - [`Tx`]: reads and writes inside one transaction (derefs to [`Reader`]);
+//! - [`WriteCtx`]: a [`Tx`] inside the writer's group commit, which also
+//!   collects the blob store's pending durability work (see below).
 //!
 //! Writes go through one dedicated writer thread that owns the write connection
 //! and runs queued jobs in one transaction (group commit), each job inside its own
 //! savepoint so one job's failure does not undo the others. Before the commit, the
-//! writer runs the durability barrier for every folder the jobs changed (see
+//! writer runs the durability barrier for everything the jobs registered (see
 //! storage-layout.md, "Group commit"). Reads use a small pool of read-only
-//! connections inside `spawn_blocking`. This module never opens blob files.
+//! connections inside `spawn_blocking`. Lifecycle commands (`gc`, `fsck`,
+//! retention) open their own [`Maintenance`] connection, serialised with the
+//! daemon by SQLite's write lock. This module never opens blob files.
+//!
+//! A job's error type is the caller's own (`E: From<IndexError>`): domain
+//! errors pass through the writer unchanged.
 
+mod fsck;
+mod gc;
 pub mod media;
+mod outbox;
+pub mod refs;
+mod retention;
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,63 +37,82 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use fsck::CountMismatch;
+pub use gc::ZeroCountBlob;
+pub use media::{ListQuery, MediaRow, NewMedia, TypeFilter};
+pub use outbox::OutboxEntry;
+pub use refs::{AttachOutcome, Released, Usage};
+pub use retention::RetentionRule;
+
 use crate::error::{Classify, ErrorKind};
+use crate::store::Pending;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("index query failed")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("index migration failed")]
-    Migration(#[from] rusqlite_migration::Error),
+    #[error("index query failed: {0}")]
+    Query(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("index migration failed: {0}")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("index is busy")]
     Busy,
+    #[error("the index disk is full")]
+    DiskFull,
     #[error("index writer has stopped")]
     WriterGone,
     #[error("index commit failed: {0}")]
     CommitFailed(String),
-    /// A job's own failure that is not a database error (e.g. the file step of an upload).
-    #[error("{message}")]
-    Job {
-        kind: ErrorKind,
-        code: &'static str,
-        message: String,
-    },
+    #[error(
+        "{} has no index ({} is missing); is the data folder right and mounted?",
+        data_dir.display(),
+        path.display()
+    )]
+    NoIndex { data_dir: PathBuf, path: PathBuf },
+}
+
+impl From<rusqlite::Error> for IndexError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                IndexError::Busy
+            }
+            Some(rusqlite::ErrorCode::DiskFull) => IndexError::DiskFull,
+            _ => IndexError::Query(Box::new(e)),
+        }
+    }
+}
+
+impl From<rusqlite_migration::Error> for IndexError {
+    fn from(e: rusqlite_migration::Error) -> Self {
+        IndexError::Migration(Box::new(e))
+    }
 }
 
 impl Classify for IndexError {
     fn kind(&self) -> ErrorKind {
         match self {
             IndexError::Busy | IndexError::WriterGone => ErrorKind::Unavailable,
-            IndexError::Sqlite(e) if is_busy(e) => ErrorKind::Unavailable,
-            IndexError::Sqlite(e)
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
-            {
-                ErrorKind::InsufficientStorage
-            }
-            IndexError::Job { kind, .. } => *kind,
+            IndexError::DiskFull => ErrorKind::InsufficientStorage,
             _ => ErrorKind::Internal,
         }
     }
     fn code(&self) -> &'static str {
         match self {
-            IndexError::Job { code, .. } => code,
-            e if e.kind() == ErrorKind::Unavailable => "index_unavailable",
-            e if e.kind() == ErrorKind::InsufficientStorage => "disk_full",
+            IndexError::Busy | IndexError::WriterGone => "index_unavailable",
+            IndexError::DiskFull => "disk_full",
             _ => "internal",
         }
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// The index file inside a data folder.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("index.sqlite3")
+}
 
 /// Migrations, embedded from `migrations/sqlite/` in order.
 fn migrations() -> Migrations<'static> {
@@ -99,33 +138,77 @@ fn configure(conn: &Connection) -> Result<()> {
 }
 
 /// Opens the index file read-write and brings its schema up to date.
-pub fn open_connection(path: &Path) -> Result<Connection> {
+fn open_connection(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     migrations().to_latest(&mut conn)?;
     Ok(conn)
 }
 
-/// Called by the writer before each commit with the folders the batch changed;
-/// it must make their entries durable (see `store::make_dirs_durable`).
-pub type DurabilityBarrier = fn(&[PathBuf]) -> std::io::Result<()>;
+/// A read view of the index: a pooled read connection, or the inside of a
+/// write transaction (see [`Tx`]). Domain reads are its methods, in the
+/// submodules of this module.
+pub struct Reader<'a> {
+    conn: &'a Connection,
+}
 
-/// What a write job sees: the batch's transaction and the barrier list.
+/// Reads and writes inside one transaction (the writer's batch, or a
+/// [`Maintenance`] transaction). Domain writes are its methods.
+pub struct Tx<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Deref for Tx<'a> {
+    type Target = Reader<'a>;
+    fn deref(&self) -> &Reader<'a> {
+        &self.reader
+    }
+}
+
+impl Tx<'_> {
+    fn conn(&self) -> &Connection {
+        self.reader.conn
+    }
+}
+
+impl Reader<'_> {
+    /// A trivial query: the index answers (health checks).
+    pub fn ping(&self) -> Result<()> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Runs at the end of every write batch, before `COMMIT`, with everything
+/// the batch's jobs registered through [`WriteCtx::require_durable`]: the
+/// blob store makes those writes durable (I2: file before row).
+pub type DurabilityBarrier = Arc<dyn Fn(Pending) -> std::io::Result<()> + Send + Sync>;
+
+/// What a write job sees: its batch's transaction (through `Deref`) and the
+/// batch's pending durability work.
 pub struct WriteCtx<'a> {
-    pub tx: &'a rusqlite::Transaction<'a>,
-    durable_dirs: &'a mut Vec<PathBuf>,
+    tx: Tx<'a>,
+    pending: &'a mut Pending,
+}
+
+impl<'a> Deref for WriteCtx<'a> {
+    type Target = Tx<'a>;
+    fn deref(&self) -> &Tx<'a> {
+        &self.tx
+    }
 }
 
 impl WriteCtx<'_> {
-    /// Registers folders whose entries must be durable before this batch commits.
-    pub fn require_durable(&mut self, dirs: impl IntoIterator<Item = PathBuf>) {
-        self.durable_dirs.extend(dirs);
+    /// Registers blob-store work that must be durable before this batch commits.
+    pub fn require_durable(&mut self, pending: Pending) {
+        self.pending.merge(pending);
     }
 }
 
 /// Called once the batch's fate is known: `None` when it committed.
 type Completion = Box<dyn FnOnce(Option<&IndexError>) + Send>;
-type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Completion + Send>;
+/// `Err` when the job failed: the batch's transaction may then be gone.
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (Completion, bool) + Send>;
 
 /// Handle on the index. Cheap to clone.
 #[derive(Clone)]
@@ -143,16 +226,12 @@ pub struct Index {
 impl Index {
     /// Opens (creating and migrating) the index and starts its writer thread.
     /// The thread stops when every handle is dropped, after finishing queued jobs.
-    pub fn open(
-        path: &Path,
-        group_commit_max: usize,
-        max_readers: usize,
-        barrier: DurabilityBarrier,
-    ) -> Result<Index> {
+    pub fn open(path: &Path, config: &IndexConfig, barrier: DurabilityBarrier) -> Result<Index> {
         let conn = open_connection(path)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         let generation = Arc::new(AtomicU64::new(0));
         let bump = generation.clone();
+        let group_commit_max = config.group_commit_max.max(1);
         std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || writer_loop(conn, rx, group_commit_max, barrier, bump))
@@ -161,7 +240,7 @@ impl Index {
             path: path.to_owned(),
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
-            max_readers,
+            max_readers: config.reader_connections,
             generation,
         })
     }
@@ -178,19 +257,23 @@ impl Index {
     }
 
     /// Runs `f` on a read connection, off the async executor.
-    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<IndexError> + Send + 'static,
     {
         let this = self.clone();
         crate::tasks::blocking(move || this.read_blocking(f))
             .await
-            .map_err(|_| IndexError::WriterGone)?
+            .map_err(|_| E::from(IndexError::WriterGone))?
     }
 
     /// Like [`Index::read`], on the calling thread (for CLI tools and blocking code).
-    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub fn read_blocking<T, E>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<IndexError>,
+    {
         let pooled = self
             .readers
             .lock()
@@ -198,16 +281,9 @@ impl Index {
             .pop();
         let conn = match pooled {
             Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(BUSY_TIMEOUT)?;
-                c
-            }
+            None => open_reader(&self.path).map_err(E::from)?,
         };
-        let out = f(&conn);
+        let out = f(&Reader { conn: &conn });
         let mut pool = self.readers.lock().expect("reader pool lock poisoned");
         if pool.len() < self.max_readers {
             pool.push(conn);
@@ -217,62 +293,86 @@ impl Index {
 
     /// Queues `f` for the writer thread and waits until its batch has committed.
     /// `f` runs inside a savepoint: if it fails, only its own changes are undone.
-    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<IndexError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         self.submit(f, reply)?;
-        rx.await.map_err(|_| IndexError::WriterGone)?
+        rx.await.map_err(|_| E::from(IndexError::WriterGone))?
     }
 
     /// Like [`Index::write`], blocking the calling thread (not for async code).
-    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<IndexError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         self.submit(f, reply)?;
-        rx.blocking_recv().map_err(|_| IndexError::WriterGone)?
+        rx.blocking_recv()
+            .map_err(|_| E::from(IndexError::WriterGone))?
     }
 
-    fn submit<T, F>(&self, f: F, reply: oneshot::Sender<Result<T>>) -> Result<()>
+    fn submit<T, E, F>(&self, f: F, reply: oneshot::Sender<Result<T, E>>) -> Result<(), E>
     where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<IndexError> + Send + 'static,
     {
         let job: Job = Box::new(move |ctx| {
             let outcome = in_savepoint(ctx, f);
-            Box::new(move |commit_error| {
+            let failed = outcome.is_err();
+            let done: Completion = Box::new(move |commit_error| {
                 let result = match (outcome, commit_error) {
                     (Ok(v), None) => Ok(v),
-                    (Ok(_), Some(e)) => Err(IndexError::CommitFailed(e.to_string())),
+                    (Ok(_), Some(e)) => Err(E::from(IndexError::CommitFailed(e.to_string()))),
                     (Err(e), _) => Err(e),
                 };
                 let _ = reply.send(result);
-            })
+            });
+            (done, failed)
         });
-        self.jobs.send(job).map_err(|_| IndexError::WriterGone)
+        self.jobs
+            .send(job)
+            .map_err(|_| E::from(IndexError::WriterGone))
     }
 }
 
-fn in_savepoint<T>(
+fn open_reader(path: &Path) -> Result<Connection> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(c)
+}
+
+fn in_savepoint<T, E: From<IndexError>>(
     ctx: &mut WriteCtx<'_>,
-    f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>,
-) -> Result<T> {
-    ctx.tx.execute_batch("SAVEPOINT job")?;
+    f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    ctx.conn()
+        .execute_batch("SAVEPOINT job")
+        .map_err(|e| E::from(IndexError::from(e)))?;
     match f(ctx) {
         Ok(v) => {
-            ctx.tx.execute_batch("RELEASE job")?;
+            ctx.conn()
+                .execute_batch("RELEASE job")
+                .map_err(|e| E::from(IndexError::from(e)))?;
             Ok(v)
         }
         Err(e) => {
-            // The job's folders stay registered: a file it installed before failing is
-            // still on disk and harmless (an unreferenced blob GC will collect), and
-            // syncing one folder too many costs nothing.
-            ctx.tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            // The job's pending durability work stays registered: a file it
+            // installed before failing is still on disk and harmless (an
+            // unreferenced blob GC will collect), and syncing one folder too
+            // many costs nothing. A failed ROLLBACK TO (SQLite may already
+            // have rolled the whole transaction back) is seen by the writer
+            // through `is_autocommit`.
+            let _ = ctx.conn().execute_batch("ROLLBACK TO job; RELEASE job");
             Err(e)
         }
     }
@@ -280,16 +380,16 @@ fn in_savepoint<T>(
 
 /// Runs one job; a panicking job is rolled back to its savepoint and answered
 /// with an error, so one bug cannot take the writer thread (and every later
-/// write) down with it.
-fn run_job(job: Job, ctx: &mut WriteCtx<'_>) -> Completion {
+/// write) down with it. Returns the job's completion and whether it failed.
+fn run_job(job: Job, ctx: &mut WriteCtx<'_>) -> (Completion, bool) {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(ctx))) {
         Ok(done) => done,
         Err(_) => {
             tracing::error!("an index write job panicked; its changes were rolled back");
-            let _ = ctx.tx.execute_batch("ROLLBACK TO job; RELEASE job");
+            let _ = ctx.conn().execute_batch("ROLLBACK TO job; RELEASE job");
             // The job's reply channel was dropped during unwinding: its caller sees
             // `WriterGone` (503) and the batch commits without it.
-            Box::new(|_| {})
+            (Box::new(|_| {}), true)
         }
     }
 }
@@ -310,7 +410,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch.drain(..), barrier, &generation);
+        run_batch(&mut conn, batch.drain(..), &barrier, &generation);
     }
     // Every handle is gone: leave a compact WAL behind for the next start.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
@@ -319,17 +419,13 @@ fn writer_loop(
 fn run_batch(
     conn: &mut Connection,
     jobs: impl Iterator<Item = Job>,
-    barrier: DurabilityBarrier,
+    barrier: &DurabilityBarrier,
     generation: &AtomicU64,
 ) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let err = if is_busy(&e) {
-                IndexError::Busy
-            } else {
-                IndexError::Sqlite(e)
-            };
+            let err = IndexError::from(e);
             tracing::error!(error = %err, "index writer cannot begin a transaction");
             // Dropping a job unrun drops its reply channel: its caller gets
             // `WriterGone` (503) and may retry.
@@ -337,17 +433,45 @@ fn run_batch(
             return;
         }
     };
-    let mut durable_dirs = Vec::new();
-    let completions: Vec<Completion> = {
+    let mut pending = Pending::default();
+    let mut completions: Vec<Completion> = Vec::new();
+    let mut aborted: Option<IndexError> = None;
+    {
         let mut ctx = WriteCtx {
-            tx: &tx,
-            durable_dirs: &mut durable_dirs,
+            tx: Tx {
+                reader: Reader { conn: &tx },
+            },
+            pending: &mut pending,
         };
-        jobs.map(|job| run_job(job, &mut ctx)).collect()
+        for job in jobs {
+            if aborted.is_some() {
+                // The batch's transaction is gone: run nothing more in it.
+                drop(job);
+                continue;
+            }
+            let (done, failed) = run_job(job, &mut ctx);
+            completions.push(done);
+            if failed && tx.is_autocommit() {
+                // On SQLITE_FULL, IOERR or NOMEM SQLite may roll back the whole
+                // transaction: later savepoints would open transactions of their
+                // own and commit without the barrier. Fail the whole batch.
+                aborted = Some(IndexError::CommitFailed(
+                    "the batch's transaction was rolled back by SQLite".into(),
+                ));
+            }
+        }
+    }
+    // The barrier runs whatever the outcome: a blob renamed into place by a
+    // failed batch must not be trusted by a later dedup unless durable.
+    let synced =
+        barrier(pending).map_err(|e| IndexError::CommitFailed(format!("durability barrier: {e}")));
+    let outcome = match aborted {
+        Some(e) => {
+            drop(tx);
+            Err(e)
+        }
+        None => synced.and_then(|()| tx.commit().map_err(IndexError::from)),
     };
-    let outcome = barrier(&durable_dirs)
-        .map_err(|e| IndexError::CommitFailed(format!("durability barrier: {e}")))
-        .and_then(|()| tx.commit().map_err(IndexError::from));
     if let Err(e) = &outcome {
         tracing::error!(error = %e, "index batch did not commit");
     }
@@ -358,65 +482,163 @@ fn run_batch(
     }
 }
 
+/// A connection of its own for lifecycle work (`gc`, `fsck`, retention, and
+/// the daemon's background GC): long scans read on it, and deletions run in
+/// short `BEGIN IMMEDIATE` transactions, SQLite's write lock, which the
+/// daemon's upload commits also take. Whichever comes second sees the other's
+/// result whole.
+pub struct Maintenance {
+    conn: Connection,
+}
+
+impl Maintenance {
+    /// Opens a data folder's existing index, refusing a folder that has none:
+    /// on a wrong or unmounted path, an empty new index would make every blob
+    /// look unknown to GC.
+    pub fn open_existing(data_dir: &Path) -> Result<Maintenance> {
+        let path = path_in(data_dir);
+        if !path.is_file() {
+            return Err(IndexError::NoIndex {
+                data_dir: data_dir.to_owned(),
+                path,
+            });
+        }
+        let conn = open_connection(&path)?;
+        conn.busy_handler(Some(poll_for_lock))?;
+        Ok(Maintenance { conn })
+    }
+
+    /// Opens (creating and migrating if needed) the index of a new data
+    /// folder; for set-up and tests, where no index yet is expected.
+    pub fn create(data_dir: &Path) -> Result<Maintenance> {
+        let conn = open_connection(&path_in(data_dir))?;
+        conn.busy_handler(Some(poll_for_lock))?;
+        Ok(Maintenance { conn })
+    }
+
+    /// Reads outside any write transaction.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader { conn: &self.conn }
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits if it succeeds.
+    pub fn immediate<T, E: From<IndexError>>(
+        &mut self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| E::from(IndexError::from(e)))?;
+        let out = f(&Tx {
+            reader: Reader { conn: &tx },
+        })?;
+        tx.commit().map_err(|e| E::from(IndexError::from(e)))?;
+        Ok(out)
+    }
+}
+
+/// Busy handler for lifecycle connections: retry every millisecond for up to
+/// 60 s. SQLite's default handler sleeps up to 100 ms between tries, which
+/// next to a daemon committing uploads back to back makes every GC batch wait
+/// hundreds of milliseconds for a lock that is free for short moments.
+fn poll_for_lock(retries: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(1));
+    retries < 60_000
+}
+
+/// `[index]`: the SQLite index writer and readers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Most uploads committed by one SQLite transaction (group commit).
+    pub group_commit_max: usize,
+    /// Read connections kept open for metadata queries.
+    pub reader_connections: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            group_commit_max: 128,
+            reader_connections: 4,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn no_barrier(_: &[PathBuf]) -> std::io::Result<()> {
+    fn no_barrier() -> DurabilityBarrier {
+        Arc::new(|_| Ok(()))
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Index {
+        let config = IndexConfig {
+            group_commit_max: 64,
+            reader_connections: 2,
+        };
+        Index::open(&dir.path().join("i.db"), &config, no_barrier()).unwrap()
+    }
+
+    fn put_meta(ctx: &WriteCtx<'_>, key: &str) -> Result<()> {
+        ctx.conn()
+            .execute("INSERT INTO meta (key, value) VALUES (?1, 'v')", [key])?;
         Ok(())
+    }
+
+    fn meta_keys(index: &Index) -> Vec<String> {
+        index
+            .read_blocking(|r| -> Result<Vec<String>> {
+                let mut s = r.conn.prepare("SELECT key FROM meta ORDER BY key")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap()
     }
 
     #[tokio::test]
     async fn a_panicking_job_does_not_stop_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("i.db"), 64, 2, no_barrier).unwrap();
+        let index = open(&dir);
         let failed = index
             .write(|ctx| -> Result<()> {
-                ctx.tx
-                    .execute("INSERT INTO meta (key, value) VALUES ('a', 'v')", [])?;
+                put_meta(ctx, "a")?;
                 panic!("bug in a job");
             })
             .await;
         assert!(matches!(failed, Err(IndexError::WriterGone)));
-        index
-            .write(|ctx| {
-                Ok(ctx
-                    .tx
-                    .execute("INSERT INTO meta (key, value) VALUES ('b', 'v')", [])?)
-            })
-            .await
-            .unwrap();
-        let keys: Vec<String> = index
-            .read(|c| {
-                let mut s = c.prepare("SELECT key FROM meta ORDER BY key")?;
-                let rows = s.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .await
-            .unwrap();
-        assert_eq!(keys, vec!["b".to_string()]);
+        index.write(|ctx| put_meta(ctx, "b")).await.unwrap();
+        assert_eq!(meta_keys(&index), vec!["b".to_string()]);
+    }
+
+    /// A caller's own error type, to show it passes through the writer as itself.
+    #[derive(Debug, PartialEq)]
+    enum Odd {
+        Odd(i64),
+        Index(String),
+    }
+
+    impl From<IndexError> for Odd {
+        fn from(e: IndexError) -> Self {
+            Odd::Index(e.to_string())
+        }
     }
 
     #[tokio::test]
-    async fn failing_job_does_not_undo_its_batch_mates() {
+    async fn failing_job_does_not_undo_its_batch_mates_and_keeps_its_error_type() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("i.db"), 64, 2, no_barrier).unwrap();
+        let index = open(&dir);
         let mut handles = Vec::new();
         for i in 0..20i64 {
             let index = index.clone();
             handles.push(tokio::spawn(async move {
                 index
                     .write(move |ctx| {
-                        ctx.tx.execute(
-                            "INSERT INTO meta (key, value) VALUES (?1, 'v')",
-                            [format!("k{i}")],
-                        )?;
+                        put_meta(ctx, &format!("k{i}"))?;
                         if i % 2 == 1 {
-                            return Err(IndexError::Job {
-                                kind: ErrorKind::BadRequest,
-                                code: "odd",
-                                message: "odd".into(),
-                            });
+                            return Err(Odd::Odd(i));
                         }
                         Ok(i)
                     })
@@ -424,16 +646,47 @@ mod tests {
             }));
         }
         let mut ok = 0;
-        for h in handles {
-            if h.await.unwrap().is_ok() {
-                ok += 1;
+        for (i, h) in handles.into_iter().enumerate() {
+            match h.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, i as i64);
+                    ok += 1
+                }
+                Err(e) => assert_eq!(e, Odd::Odd(i as i64)),
             }
         }
         assert_eq!(ok, 10);
-        let n: i64 = index
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?))
-            .await
-            .unwrap();
-        assert_eq!(n, 10);
+        assert_eq!(meta_keys(&index).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn the_barrier_runs_before_commit_and_a_failing_barrier_fails_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IndexConfig {
+            group_commit_max: 64,
+            reader_connections: 2,
+        };
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = fail.clone();
+        let barrier: DurabilityBarrier = Arc::new(move |_| {
+            if flag.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("disk gone"))
+            } else {
+                Ok(())
+            }
+        });
+        let index = Index::open(&dir.path().join("i.db"), &config, barrier).unwrap();
+        let failed = index.write(|ctx| put_meta(ctx, "lost")).await;
+        assert!(
+            matches!(failed, Err(IndexError::CommitFailed(_))),
+            "{failed:?}"
+        );
+        assert!(
+            meta_keys(&index).is_empty(),
+            "nothing commits past a failed barrier"
+        );
+        fail.store(false, Ordering::SeqCst);
+        index.write(|ctx| put_meta(ctx, "kept")).await.unwrap();
+        assert_eq!(meta_keys(&index), vec!["kept".to_string()]);
     }
 }

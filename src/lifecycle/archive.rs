@@ -18,51 +18,37 @@
 //! before the rename, the archive copy has no row and is swept as unknown.
 
 use rayon::prelude::*;
-use rusqlite::{Connection, params};
 
-use super::gc::{GcOptions, GcSummary, Unlinked, in_write_tx, millis, unlink};
+use super::gc::{GcOptions, GcSummary, in_write_tx, millis};
 use super::report::progress;
-use crate::store::{ArchiveCopy, BlobStore};
+use crate::index::Maintenance;
+use crate::store::{ArchiveCopy, BlobStore, Pending, Tier, Unlinked};
 
 /// One archival pass (a GC phase). Does nothing when the store has no archive root.
 pub fn run(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
-    if store.archive_blobs_dir().is_none() {
+    if !store.has_archive() {
         return Ok(());
     }
     // Both are Unix ms; a blob counts as new while any upload of it is.
     let cutoff = opts.now_ms.saturating_sub(millis(opts.archive_after));
-    let total: u64 = conn.query_row(
-        "SELECT count(*) FROM blobs WHERE refcount > 0 AND created_at <= ?1",
-        [cutoff],
-        |r| r.get(0),
-    )?;
+    let total = index.reader().count_archivable(cutoff)?;
     let bar = progress(total, "archive", opts.progress);
-    let mut cursor: Vec<u8> = Vec::new();
+    let mut cursor: Option<blake3::Hash> = None;
     loop {
-        let rows: Vec<([u8; 32], u64)> = conn
-            .prepare_cached(
-                "SELECT b.hash, b.size FROM blobs b
-                 WHERE b.hash > ?1 AND b.refcount > 0 AND b.created_at <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM media m
-                                   WHERE m.hash = b.hash AND m.uploaded_at > ?2)
-                 ORDER BY b.hash LIMIT ?3",
-            )?
-            .query_map(params![cursor, cutoff, opts.batch as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = index
+            .reader()
+            .archivable_blobs(cutoff, cursor.as_ref(), opts.batch)?;
         let Some(last) = rows.last() else { break };
-        cursor = last.0.to_vec();
+        cursor = Some(last.0);
         bar.inc(rows.len() as u64);
         let candidates: Vec<(blake3::Hash, u64)> = rows
             .into_iter()
-            .map(|(h, size)| (blake3::Hash::from_bytes(h), size))
-            .filter(|(hash, _)| store.blob_path(hash).is_file())
+            .filter(|(hash, _)| store.in_primary(hash))
             .collect();
         if candidates.is_empty() {
             continue;
@@ -71,13 +57,13 @@ pub fn run(
             for (hash, size) in &candidates {
                 summary
                     .would_archive
-                    .push(store.blob_path(hash).display().to_string());
+                    .push(store.describe(Tier::Primary, hash));
                 summary.blobs_archived += 1;
                 summary.bytes_archived += size;
             }
             continue;
         }
-        move_batch(conn, store, &candidates, opts, summary)?;
+        move_batch(index, store, &candidates, opts, summary)?;
     }
     bar.finish_and_clear();
     Ok(())
@@ -87,7 +73,7 @@ pub fn run(
 /// durability barrier for all of them), then one write transaction unlinking
 /// the primaries.
 fn move_batch(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
     candidates: &[(blake3::Hash, u64)],
     opts: &GcOptions,
@@ -95,7 +81,7 @@ fn move_batch(
 ) -> anyhow::Result<()> {
     let mut staged = Vec::with_capacity(candidates.len());
     let mut copied = Vec::with_capacity(candidates.len());
-    let mut dirs = Vec::new();
+    let mut pending = Pending::default();
     // Copying and hashing is CPU work: spread it over the cores.
     let outcomes: Vec<_> = candidates
         .par_iter()
@@ -109,9 +95,7 @@ fn move_batch(
             }
             Ok(ArchiveCopy::AlreadyThere) => {
                 // Its folder entry may predate a crash of the mover: sync it too.
-                if let Some(path) = store.archive_path(hash) {
-                    dirs.push(path.parent().expect("blob paths have a shard").to_owned());
-                }
+                pending.merge(store.archive_entry(hash));
                 copied.push((*hash, *size));
             }
             Ok(ArchiveCopy::SourceGone) => {}
@@ -127,24 +111,29 @@ fn move_batch(
     if copied.is_empty() {
         return Ok(());
     }
-    dirs.extend(
+    pending.merge(
         store
             .install_archive_copies(staged)
             .map_err(|e| anyhow::anyhow!("cannot install archive copies: {e}"))?,
     );
-    crate::store::make_dirs_durable(&dirs)
+    store
+        .make_durable(pending)
         .map_err(|e| anyhow::anyhow!("cannot make archive folders durable: {e}"))?;
 
-    in_write_tx(conn, opts, |_| {
+    in_write_tx(index, opts, |_| {
         for (hash, size) in copied {
             // Under the lock no GC is removing the archive copy: if it is
             // whole now, it stays whole after the primary goes.
             if !store.archived_whole(&hash, size) {
                 continue;
             }
-            if unlink(&store.blob_path(&hash), summary) == Unlinked::Removed {
-                summary.blobs_archived += 1;
-                summary.bytes_archived += size;
+            match store.delete_primary_copy(&hash) {
+                Ok(Unlinked::Removed) => {
+                    summary.blobs_archived += 1;
+                    summary.bytes_archived += size;
+                }
+                Ok(Unlinked::Absent) => {}
+                Err(e) => summary.errors.push(e.to_string()),
             }
         }
         Ok(())

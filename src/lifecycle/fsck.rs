@@ -14,29 +14,22 @@
 //! of the same content re-installs the blob (the upload finds no file), and a
 //! later fsck that finds it whole clears the mark.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::report::{BlobEntry, progress, shard_count, walk_blobs};
-use crate::store::{BlobStore, Tier};
+use super::report::progress;
+use crate::index::Maintenance;
+use crate::store::{BlobEntry, BlobStore, Tier, Verdict};
+
+pub use crate::index::CountMismatch;
 
 #[derive(Debug, Clone, Default)]
 pub struct FsckOptions {
     pub repair: bool,
     pub progress: bool,
     pub now_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct CountMismatch {
-    pub hash: String,
-    pub recorded: i64,
-    pub actual: i64,
-    pub zero_since: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -126,41 +119,8 @@ impl FsckSummary {
 /// Rows read per chunk: bounds memory at any index size.
 const CHUNK: usize = 4096;
 
-enum Verdict {
-    Ok,
-    Missing,
-    Corrupt,
-}
-
-/// Files below this are read and hashed on one thread (files are already
-/// spread over the cores); mapping them costs more than it saves.
-const MMAP_FROM: u64 = 1 << 20;
-
-fn verify(path: &Path, size: u64, hash: &blake3::Hash) -> Verdict {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Verdict::Missing,
-        Err(_) => return Verdict::Corrupt,
-    };
-    if meta.len() != size {
-        return Verdict::Corrupt;
-    }
-    let actual = if size < MMAP_FROM {
-        std::fs::read(path).map(|bytes| blake3::hash(&bytes))
-    } else {
-        // blake3 maps the file (memmap2) and hashes it on the rayon pool.
-        // Blobs are never modified in place (I1), so the mapping is stable.
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(path).map(|h| h.finalize())
-    };
-    match actual {
-        Ok(h) if h == *hash => Verdict::Ok,
-        _ => Verdict::Corrupt,
-    }
-}
-
 pub fn run(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
     opts: &FsckOptions,
 ) -> anyhow::Result<FsckSummary> {
@@ -169,41 +129,25 @@ pub fn run(
         repaired: opts.repair,
         ..Default::default()
     };
-    let total: u64 = conn.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?;
-    let marked: std::collections::HashSet<[u8; 32]> = conn
-        .prepare("SELECT DISTINCT hash FROM media WHERE corrupt_since IS NOT NULL")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let reader = index.reader();
+    let total = reader.count_blobs()?;
+    let marked = reader.corrupt_marked_hashes()?;
 
     // 1. Every blob row against its file, in chunks, files hashed in parallel.
     let bar = progress(total, "blobs", opts.progress);
-    let mut after: Vec<u8> = Vec::new();
+    let mut after: Option<blake3::Hash> = None;
     let mut to_quarantine = Vec::new();
     let mut to_mark = Vec::new();
     let mut healthy_marked = Vec::new();
     loop {
-        let rows: Vec<([u8; 32], u64, i64)> = conn
-            .prepare_cached(
-                "SELECT hash, size, refcount FROM blobs WHERE hash > ?1 ORDER BY hash LIMIT ?2",
-            )?
-            .query_map(params![after, CHUNK as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = reader.blobs_after(after.as_ref(), CHUNK)?;
         let Some(last) = rows.last() else { break };
-        after = last.0.to_vec();
+        after = Some(last.0);
         let verdicts: Vec<(Verdict, Option<Tier>)> = rows
             .par_iter()
-            .map(|(h, size, _)| {
-                let hash = blake3::Hash::from_bytes(*h);
-                match store.locate(&hash) {
-                    Some((path, tier)) => (verify(&path, *size, &hash), Some(tier)),
-                    None => (Verdict::Missing, None),
-                }
-            })
+            .map(|(hash, size, _)| store.verify(hash, *size))
             .collect();
-        for ((h, size, refcount), (verdict, tier)) in rows.iter().zip(verdicts) {
-            let hash = blake3::Hash::from_bytes(*h);
+        for ((hash, size, refcount), (verdict, tier)) in rows.iter().zip(verdicts) {
             let hex = hash.to_hex().to_string();
             summary.blobs_checked += 1;
             if tier == Some(Tier::Archive) {
@@ -212,26 +156,26 @@ pub fn run(
             match verdict {
                 Verdict::Ok => {
                     summary.bytes_checked += size;
-                    if marked.contains(h) {
-                        healthy_marked.push(hash);
+                    if marked.contains(hash) {
+                        healthy_marked.push(*hash);
                     }
                 }
                 Verdict::Missing if *refcount == 0 => summary.orphan_rows.push(hex),
                 Verdict::Missing => {
                     // GC may have removed it since this chunk was read (its count
                     // fell to 0 meanwhile): only a still-referenced row counts.
-                    if still_referenced(conn, &hash)? {
-                        if all_marked(conn, &hash)? {
+                    if reader.still_referenced(hash)? {
+                        if reader.all_marked_corrupt(hash)? {
                             summary.known_lost.push(hex);
                         } else {
                             summary.missing.push(hex);
-                            to_mark.push(hash);
+                            to_mark.push(*hash);
                         }
                     }
                 }
                 Verdict::Corrupt => {
                     summary.corrupt.push(hex);
-                    to_quarantine.push(hash);
+                    to_quarantine.push(*hash);
                 }
             }
         }
@@ -240,17 +184,17 @@ pub fn run(
     bar.finish_and_clear();
 
     // 2. Counts against the media rows, in one statement (one snapshot).
-    summary.count_mismatches = count_mismatches(conn)?;
+    summary.count_mismatches = reader.count_mismatches()?;
 
     // 3. Files the index does not know, in each root.
-    orphan_files(conn, store.blobs_dir(), opts, &mut summary)?;
-    if let Some(archived) = store.archive_blobs_dir() {
-        orphan_files(conn, archived, opts, &mut summary)?;
+    orphan_files(index, store, Tier::Primary, opts, &mut summary)?;
+    if store.has_archive() {
+        orphan_files(index, store, Tier::Archive, opts, &mut summary)?;
     }
 
     if opts.repair {
         repair(
-            conn,
+            index,
             store,
             opts.now_ms,
             &to_quarantine,
@@ -263,38 +207,47 @@ pub fn run(
     Ok(summary)
 }
 
-/// Lists the files under `blobs` (a root's blob folder) with no index row.
+/// Lists the files in a root's `blobs/` with no index row.
 fn orphan_files(
-    conn: &Connection,
-    blobs_dir: &Path,
+    index: &Maintenance,
+    store: &BlobStore,
+    tier: Tier,
     opts: &FsckOptions,
     summary: &mut FsckSummary,
 ) -> anyhow::Result<()> {
-    let bar = progress(shard_count(blobs_dir), "orphan files", opts.progress);
+    let bar = progress(store.shard_count(tier), "orphan files", opts.progress);
+    let reader = index.reader();
     // The walk yields files in hash order (the shard folders are hash
     // prefixes), so a merge with the rows in hash order finds the unknown ones
-    // without one lookup per file.
-    let mut stmt = conn.prepare("SELECT hash FROM blobs ORDER BY hash")?;
-    let mut rows = stmt.query([])?;
-    let mut current: Option<[u8; 32]> = None;
+    // without one lookup per file; rows are read in chunks.
+    let mut rows: std::collections::VecDeque<blake3::Hash> = Default::default();
+    let mut after: Option<blake3::Hash> = None;
     let mut exhausted = false;
-    walk_blobs(
-        blobs_dir,
+    store.walk(
+        tier,
         || bar.inc(1),
-        |entries| {
-            for entry in entries {
+        |entries| -> anyhow::Result<()> {
+            for (entry, _) in entries {
                 match entry {
-                    BlobEntry::Foreign(p) => summary.foreign_files.push(p.display().to_string()),
-                    BlobEntry::Blob(hash, path) => {
+                    BlobEntry::Foreign(p) => summary.foreign_files.push(p),
+                    BlobEntry::Blob(hash) => {
                         let h = *hash.as_bytes();
-                        while !exhausted && current.is_none_or(|c| c < h) {
-                            match rows.next()? {
-                                Some(r) => current = Some(r.get(0)?),
+                        loop {
+                            while rows.front().is_some_and(|r| *r.as_bytes() < h) {
+                                rows.pop_front();
+                            }
+                            if !rows.is_empty() || exhausted {
+                                break;
+                            }
+                            let chunk = reader.blobs_after(after.as_ref(), CHUNK)?;
+                            match chunk.last() {
+                                Some(last) => after = Some(last.0),
                                 None => exhausted = true,
                             }
+                            rows.extend(chunk.into_iter().map(|(h, _, _)| h));
                         }
-                        if current != Some(h) {
-                            summary.orphan_files.push(path.display().to_string());
+                        if rows.front() != Some(&hash) {
+                            summary.orphan_files.push(store.describe(tier, &hash));
                         }
                     }
                 }
@@ -306,47 +259,8 @@ fn orphan_files(
     Ok(())
 }
 
-fn still_referenced(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM blobs WHERE hash = ?1 AND refcount > 0)",
-        [hash.as_bytes()],
-        |r| r.get(0),
-    )
-}
-
-fn all_marked(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM media WHERE hash = ?1 AND corrupt_since IS NULL)",
-        [hash.as_bytes()],
-        |r| r.get(0),
-    )
-}
-
-const MISMATCH_SQL: &str = "
-    SELECT hash, refcount, actual, zero_since FROM (
-        SELECT b.hash, b.refcount, b.zero_since,
-               (SELECT count(*) FROM media m WHERE m.hash = b.hash) AS actual
-        FROM blobs b)
-    WHERE refcount != actual
-       OR (actual = 0 AND zero_since IS NULL)
-       OR (actual > 0 AND zero_since IS NOT NULL)";
-
-fn count_mismatches(conn: &Connection) -> rusqlite::Result<Vec<CountMismatch>> {
-    conn.prepare(MISMATCH_SQL)?
-        .query_map([], |r| {
-            let h: [u8; 32] = r.get(0)?;
-            Ok(CountMismatch {
-                hash: blake3::Hash::from_bytes(h).to_hex().to_string(),
-                recorded: r.get(1)?,
-                actual: r.get(2)?,
-                zero_since: r.get(3)?,
-            })
-        })?
-        .collect()
-}
-
 fn repair(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
     now_ms: i64,
     to_quarantine: &[blake3::Hash],
@@ -356,73 +270,28 @@ fn repair(
 ) -> anyhow::Result<()> {
     // Under the write lock, like GC: no upload decides "deduplicated" on a
     // file we are moving, and the recount sees every committed row.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    summary.counts_fixed = tx.execute(
-        &("UPDATE blobs SET
-             refcount = (SELECT count(*) FROM media m WHERE m.hash = blobs.hash),
-             zero_since = CASE WHEN (SELECT count(*) FROM media m WHERE m.hash = blobs.hash) = 0
-                               THEN coalesce(zero_since, ?1) ELSE NULL END
-         WHERE hash IN (SELECT hash FROM ("
-            .to_owned()
-            + MISMATCH_SQL
-            + "))"),
-        [now_ms],
-    )? as u64;
-    for hash in to_quarantine {
-        let Some((from, _)) = store.locate(hash) else {
+    index.immediate(|tx| -> anyhow::Result<()> {
+        summary.counts_fixed = tx.recount_mismatches(now_ms)?;
+        for hash in to_quarantine {
+            // Re-verify under the lock: an upload may have replaced a missing file.
+            if let Some(size) = tx.blob_size(hash)?
+                && store.verify(hash, size).0 == Verdict::Ok
+            {
+                continue;
+            }
             // Gone meanwhile: nothing to move; whatever media still use the
             // hash have lost their data and are marked.
-            summary.media_marked += mark(&tx, hash, now_ms)?;
-            continue;
-        };
-        // Next to the root it was found in: a rename never crosses disks.
-        let quarantine = quarantine_dir(&from);
-        // Re-verify under the lock: an upload may have replaced a missing file.
-        let size: Option<u64> = tx
-            .query_row(
-                "SELECT size FROM blobs WHERE hash = ?1",
-                [hash.as_bytes()],
-                |r| r.get(0),
-            )
-            .ok();
-        if size.is_some_and(|s| matches!(verify(&from, s, hash), Verdict::Ok)) {
-            continue;
+            if let Some(moved) = store.quarantine(hash, now_ms)? {
+                summary.quarantined.push(moved);
+            }
+            summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
         }
-        std::fs::create_dir_all(&quarantine)?;
-        let to = quarantine.join(format!("{}.{now_ms}", hash.to_hex()));
-        match std::fs::rename(&from, &to) {
-            Ok(()) => summary.quarantined.push(to.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::anyhow!("cannot quarantine {}: {e}", from.display())),
+        for hash in to_mark {
+            summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
         }
-        crate::store::fsync_dir(&quarantine)?;
-        summary.media_marked += mark(&tx, hash, now_ms)?;
-    }
-    for hash in to_mark {
-        summary.media_marked += mark(&tx, hash, now_ms)?;
-    }
-    for hash in healthy_marked {
-        summary.media_unmarked += tx.execute(
-            "UPDATE media SET corrupt_since = NULL WHERE hash = ?1 AND corrupt_since IS NOT NULL",
-            [hash.as_bytes()],
-        )? as u64;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-fn mark(tx: &Connection, hash: &blake3::Hash, now_ms: i64) -> rusqlite::Result<u64> {
-    Ok(tx.execute(
-        "UPDATE media SET corrupt_since = ?2 WHERE hash = ?1 AND corrupt_since IS NULL",
-        params![hash.as_bytes(), now_ms],
-    )? as u64)
-}
-
-/// `<root>/quarantine` for a blob file at `<root>/blobs/xx/yy/<hash>`.
-pub fn quarantine_dir(blob_file: &Path) -> PathBuf {
-    blob_file
-        .ancestors()
-        .nth(4)
-        .expect("is a bug: blob paths are <root>/blobs/xx/yy/<hash>")
-        .join("quarantine")
+        for hash in healthy_marked {
+            summary.media_unmarked += tx.unmark_corrupt(hash)?;
+        }
+        Ok(())
+    })
 }

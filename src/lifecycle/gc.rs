@@ -14,16 +14,15 @@
 //! the file, deletes the row, and commits. Whichever transaction comes second
 //! sees the other's result whole.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::report::{BlobEntry, progress, shard_count, walk_blobs};
+use super::report::progress;
 use super::retention::{self, RetentionSummary};
-use super::{ExternalReferences, RetentionConfig};
-use crate::store::BlobStore;
+use super::{ArchiveConfig, ExternalReferences, GcConfig, RetentionConfig};
+use crate::index::{Maintenance, Tx, ZeroCountBlob};
+use crate::store::{BlobEntry, BlobStore, Tier, Unlinked};
 
 /// What one GC run is told.
 #[derive(Debug, Clone)]
@@ -52,8 +51,7 @@ pub struct GcOptions {
 }
 
 impl GcOptions {
-    pub fn from_config(config: &crate::Config, now_ms: i64) -> GcOptions {
-        let gc = &config.gc;
+    pub fn from_config(gc: &GcConfig, archive: &ArchiveConfig, now_ms: i64) -> GcOptions {
         GcOptions {
             grace: gc.grace,
             tmp_max_age: gc.tmp_max_age,
@@ -63,7 +61,7 @@ impl GcOptions {
             progress: false,
             retention: true,
             pace: true,
-            archive_after: Duration::from_secs(config.archive.after_days.saturating_mul(86_400)),
+            archive_after: Duration::from_secs(archive.after_days.saturating_mul(86_400)),
         }
     }
 }
@@ -159,11 +157,11 @@ impl GcSummary {
     }
 }
 
-/// One full GC run over an open index connection (its own, not the daemon's:
-/// the SQLite write lock is what serialises it with uploads, in this process
-/// or another).
+/// One full GC run on its own index connection (not the daemon's: the
+/// SQLite write lock is what serialises it with uploads, in this process or
+/// another).
 pub fn run(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
     retention_cfg: &RetentionConfig,
     opts: &GcOptions,
@@ -182,25 +180,38 @@ pub fn run(
         phase = Instant::now();
     };
     if opts.retention {
-        summary.retention = retention::expire(conn, retention_cfg, opts, external)?;
+        summary.retention = retention::expire(index, retention_cfg, opts, external)?;
     }
     lap(&mut summary, "retention");
-    collect_zero_count_blobs(conn, store, opts, &mut summary)?;
+    collect_zero_count_blobs(index, store, opts, &mut summary)?;
     lap(&mut summary, "blobs");
-    collect_unknown_files(conn, store, store.blobs_dir(), opts, &mut summary)?;
-    if let Some(archived) = store.archive_blobs_dir() {
-        collect_unknown_files(conn, store, archived, opts, &mut summary)?;
+    collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
+    if store.has_archive() {
+        collect_unknown_files(index, store, Tier::Archive, opts, &mut summary)?;
     }
     lap(&mut summary, "unknown_files");
-    super::archive::run(conn, store, opts, &mut summary)?;
+    super::archive::run(index, store, opts, &mut summary)?;
     lap(&mut summary, "archive");
-    collect_staging_files(store.tmp_dir(), opts, &mut summary)?;
-    if let Some(tmp) = store.archive_tmp_dir() {
-        collect_staging_files(tmp, opts, &mut summary)?;
+    let cutoff = opts.now_ms.saturating_sub(millis(opts.tmp_max_age));
+    let swept = store.sweep_staging(cutoff, opts.dry_run)?;
+    summary.tmp_files_deleted = swept.len() as u64;
+    if opts.dry_run {
+        summary.would_delete.extend(swept);
     }
     lap(&mut summary, "tmp");
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// Opens a data folder's existing index and its blob store for a lifecycle
+/// run, refusing a folder that has no index (a wrong or unmounted path).
+pub fn open_existing(
+    data_dir: &std::path::Path,
+    archive_root: Option<&std::path::Path>,
+) -> anyhow::Result<(Maintenance, BlobStore)> {
+    let index = Maintenance::open_existing(data_dir)?;
+    let store = BlobStore::open(data_dir)?.with_archive(archive_root)?;
+    Ok((index, store))
 }
 
 pub(super) fn millis(d: Duration) -> i64 {
@@ -211,187 +222,167 @@ pub(super) fn millis(d: Duration) -> i64 {
 /// each batch one `BEGIN IMMEDIATE` transaction that selects (and so
 /// re-checks) its rows under the write lock.
 fn collect_zero_count_blobs(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
     let cutoff = opts.now_ms.saturating_sub(millis(opts.grace));
-    let total: u64 = conn.query_row(
-        "SELECT count(*) FROM blobs WHERE refcount = 0 AND zero_since <= ?1",
-        [cutoff],
-        |r| r.get(0),
-    )?;
+    let total = index.reader().count_zero_count_blobs(cutoff)?;
     let bar = progress(total, "blobs", opts.progress);
     // Keyset cursor over the partial index (zero_since, hash) WHERE refcount = 0:
     // rows skipped (dry run, errors) are not seen again.
-    let mut cursor: (i64, Vec<u8>) = (i64::MIN, Vec::new());
+    let mut cursor: Option<ZeroCountBlob> = None;
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let tx_started = Instant::now();
-        let rows: Vec<(i64, [u8; 32], u64)> = tx
-            .prepare_cached(
-                "SELECT zero_since, hash, size FROM blobs
-                 WHERE refcount = 0 AND zero_since <= ?1 AND (zero_since, hash) > (?2, ?3)
-                 ORDER BY zero_since, hash LIMIT ?4",
-            )?
-            .query_map(
-                params![cutoff, cursor.0, cursor.1, opts.batch as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        let Some(last) = rows.last() else { break };
-        cursor = (last.0, last.1.to_vec());
-        for (_, hash, size) in &rows {
-            let hash = blake3::Hash::from_bytes(*hash);
-            let path = store.blob_path(&hash);
-            let archived = store.archive_path(&hash);
-            // Never trust the count alone: a media row using the hash means the
-            // count drifted (fsck --repair fixes it); keep the file.
-            let used: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)",
-                [hash.as_bytes()],
-                |r| r.get(0),
-            )?;
-            if used {
-                summary.errors.push(format!(
-                    "blob {} has count 0 but media rows use it; kept (run `media-store fsck --repair`)",
-                    hash.to_hex()
-                ));
-                continue;
+        let seen = in_write_tx(index, opts, |tx| {
+            let rows = tx.zero_count_blobs(cutoff, cursor.as_ref(), opts.batch)?;
+            for blob in &rows {
+                collect_one(tx, store, blob, opts, summary)?;
             }
-            if opts.dry_run {
-                summary.would_delete.push(path.display().to_string());
-                summary.blobs_deleted += 1;
-                summary.bytes_freed += size;
-                continue;
-            }
-            // Files first (both copies), then the row, all under the write
-            // lock: a crash in between leaves a count-0 row without a file,
-            // which an upload treats as absent (it installs its own copy) and
-            // the next GC drops.
-            let mut failed = false;
-            for copy in std::iter::once(&path).chain(archived.as_ref()) {
-                match unlink(copy, summary) {
-                    Unlinked::Removed => summary.bytes_freed += size,
-                    Unlinked::Absent => {}
-                    Unlinked::Failed => failed = true,
-                }
-            }
-            if failed {
-                continue;
-            }
-            tx.execute(
-                "DELETE FROM blobs WHERE hash = ?1 AND refcount = 0",
-                [hash.as_bytes()],
-            )?;
-            summary.blobs_deleted += 1;
+            cursor = rows.last().cloned();
+            Ok(rows.len())
+        })?;
+        if seen == 0 {
+            break;
         }
-        tx.commit()?;
-        bar.inc(rows.len() as u64);
-        pace(opts, tx_started);
+        bar.inc(seen as u64);
     }
     bar.finish_and_clear();
     Ok(())
 }
 
-/// Files under `dir` (the primary or the archive `blobs/`) with no `blobs`
-/// row, untouched for the grace period. A blob renamed into place by an upload
-/// whose transaction has not committed yet has no row either: the re-check
-/// happens under the write lock (which that upload holds from its rename to its
-/// commit), and the mtime bound keeps any file written recently.
+fn collect_one(
+    tx: &Tx<'_>,
+    store: &BlobStore,
+    blob: &ZeroCountBlob,
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    let hash = &blob.hash;
+    // Never trust the count alone: a media row using the hash means the
+    // count drifted (fsck --repair fixes it); keep the file.
+    if tx.hash_in_use(hash)? {
+        summary.errors.push(format!(
+            "blob {} has count 0 but media rows use it; kept (run `media-store fsck --repair`)",
+            hash.to_hex()
+        ));
+        return Ok(());
+    }
+    if opts.dry_run {
+        summary
+            .would_delete
+            .push(store.describe(Tier::Primary, hash));
+        summary.blobs_deleted += 1;
+        summary.bytes_freed += blob.size;
+        return Ok(());
+    }
+    // Files first (both copies), then the row, all under the write lock: a
+    // crash in between leaves a count-0 row without a file, which an upload
+    // treats as absent (it installs its own copy) and the next GC drops.
+    match store.delete(hash) {
+        Ok(copies) => summary.bytes_freed += copies * blob.size,
+        Err(e) => {
+            summary.errors.push(e.to_string());
+            return Ok(());
+        }
+    }
+    tx.forget_zero_count_blob(hash)?;
+    summary.blobs_deleted += 1;
+    Ok(())
+}
+
+/// Files under a root's `blobs/` with no `blobs` row, untouched for the grace
+/// period. A blob renamed into place by an upload whose transaction has not
+/// committed yet has no row either: the re-check happens under the write lock
+/// (which that upload holds from its rename to its commit), and the mtime
+/// bound keeps any file written recently.
 ///
-/// In the primary folder, a known blob whose archive copy is whole is a
+/// In the primary root, a known blob whose archive copy is whole is a
 /// leftover of an interrupted move (A3): its primary copy is deleted.
 fn collect_unknown_files(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
-    dir: &Path,
+    tier: Tier,
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
     let cutoff = opts.now_ms.saturating_sub(millis(opts.grace));
-    let primary = dir == store.blobs_dir();
-    let bar = progress(shard_count(dir), "unknown files", opts.progress);
-    let mut pending: Vec<(blake3::Hash, PathBuf)> = Vec::new();
-    let mut redundant: Vec<(blake3::Hash, PathBuf)> = Vec::new();
-    walk_blobs(
-        dir,
+    let bar = progress(store.shard_count(tier), "unknown files", opts.progress);
+    let mut unknown: Vec<blake3::Hash> = Vec::new();
+    let mut redundant: Vec<blake3::Hash> = Vec::new();
+    store.walk(
+        tier,
         || bar.inc(1),
-        |entries| {
-            for entry in entries {
+        |entries| -> anyhow::Result<()> {
+            for (entry, modified) in entries {
                 match entry {
-                    BlobEntry::Foreign(p) => summary.foreign_files.push(p.display().to_string()),
-                    BlobEntry::Blob(hash, path) => match known_size(conn, &hash)? {
-                        Some(size) if primary && store.archived_whole(&hash, size) => {
-                            redundant.push((hash, path))
+                    BlobEntry::Foreign(p) => summary.foreign_files.push(p),
+                    BlobEntry::Blob(hash) => match index.reader().blob_size(&hash)? {
+                        Some(size)
+                            if tier == Tier::Primary && store.archived_whole(&hash, size) =>
+                        {
+                            redundant.push(hash)
                         }
                         Some(_) => {}
-                        None if older_than(&path, cutoff) => pending.push((hash, path)),
+                        None if modified.is_some_and(|m| m <= cutoff) => unknown.push(hash),
                         None => {}
                     },
                 }
             }
-            if pending.len() >= opts.batch {
-                delete_unknown(conn, &mut pending, cutoff, opts, summary)?;
+            if unknown.len() >= opts.batch {
+                delete_unknown(index, store, tier, &mut unknown, cutoff, opts, summary)?;
             }
             if redundant.len() >= opts.batch {
-                delete_redundant(conn, store, &mut redundant, opts, summary)?;
+                delete_redundant(index, store, &mut redundant, opts, summary)?;
             }
             Ok(())
         },
     )?;
-    delete_unknown(conn, &mut pending, cutoff, opts, summary)?;
-    delete_redundant(conn, store, &mut redundant, opts, summary)?;
+    delete_unknown(index, store, tier, &mut unknown, cutoff, opts, summary)?;
+    delete_redundant(index, store, &mut redundant, opts, summary)?;
     bar.finish_and_clear();
     Ok(())
-}
-
-/// The size recorded for a blob, if the index knows it.
-fn known_size(conn: &Connection, hash: &blake3::Hash) -> rusqlite::Result<Option<u64>> {
-    conn.prepare_cached("SELECT size FROM blobs WHERE hash = ?1")?
-        .query_row([hash.as_bytes()], |r| r.get(0))
-        .optional()
 }
 
 /// Deletes primary copies of blobs whose archive copy is whole, under the
 /// write lock, after making the archive copy's folder entry durable (its
 /// mover may not have synced it yet).
 fn delete_redundant(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     store: &BlobStore,
-    pending: &mut Vec<(blake3::Hash, PathBuf)>,
+    pending: &mut Vec<blake3::Hash>,
     opts: &GcOptions,
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    in_write_tx(conn, opts, |tx| {
-        for (hash, path) in pending.drain(..) {
-            let Some(size) = known_size(tx, &hash)? else {
+    in_write_tx(index, opts, |tx| {
+        for hash in pending.drain(..) {
+            let Some(size) = tx.blob_size(&hash)? else {
                 continue;
             };
             if !store.archived_whole(&hash, size) {
                 continue;
             }
             if opts.dry_run {
-                summary.would_delete.push(path.display().to_string());
-                summary.redundant_copies_deleted += 1;
-                continue;
-            }
-            let copy = store
-                .archive_path(&hash)
-                .expect("archived_whole implies a root");
-            let shard = copy.parent().expect("blob paths have a shard");
-            if let Err(e) = crate::store::fsync_dir(shard) {
                 summary
-                    .errors
-                    .push(format!("cannot sync the folder of {}: {e}", copy.display()));
+                    .would_delete
+                    .push(store.describe(Tier::Primary, &hash));
+                summary.redundant_copies_deleted += 1;
                 continue;
             }
-            if unlink(&path, summary) == Unlinked::Removed {
-                summary.redundant_copies_deleted += 1;
+            if let Err(e) = store.make_durable(store.archive_entry(&hash)) {
+                summary.errors.push(format!(
+                    "cannot sync the folder of {}: {e}",
+                    store.describe(Tier::Archive, &hash)
+                ));
+                continue;
+            }
+            match store.delete_primary_copy(&hash) {
+                Ok(Unlinked::Removed) => summary.redundant_copies_deleted += 1,
+                Ok(Unlinked::Absent) => {}
+                Err(e) => summary.errors.push(e.to_string()),
             }
         }
         Ok(())
@@ -400,31 +391,22 @@ fn delete_redundant(
 
 /// Runs `f` in one `BEGIN IMMEDIATE` transaction (SQLite's write lock, which
 /// the daemon's upload commit also takes), commits, then [`pace`]s.
-pub(super) fn in_write_tx(
-    conn: &mut Connection,
+pub(super) fn in_write_tx<T>(
+    index: &mut Maintenance,
     opts: &GcOptions,
-    f: impl FnOnce(&Connection) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    f: impl FnOnce(&Tx<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let started = Instant::now();
-    f(&tx)?;
-    tx.commit()?;
+    let out = index.immediate(f)?;
     pace(opts, started);
-    Ok(())
-}
-
-fn mtime_ms(path: &Path) -> Option<i64> {
-    let m = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
-    Some(m.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
-}
-
-fn older_than(path: &Path, cutoff_ms: i64) -> bool {
-    mtime_ms(path).is_some_and(|m| m <= cutoff_ms)
+    Ok(out)
 }
 
 fn delete_unknown(
-    conn: &mut Connection,
-    pending: &mut Vec<(blake3::Hash, PathBuf)>,
+    index: &mut Maintenance,
+    store: &BlobStore,
+    tier: Tier,
+    pending: &mut Vec<blake3::Hash>,
     cutoff: i64,
     opts: &GcOptions,
     summary: &mut GcSummary,
@@ -432,52 +414,32 @@ fn delete_unknown(
     if pending.is_empty() {
         return Ok(());
     }
-    in_write_tx(conn, opts, |tx| {
-        for (hash, path) in pending.drain(..) {
+    in_write_tx(index, opts, |tx| {
+        for hash in pending.drain(..) {
             // Under the write lock: no upload is between its rename and its commit.
-            if known_size(tx, &hash)?.is_some() || !older_than(&path, cutoff) {
+            let Some((size, modified)) = store.file_meta(tier, &hash) else {
+                continue;
+            };
+            if tx.blob_size(&hash)?.is_some() || modified > cutoff {
                 continue;
             }
-            let size = std::fs::symlink_metadata(&path)
-                .map(|m| m.len())
-                .unwrap_or(0);
             if opts.dry_run {
-                summary.would_delete.push(path.display().to_string());
+                summary.would_delete.push(store.describe(tier, &hash));
                 summary.unknown_files_deleted += 1;
                 summary.bytes_freed += size;
                 continue;
             }
-            if unlink(&path, summary) == Unlinked::Removed {
-                summary.unknown_files_deleted += 1;
-                summary.bytes_freed += size;
+            match store.delete_unknown(tier, &hash) {
+                Ok(Unlinked::Removed) => {
+                    summary.unknown_files_deleted += 1;
+                    summary.bytes_freed += size;
+                }
+                Ok(Unlinked::Absent) => {}
+                Err(e) => summary.errors.push(e.to_string()),
             }
         }
         Ok(())
     })
-}
-
-#[derive(Debug, PartialEq)]
-pub(super) enum Unlinked {
-    Removed,
-    /// Already gone: fine, nothing freed.
-    Absent,
-    /// Could not delete; the error is in the summary.
-    Failed,
-}
-
-/// Deletes one file for GC; a failure is recorded in the summary, not raised,
-/// so one unreadable file does not stop the run.
-pub(super) fn unlink(path: &Path, summary: &mut GcSummary) -> Unlinked {
-    match std::fs::remove_file(path) {
-        Ok(()) => Unlinked::Removed,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Unlinked::Absent,
-        Err(e) => {
-            summary
-                .errors
-                .push(format!("cannot delete {}: {e}", path.display()));
-            Unlinked::Failed
-        }
-    }
 }
 
 /// After a write transaction, leaves the write lock free for as long as the
@@ -491,111 +453,4 @@ pub fn pace(opts: &GcOptions, tx_started: Instant) {
         let held = tx_started.elapsed();
         std::thread::sleep(held.clamp(Duration::from_millis(10), Duration::from_millis(250)));
     }
-}
-
-/// Staging files untouched for `tmp_max_age`. An upload in flight writes its
-/// staging file continuously, so its mtime stays recent.
-fn collect_staging_files(
-    tmp: &Path,
-    opts: &GcOptions,
-    summary: &mut GcSummary,
-) -> anyhow::Result<()> {
-    let cutoff = opts.now_ms.saturating_sub(millis(opts.tmp_max_age));
-    let entries = std::fs::read_dir(tmp)
-        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", tmp.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.is_file() || !older_than(&path, cutoff) {
-            continue;
-        }
-        if opts.dry_run {
-            summary.would_delete.push(path.display().to_string());
-            summary.tmp_files_deleted += 1;
-        } else if std::fs::remove_file(&path).is_ok() {
-            summary.tmp_files_deleted += 1;
-        }
-    }
-    Ok(())
-}
-
-/// Milliseconds since the Unix epoch from the system clock.
-pub fn system_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Opens a data folder's index for a lifecycle command, refusing a folder
-/// that has no index: on a wrong or unmounted path, an empty new index would
-/// make every blob look unknown.
-pub fn open_existing(
-    data_dir: &Path,
-    archive_root: Option<&Path>,
-) -> anyhow::Result<(Connection, BlobStore)> {
-    let path = crate::app::index_path(data_dir);
-    if !path.is_file() {
-        anyhow::bail!(
-            "{} has no index ({} is missing); is the data folder right and mounted?",
-            data_dir.display(),
-            path.display()
-        );
-    }
-    let conn = crate::index::open_connection(&path)?;
-    conn.busy_handler(Some(poll_for_lock))?;
-    let store = BlobStore::open(data_dir)?.with_archive(archive_root)?;
-    Ok((conn, store))
-}
-
-/// Busy handler for lifecycle connections: retry every millisecond for up to
-/// 60 s. SQLite's default handler sleeps up to 100 ms between tries, which
-/// next to a daemon committing uploads back to back makes every GC batch wait
-/// hundreds of milliseconds for a lock that is free for short moments.
-fn poll_for_lock(retries: i32) -> bool {
-    std::thread::sleep(Duration::from_millis(1));
-    retries < 60_000
-}
-
-/// The daemon's own GC loop (`gc.interval` > 0): runs retention + GC on its
-/// own connection every interval, exactly as `media-store gc` would. Stops
-/// when the returned handle is aborted or dropped with the runtime.
-pub fn spawn_background(state: crate::AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let config = state.config();
-            let interval = config.gc.interval;
-            if interval.is_zero() {
-                // Off; look again later in case a reload turns it on.
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                continue;
-            }
-            tokio::time::sleep(interval).await;
-            let config = state.config();
-            let outcome = crate::tasks::blocking(move || -> anyhow::Result<GcSummary> {
-                let external = super::external_references(&config)?;
-                let (mut conn, store) = open_existing(&config.data_dir, config.archive.root())?;
-                let opts = GcOptions::from_config(&config, system_now_ms());
-                run(
-                    &mut conn,
-                    &store,
-                    &config.retention,
-                    &opts,
-                    external.as_deref(),
-                )
-            })
-            .await;
-            match outcome {
-                Ok(Ok(s)) => tracing::info!(
-                    blobs_deleted = s.blobs_deleted,
-                    bytes_freed = s.bytes_freed,
-                    media_expired = s.retention.orphans_expired + s.retention.aged_expired,
-                    unknown_files_deleted = s.unknown_files_deleted,
-                    duration_ms = s.duration_ms,
-                    "background gc finished"
-                ),
-                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "background gc failed"),
-                Err(e) => tracing::error!(error = %e, "background gc task panicked"),
-            }
-        }
-    })
 }

@@ -8,16 +8,13 @@
 //! zero-count row.
 
 pub mod archive;
-pub mod cli;
 pub mod fsck;
 pub mod gc;
-pub mod quota;
 pub mod refs;
 pub mod report;
 pub mod retention;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,23 +23,12 @@ use crate::error::{Classify, ErrorKind};
 use crate::index::IndexError;
 
 /// Someone outside the index who may still point at media ids: the chat
-/// backend's `messages.media_id` in MySQL (see `sync`). Retention and garbage
+/// backend's `messages.media_id` in MySQL (see `mirror`). Retention and garbage
 /// collection ask it before deleting media, and keep whatever it names.
 pub trait ExternalReferences: Send + Sync {
     /// Returns the subset of `media_ids` that are still referenced. An error
     /// means "unknown": the caller must then delete none of them.
     fn referenced(&self, media_ids: &[i64]) -> anyhow::Result<Vec<i64>>;
-}
-
-/// The external reference source for this configuration, if any. Retention in
-/// `media-store gc` and in the daemon's background task both get theirs here,
-/// so the MySQL implementation (issue #5) is wired in at this one place.
-pub fn external_references(
-    config: &crate::Config,
-) -> anyhow::Result<Option<Arc<dyn ExternalReferences>>> {
-    Ok(crate::sync::MysqlReferences::from_config(&config.mysql)
-        .map_err(|e| anyhow::anyhow!("mysql.url: {e}"))?
-        .map(|refs| Arc::new(refs) as Arc<dyn ExternalReferences>))
 }
 
 /// `[retention]`: what is deleted when, and per-uploader quotas.
@@ -179,12 +165,6 @@ pub enum LifecycleError {
     },
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
-}
-
-impl From<rusqlite::Error> for LifecycleError {
-    fn from(e: rusqlite::Error) -> Self {
-        LifecycleError::Index(e.into())
-    }
 }
 
 impl Classify for LifecycleError {

@@ -10,21 +10,11 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::gc::GcOptions;
 use super::{ExternalReferences, RetentionConfig};
-use crate::index::media as q;
-
-/// Why a media row expires.
-#[derive(Debug, Clone, PartialEq)]
-enum Rule {
-    /// Never attached to a message, uploaded before the cutoff.
-    Orphan,
-    /// Of this family, uploaded before the cutoff.
-    MaxAge(String),
-}
+use crate::index::{Maintenance, RetentionRule as Rule};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct RetentionSummary {
@@ -43,7 +33,7 @@ pub struct RetentionSummary {
 /// rows is deleted in its own short `BEGIN IMMEDIATE` transaction, which
 /// re-checks the rule, so the daemon's uploads keep flowing in between.
 pub fn expire(
-    conn: &mut Connection,
+    index: &mut Maintenance,
     cfg: &RetentionConfig,
     opts: &GcOptions,
     external: Option<&dyn ExternalReferences>,
@@ -59,14 +49,14 @@ pub fn expire(
     }
     for (rule, age) in rules {
         let cutoff = now_ms.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64);
-        // `uploaded_at` never decreases as `id` grows (I6): the rows before the
-        // cutoff are exactly the ids up to this one.
-        let Some(max_id) = last_id_before(conn, cutoff)? else {
+        let Some(max_id) = index.reader().last_id_before(cutoff)? else {
             continue;
         };
         let mut after = 0i64;
         loop {
-            let ids = candidates(conn, &rule, after, max_id, batch)?;
+            let ids = index
+                .reader()
+                .expiry_candidates(&rule, after, max_id, batch)?;
             let Some(&last) = ids.last() else { break };
             after = last;
             let kept = match external {
@@ -83,9 +73,9 @@ pub fn expire(
             } else if doomed.is_empty() {
                 0
             } else {
-                let (n, held) = delete_batch(conn, &rule, &doomed, cutoff, now_ms)?;
-                super::gc::pace(opts, held);
-                n
+                super::gc::in_write_tx(index, opts, |tx| {
+                    Ok(tx.expire_media(&rule, &doomed, cutoff, now_ms)?)
+                })?
             };
             match rule {
                 Rule::Orphan => summary.orphans_expired += deleted,
@@ -96,79 +86,10 @@ pub fn expire(
     Ok(summary)
 }
 
-fn last_id_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<Option<i64>> {
-    conn.query_row(
-        "SELECT id FROM media WHERE uploaded_at < ?1 ORDER BY uploaded_at DESC, id DESC LIMIT 1",
-        [cutoff],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
-fn candidates(
-    conn: &Connection,
-    rule: &Rule,
-    after: i64,
-    max_id: i64,
-    batch: usize,
-) -> rusqlite::Result<Vec<i64>> {
-    let limit = batch as i64;
-    match rule {
-        Rule::Orphan => conn
-            .prepare_cached(
-                "SELECT id FROM media m WHERE id > ?1 AND id <= ?2
-                 AND NOT EXISTS (SELECT 1 FROM message_media r WHERE r.media_id = m.id)
-                 ORDER BY id LIMIT ?3",
-            )?
-            .query_map(rusqlite::params![after, max_id, limit], |r| r.get(0))?
-            .collect(),
-        Rule::MaxAge(family) => conn
-            .prepare_cached(
-                "SELECT id FROM media WHERE family = ?1 AND id > ?2 AND id <= ?3
-                 ORDER BY id LIMIT ?4",
-            )?
-            .query_map(rusqlite::params![family, after, max_id, limit], |r| {
-                r.get(0)
-            })?
-            .collect(),
-    }
-}
-
-/// Deletes the rows that still match `rule`, under the write lock. Returns
-/// how many, and when the lock was taken.
-fn delete_batch(
-    conn: &mut Connection,
-    rule: &Rule,
-    ids: &[i64],
-    cutoff: i64,
-    now_ms: i64,
-) -> anyhow::Result<(u64, std::time::Instant)> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let started = std::time::Instant::now();
-    let mut deleted = 0;
-    for &id in ids {
-        // Re-check: the row may have been attached to a message since it was listed.
-        let still: bool = match rule {
-            Rule::Orphan => tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM media m WHERE m.id = ?1 AND m.uploaded_at < ?2
-                 AND NOT EXISTS (SELECT 1 FROM message_media r WHERE r.media_id = m.id))",
-                rusqlite::params![id, cutoff],
-                |r| r.get(0),
-            )?,
-            Rule::MaxAge(_) => true,
-        };
-        if still && q::delete_media(&tx, id, now_ms)?.is_some() {
-            deleted += 1;
-        }
-    }
-    tx.commit()?;
-    Ok((deleted, started))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::media::{NewMedia, add_blob_ref, insert_media};
+    use crate::index::NewMedia;
     use std::collections::BTreeMap;
 
     /// Test double for the MySQL reference source: names a fixed set of ids,
@@ -183,31 +104,36 @@ mod tests {
         }
     }
 
-    fn setup() -> (tempfile::TempDir, Connection) {
+    fn setup() -> (tempfile::TempDir, Maintenance) {
         let dir = tempfile::tempdir().unwrap();
-        let c = crate::index::open_connection(&dir.path().join("i.db")).unwrap();
+        let c = Maintenance::create(dir.path()).unwrap();
         (dir, c)
     }
 
     const DAY: i64 = 86_400_000;
 
-    fn upload(c: &Connection, t: &str, at: i64, seed: u64) -> i64 {
+    fn upload(c: &mut Maintenance, t: &str, at: i64, seed: u64) -> i64 {
         let content = seed.to_le_bytes();
         let hash = blake3::hash(&content);
-        add_blob_ref(c, &hash, 8, at).unwrap();
-        insert_media(
-            c,
-            &NewMedia {
-                uploader_id: 1,
-                file_type: t.into(),
-                hash,
-                size: 8,
-                original_name: None,
-            },
-            at,
-        )
+        c.immediate(|tx| {
+            tx.add_blob_ref(&hash, 8, at)?;
+            tx.insert_media(
+                &NewMedia {
+                    uploader_id: 1,
+                    file_type: t.into(),
+                    hash,
+                    size: 8,
+                    original_name: None,
+                },
+                at,
+            )
+        })
         .unwrap()
         .id
+    }
+
+    fn attach(c: &mut Maintenance, message: i64, media: i64) {
+        c.immediate(|tx| tx.attach(message, media, 1, 0)).unwrap();
     }
 
     fn opts(now_ms: i64, batch: usize, dry_run: bool) -> GcOptions {
@@ -215,12 +141,12 @@ mod tests {
             batch,
             dry_run,
             pace: false,
-            ..GcOptions::from_config(&Default::default(), now_ms)
+            ..GcOptions::from_config(&Default::default(), &Default::default(), now_ms)
         }
     }
 
-    fn exists(c: &Connection, id: i64) -> bool {
-        q::get_media(c, id).unwrap().is_some()
+    fn exists(c: &Maintenance, id: i64) -> bool {
+        c.reader().get_media(id).unwrap().is_some()
     }
 
     fn cfg(max_age: &[(&str, u64)]) -> RetentionConfig {
@@ -236,33 +162,30 @@ mod tests {
     #[test]
     fn orphans_expire_after_the_ttl_and_attached_media_stay() {
         let (_d, mut c) = setup();
-        let old_orphan = upload(&c, "image/png", 0, 1);
-        let old_attached = upload(&c, "image/png", 0, 2);
-        let young_orphan = upload(&c, "image/png", 10 * DAY, 3);
-        crate::lifecycle::refs::attach(&c, 1, old_attached, 1, 0).unwrap();
+        let old_orphan = upload(&mut c, "image/png", 0, 1);
+        let old_attached = upload(&mut c, "image/png", 0, 2);
+        let young_orphan = upload(&mut c, "image/png", 10 * DAY, 3);
+        attach(&mut c, 1, old_attached);
         let s = expire(&mut c, &cfg(&[]), &opts(10 * DAY + 1000, 1, false), None).unwrap();
         assert_eq!(s.orphans_expired, 1);
         assert!(!exists(&c, old_orphan));
         assert!(exists(&c, old_attached));
         assert!(exists(&c, young_orphan));
         // Its blob's count dropped to 0 with a tombstone: garbage for GC.
-        let (rc, zero): (i64, Option<i64>) = c
-            .query_row(
-                "SELECT refcount, zero_since FROM blobs WHERE hash = ?1",
-                [blake3::hash(&1u64.to_le_bytes()).as_bytes()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let state = c
+            .reader()
+            .blob_state(&blake3::hash(&1u64.to_le_bytes()))
             .unwrap();
-        assert_eq!((rc, zero), (0, Some(10 * DAY + 1000)));
+        assert_eq!(state, Some((0, Some(10 * DAY + 1000))));
     }
 
     #[test]
     fn max_age_applies_per_family_even_to_attached_media() {
         let (_d, mut c) = setup();
-        let video = upload(&c, "video/mp4", 0, 1);
-        let image = upload(&c, "image/png", 0, 2);
-        crate::lifecycle::refs::attach(&c, 1, video, 1, 0).unwrap();
-        crate::lifecycle::refs::attach(&c, 1, image, 1, 0).unwrap();
+        let video = upload(&mut c, "video/mp4", 0, 1);
+        let image = upload(&mut c, "image/png", 0, 2);
+        attach(&mut c, 1, video);
+        attach(&mut c, 1, image);
         let s = expire(
             &mut c,
             &cfg(&[("video", 365)]),
@@ -273,16 +196,14 @@ mod tests {
         assert_eq!((s.aged_expired, s.orphans_expired), (1, 0));
         assert!(!exists(&c, video));
         assert!(exists(&c, image));
-        let refs: i64 = c
-            .query_row("SELECT count(*) FROM message_media", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(refs, 1, "the expired video's reference went with it");
+        let (_, refs) = c.reader().message_media(1).unwrap();
+        assert_eq!(refs.len(), 1, "the expired video's reference went with it");
     }
 
     #[test]
     fn external_references_keep_what_they_name() {
         let (_d, mut c) = setup();
-        let ids: Vec<i64> = (0..5).map(|i| upload(&c, "image/png", 0, i)).collect();
+        let ids: Vec<i64> = (0..5).map(|i| upload(&mut c, "image/png", 0, i)).collect();
         let ext = Fixed(Ok(vec![ids[1], ids[3]]));
         let s = expire(&mut c, &cfg(&[]), &opts(2 * DAY, 2, false), Some(&ext)).unwrap();
         assert_eq!((s.orphans_expired, s.kept_by_external), (3, 2));
@@ -293,7 +214,7 @@ mod tests {
     #[test]
     fn an_external_error_deletes_nothing() {
         let (_d, mut c) = setup();
-        let ids: Vec<i64> = (0..3).map(|i| upload(&c, "image/png", 0, i)).collect();
+        let ids: Vec<i64> = (0..3).map(|i| upload(&mut c, "image/png", 0, i)).collect();
         let err = expire(
             &mut c,
             &cfg(&[]),
@@ -308,7 +229,7 @@ mod tests {
     #[test]
     fn dry_run_lists_without_deleting() {
         let (_d, mut c) = setup();
-        let a = upload(&c, "image/png", 0, 1);
+        let a = upload(&mut c, "image/png", 0, 1);
         let s = expire(&mut c, &cfg(&[]), &opts(2 * DAY, 10, true), None).unwrap();
         assert_eq!(s.would_delete, vec![a]);
         assert!(exists(&c, a));

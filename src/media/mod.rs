@@ -6,6 +6,8 @@
 //! points at it commits; on delete the row goes first and the file is left for
 //! garbage collection.
 
+pub mod quota;
+
 use std::fmt::Display;
 use std::sync::Arc;
 
@@ -15,12 +17,12 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
-use crate::index::media::{self as q, ListQuery, MediaRow, NewMedia};
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, ListQuery, MediaRow, NewMedia};
 use crate::policy::{self, Policy, PolicyError, SNIFF_LEN};
 use crate::store::{BlobStore, StagingFile, StoreError};
-use crate::timefmt::now_ms;
+use quota::Quota;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -36,6 +38,10 @@ pub enum MediaError {
     NotFound(i64),
     #[error("the content does not match the `blake3` hash given with it")]
     HashMismatch,
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("the stored content was removed while uploading; send it again without `blake3`")]
+    BlobGone,
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -48,6 +54,8 @@ impl Classify for MediaError {
             MediaError::Index(e) => e.kind(),
             MediaError::Body(_) | MediaError::HashMismatch => ErrorKind::BadRequest,
             MediaError::NotFound(_) => ErrorKind::NotFound,
+            MediaError::QuotaExceeded(_) => ErrorKind::InsufficientStorage,
+            MediaError::BlobGone => ErrorKind::Conflict,
             MediaError::Task(_) => ErrorKind::Internal,
         }
     }
@@ -59,18 +67,17 @@ impl Classify for MediaError {
             MediaError::Body(_) => "bad_body",
             MediaError::NotFound(_) => "media_not_found",
             MediaError::HashMismatch => "hash_mismatch",
+            MediaError::QuotaExceeded(_) => "quota_exceeded",
+            MediaError::BlobGone => "blob_gone",
             MediaError::Task(_) => "internal",
         }
     }
 }
 
-/// Carries a store failure out of an index write job with its classification intact.
-fn job_error(e: StoreError) -> IndexError {
-    IndexError::Job {
-        kind: e.kind(),
-        code: e.code(),
-        message: e.to_string(),
-    }
+/// The URL a media's downloads live at (signed URLs add their query; the
+/// MySQL mirror stores it as `file_url`).
+pub fn file_url(public_base_url: &str, id: i64) -> String {
+    format!("{}/files/{id}", public_base_url.trim_end_matches('/'))
 }
 
 type Result<T, E = MediaError> = std::result::Result<T, E>;
@@ -124,21 +131,27 @@ pub struct MediaService {
     /// Swapped whole on config reload; an upload keeps the policy it started with.
     policy: Arc<ArcSwap<Policy>>,
     /// Per-uploader quota, swapped whole on config reload (issue #4).
-    quota: Arc<ArcSwap<crate::lifecycle::quota::Quota>>,
+    quota: Arc<ArcSwap<Quota>>,
+    clock: SharedClock,
 }
 
 impl MediaService {
-    pub fn new(store: BlobStore, index: Index, policy: Policy) -> Self {
+    pub fn new(store: BlobStore, index: Index, policy: Policy, clock: SharedClock) -> Self {
         MediaService {
             store,
             index,
             policy: Arc::new(ArcSwap::from_pointee(policy)),
             quota: Default::default(),
+            clock,
         }
     }
 
-    pub fn set_quota(&self, quota: crate::lifecycle::quota::Quota) {
+    pub fn set_quota(&self, quota: Quota) {
         self.quota.store(Arc::new(quota));
+    }
+
+    pub fn quota(&self) -> Quota {
+        **self.quota.load()
     }
 
     pub fn set_policy(&self, policy: Policy) {
@@ -217,7 +230,7 @@ impl MediaService {
     async fn holds(&self, hash: blake3::Hash) -> Result<bool> {
         let known = self
             .index
-            .read(move |c| q::blob_refcount(c, &hash))
+            .read(move |r| r.blob_refcount(&hash))
             .await?
             .is_some();
         let store = self.store.clone();
@@ -236,19 +249,16 @@ impl MediaService {
     ) -> Result<Ingested> {
         let store = self.store.clone();
         let new = meta.into_row(hash, size, mime);
+        let clock = self.clock.clone();
         let row = self
             .index
-            .write(move |ctx| {
-                let now = now_ms();
-                if q::blob_refcount(ctx.tx, &hash)?.is_none() || !store.contains(&hash) {
-                    return Err(IndexError::Job {
-                        kind: ErrorKind::Conflict,
-                        code: "blob_gone",
-                        message: "the stored content was removed while uploading; send it again without `blake3`".into(),
-                    });
+            .write(move |ctx| -> Result<MediaRow> {
+                let now = clock.now_ms();
+                if ctx.blob_refcount(&hash)?.is_none() || !store.contains(&hash) {
+                    return Err(MediaError::BlobGone);
                 }
-                q::add_blob_ref(ctx.tx, &hash, size, now)?;
-                q::insert_media(ctx.tx, &new, now)
+                ctx.add_blob_ref(&hash, size, now)?;
+                Ok(ctx.insert_media(&new, now)?)
             })
             .await?;
         tracing::info!(media.id = row.id, blob.hash = %hash.to_hex(), size_bytes = size, "stored upload of known content");
@@ -283,26 +293,26 @@ impl MediaService {
         let store = self.store.clone();
         let new = meta.into_row(hash, size, mime);
         let quota = self.quota.load_full();
+        let clock = self.clock.clone();
         let (row, deduplicated) = self
             .index
-            .write(move |ctx| {
-                let now = now_ms();
+            .write(move |ctx| -> Result<(MediaRow, bool)> {
+                let now = clock.now_ms();
                 // Before any file step: a refused upload leaves nothing behind.
-                crate::lifecycle::quota::check(ctx.tx, &quota, new.uploader_id, size)?;
+                quota::check(ctx, &quota, new.uploader_id, size)?;
                 // Under the writer (and SQLite's write lock, which `gc` also takes),
                 // "row and file exist" cannot change before this transaction ends.
-                let deduplicated =
-                    q::blob_refcount(ctx.tx, &hash)?.is_some() && store.contains(&hash);
+                let deduplicated = ctx.blob_refcount(&hash)?.is_some() && store.contains(&hash);
                 if deduplicated {
                     drop(staged);
                 } else {
                     let mut staged = staged;
-                    staged.sync().map_err(job_error)?;
-                    let dirs = store.install(staged, &hash).map_err(job_error)?;
-                    ctx.require_durable(dirs);
+                    staged.sync()?;
+                    let pending = store.install(staged, &hash)?;
+                    ctx.require_durable(pending);
                 }
-                q::add_blob_ref(ctx.tx, &hash, size, now)?;
-                let row = q::insert_media(ctx.tx, &new, now)?;
+                ctx.add_blob_ref(&hash, size, now)?;
+                let row = ctx.insert_media(&new, now)?;
                 Ok((row, deduplicated))
             })
             .await?;
@@ -319,21 +329,22 @@ impl MediaService {
 
     pub async fn get(&self, id: i64) -> Result<MediaRow> {
         self.index
-            .read(move |c| q::get_media(c, id))
+            .read(move |r| r.get_media(id))
             .await?
             .ok_or(MediaError::NotFound(id))
     }
 
     pub async fn list(&self, query: ListQuery) -> Result<Vec<MediaRow>> {
-        Ok(self.index.read(move |c| q::list_media(c, &query)).await?)
+        Ok(self.index.read(move |r| r.list_media(&query)).await?)
     }
 
     /// Deletes the media row and drops its blob reference. The blob file stays
     /// until garbage collection finds its count at zero past the grace period.
     pub async fn delete(&self, id: i64) -> Result<MediaRow> {
+        let now = self.clock.now_ms();
         let row = self
             .index
-            .write(move |ctx| q::delete_media(ctx.tx, id, now_ms()))
+            .write(move |ctx| ctx.delete_media(id, now))
             .await?
             .ok_or(MediaError::NotFound(id))?;
         tracing::info!(media.id = id, blob.hash = %row.hash.to_hex(), "deleted media");

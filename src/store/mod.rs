@@ -1,28 +1,63 @@
-//! The blob store: content-addressed files on local disk.
+//! The blob-store port: everything about where and how blob bytes live.
 //!
-//! Owns `blobs/` and `tmp/` inside the data folder, and the same two folders in
-//! the optional archive root (a second, cheaper disk for old blobs). It stages
-//! uploads in `tmp/`, installs them under their BLAKE3 hash with an atomic
-//! rename, copies old blobs to the archive, and opens blobs for reading from
-//! whichever root holds them. It never opens SQLite and never decides that a
-//! blob may be deleted. Invariant upheld (storage-layout.md, I1 and A1): a file
-//! under either `blobs/` is only ever created by renaming a fully written,
-//! fsynced (and, for the archive, hash-verified) temporary file.
+//! Blobs are immutable byte strings named by their BLAKE3 hash. The one type
+//! [`BlobStore`] owns their layout, staging, durability, reading, listing,
+//! verification, quarantine and deletion; no other module builds a blob path
+//! or touches blob data with `std::fs`. Today it keeps blobs on local disk in
+//! up to two roots: the data folder (primary) and an optional archive root (a
+//! second, cheaper disk for old blobs), both laid out as
+//! `blobs/<h0h1>/<h2h3>/<hash>` (storage-layout.md, "Folders"). A further
+//! backend (S3) is added inside this module: its callers name blobs by hash
+//! and never see where they are.
+//!
+//! # Contract
+//! - **Staging** ([`BlobStore::stage`]): a new, private staging file that
+//!   hashes what is written; dropped unless installed, it leaves nothing.
+//! - **Install** ([`BlobStore::install`]): given a staging file whose bytes
+//!   are durable ([`StagingFile::sync`]), makes it the blob of its hash
+//!   atomically (readers see no blob or the whole blob). The returned
+//!   [`Pending`] names what must still be made durable for the blob to
+//!   survive a power cut; the index runs [`BlobStore::make_durable`] on it
+//!   before the commit that records the blob (I2: file before row).
+//! - **Exists** ([`BlobStore::contains`], [`BlobStore::locate`]): a file is
+//!   present under the hash's name. It says nothing about the bytes: only
+//!   [`BlobStore::verify`] (size and hash) does. Blobs are only ever created
+//!   by install (I1), so damage comes from the disk or from outside.
+//! - **Read** ([`BlobStore::read_whole`], [`BlobStore::open_range`]): from
+//!   whichever root holds the blob, primary first, so a blob moved to the
+//!   archive meanwhile is still found.
+//! - **Delete** ([`BlobStore::delete`], [`BlobStore::delete_unknown`],
+//!   [`BlobStore::delete_primary_copy`]): the store never decides that a blob
+//!   may go; lifecycle code decides, under the index's write lock.
+//! - **List** ([`BlobStore::walk`]): every file in a root's `blobs/`, in hash
+//!   order, one leaf folder at a time (memory bounded by a folder's size).
+//! - **Quarantine** ([`BlobStore::quarantine`]): a damaged blob is moved
+//!   aside, never deleted.
+//! - **Serve hint** ([`BlobStore::accel_path`]): where nginx finds the blob
+//!   below its internal location, for `X-Accel-Redirect`.
 
 mod layout;
+mod staging;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// The documented on-disk layout (storage-layout.md, "Folders"), for tools and
+/// tests that inspect a data folder from outside; the service itself builds
+/// blob paths only in this module.
 pub use layout::{blob_relative_path, parse_hash_hex};
+pub use staging::StagingFile;
 
 use crate::error::{Classify, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("blob store I/O failed: {context}")]
+    #[error("blob store I/O failed: {context}: {source}")]
     Io {
         context: String,
         #[source]
@@ -35,7 +70,10 @@ pub enum StoreError {
 impl StoreError {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         // ENOSPC / EDQUOT: the client may retry later; say so rather than "internal".
-        if matches!(source.raw_os_error(), Some(28) | Some(122)) {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) {
             return StoreError::DiskFull(source);
         }
         StoreError::Io {
@@ -60,19 +98,89 @@ impl Classify for StoreError {
     }
 }
 
-type Result<T, E = StoreError> = std::result::Result<T, E>;
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Handle on the blob folders of one data folder (and its archive root, if
-/// any). Cheap to clone.
+/// Which root a blob file is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Primary,
+    Archive,
+}
+
+/// Writes that must become durable before the index records them (folder
+/// entries changed by installs). Opaque outside the store; empty for writes
+/// that were durable when they returned.
+#[derive(Debug, Default)]
+pub struct Pending {
+    dirs: Vec<PathBuf>,
+}
+
+impl Pending {
+    pub fn merge(&mut self, other: Pending) {
+        self.dirs.extend(other.dirs);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+}
+
+/// One file found under a root's `blobs/` by [`BlobStore::walk`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlobEntry {
+    /// A file named by a valid hash, where the layout puts that hash.
+    Blob(blake3::Hash),
+    /// Anything else (a stray name, or a hash file in the wrong shard): never
+    /// touched, only reported (its path).
+    Foreign(String),
+}
+
+/// What [`BlobStore::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Missing,
+    /// Wrong size or hash (or unreadable).
+    Corrupt,
+}
+
+/// What a deletion did.
+#[derive(Debug, PartialEq)]
+pub enum Unlinked {
+    Removed,
+    /// Already gone: fine, nothing freed.
+    Absent,
+}
+
+/// What [`BlobStore::stage_archive_copy`] did.
+#[derive(Debug)]
+pub enum ArchiveCopy {
+    /// Written and verified, not yet durable nor visible.
+    Staged(Box<StagingFile>),
+    /// A whole copy was already archived (an earlier, interrupted move).
+    AlreadyThere,
+    /// The primary copy vanished (GC deleted the blob meanwhile).
+    SourceGone,
+    /// The primary copy does not match its hash or size; nothing was archived.
+    SourceCorrupt,
+}
+
+/// A stream of a blob's bytes (a range of them), for a response body.
+pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Handle on the blob roots of one data folder. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     primary: Root,
     archive: Option<Root>,
 }
 
-/// `blobs/` and `tmp/` of one root (the data folder, or the archive root).
+/// `blobs/`, `tmp/` and `quarantine/` of one root (the data folder, or the
+/// archive root).
 #[derive(Debug, Clone)]
 struct Root {
+    dir: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
 }
@@ -80,6 +188,7 @@ struct Root {
 impl Root {
     fn open(dir: &Path) -> Result<Root> {
         let root = Root {
+            dir: dir.to_owned(),
             blobs: dir.join("blobs"),
             tmp: dir.join("tmp"),
         };
@@ -89,13 +198,65 @@ impl Root {
         }
         Ok(root)
     }
-}
 
-/// Which root a blob file was found in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Primary,
-    Archive,
+    fn blob(&self, hash: &blake3::Hash) -> PathBuf {
+        self.blobs.join(blob_relative_path(hash))
+    }
+
+    /// Whether this root's blobs/ and tmp/ can be written (health checks).
+    fn writable(&self) -> bool {
+        [&self.blobs, &self.tmp].iter().all(|d| {
+            nix::unistd::access(
+                d.as_path(),
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Creates a new, uniquely named staging file in `tmp/`.
+    fn stage(&self) -> Result<StagingFile> {
+        for _ in 0..8 {
+            let name = format!("{:032x}.part", rand::random::<u128>());
+            let path = self.tmp.join(name);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok(StagingFile::new(path, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StoreError::io("create staging file", e)),
+            }
+        }
+        Err(StoreError::io(
+            "create staging file",
+            io::Error::other("no unique name after 8 tries"),
+        ))
+    }
+
+    /// Renames a synced staging file to its content address; returns the
+    /// folders whose entries changed.
+    fn install(&self, mut staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
+        debug_assert!(
+            staged.synced,
+            "is a bug: blobs are installed only after fsync"
+        );
+        let target = self.blob(hash);
+        let shard = target.parent().expect("blob paths have a shard folder");
+        let mut changed = Vec::with_capacity(3);
+        if !shard.is_dir() {
+            // New shard folders are new entries in their parents too.
+            let outer = shard.parent().expect("shard has a parent");
+            if !outer.is_dir() {
+                changed.push(self.blobs.clone());
+            }
+            fs::create_dir_all(shard)
+                .map_err(|e| StoreError::io(format!("create {}", shard.display()), e))?;
+            changed.push(outer.to_owned());
+        }
+        fs::rename(&staged.path, &target)
+            .map_err(|e| StoreError::io(format!("install blob {}", hash.to_hex()), e))?;
+        staged.installed = true;
+        changed.push(shard.to_owned());
+        Ok(Pending { dirs: changed })
+    }
 }
 
 impl BlobStore {
@@ -127,196 +288,49 @@ impl BlobStore {
         Ok(self)
     }
 
-    pub fn blobs_dir(&self) -> &Path {
-        &self.primary.blobs
+    pub fn has_archive(&self) -> bool {
+        self.archive.is_some()
     }
 
-    pub fn tmp_dir(&self) -> &Path {
-        &self.primary.tmp
+    /// Whether each root can be written: (primary, archive if any).
+    pub fn writable(&self) -> (bool, Option<bool>) {
+        (
+            self.primary.writable(),
+            self.archive.as_ref().map(Root::writable),
+        )
     }
 
-    /// The archive root's `blobs/`, when archival is on.
-    pub fn archive_blobs_dir(&self) -> Option<&Path> {
-        self.archive.as_ref().map(|a| a.blobs.as_path())
-    }
-
-    /// The archive root's `tmp/`, when archival is on.
-    pub fn archive_tmp_dir(&self) -> Option<&Path> {
-        self.archive.as_ref().map(|a| a.tmp.as_path())
-    }
-
-    /// Where the blob with this hash lives in the primary root (whether or not
-    /// it exists). New blobs are always installed here.
-    pub fn blob_path(&self, hash: &blake3::Hash) -> PathBuf {
-        self.primary.blobs.join(blob_relative_path(hash))
-    }
-
-    /// Where the blob's archived copy lives (whether or not it exists).
-    pub fn archive_path(&self, hash: &blake3::Hash) -> Option<PathBuf> {
-        self.archive
-            .as_ref()
-            .map(|a| a.blobs.join(blob_relative_path(hash)))
-    }
-
-    /// Whether the archive root holds a whole copy of the blob. Archive files
-    /// are only ever created by renaming a hash-verified, durable copy (A1),
-    /// so a file of the right size there is the content.
-    pub fn archived_whole(&self, hash: &blake3::Hash, size: u64) -> bool {
-        self.archive_path(hash)
-            .and_then(|p| fs::metadata(p).ok())
-            .is_some_and(|m| m.is_file() && m.len() == size)
-    }
-
-    /// The file holding this blob, primary root first; `None` if neither has it.
-    pub fn locate(&self, hash: &blake3::Hash) -> Option<(PathBuf, Tier)> {
-        let primary = self.blob_path(hash);
-        if primary.is_file() {
-            return Some((primary, Tier::Primary));
-        }
-        self.archive_path(hash)
-            .filter(|p| p.is_file())
-            .map(|p| (p, Tier::Archive))
-    }
-
-    pub fn contains(&self, hash: &blake3::Hash) -> bool {
-        self.locate(hash).is_some()
-    }
-
-    /// Opens the blob from whichever root holds it. The primary is tried first
-    /// and the archive on `NotFound`, so a blob moved to the archive meanwhile
-    /// (its primary copy unlinked after the archive copy was durable) is found.
-    pub fn open_blob(&self, hash: &blake3::Hash) -> io::Result<File> {
-        match File::open(self.blob_path(hash)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.archive_path(hash) {
-                Some(archived) => File::open(archived),
-                None => Err(e),
-            },
-            other => other,
+    fn root(&self, tier: Tier) -> Option<&Root> {
+        match tier {
+            Tier::Primary => Some(&self.primary),
+            Tier::Archive => self.archive.as_ref(),
         }
     }
 
-    /// Step 1a of a move to the archive root: copies a primary blob into the
-    /// archive's `tmp/`, verifying its BLAKE3 hash and size on the way. The
-    /// copy becomes visible only through [`BlobStore::install_archive_copies`];
-    /// the primary copy is left alone (the caller unlinks it once the archive
-    /// copy is durable, A2).
-    pub fn stage_archive_copy(&self, hash: &blake3::Hash, size: u64) -> Result<ArchiveCopy> {
-        if self.archived_whole(hash, size) {
-            return Ok(ArchiveCopy::AlreadyThere);
-        }
-        let archive = self.archive_store();
-        let mut source = match File::open(self.blob_path(hash)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ArchiveCopy::SourceGone),
-            Err(e) => return Err(StoreError::io("open blob to archive", e)),
-        };
-        let mut staged = archive.stage()?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            use std::io::Read as _;
-            let n = match source.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StoreError::io("read blob to archive", e)),
-            };
-            staged.write_chunk(&buf[..n])?;
-        }
-        if staged.hash() != *hash || staged.len() != size {
-            // Never spread a damaged copy; fsck reports and quarantines it.
-            return Ok(ArchiveCopy::SourceCorrupt);
-        }
-        Ok(ArchiveCopy::Staged(Box::new(staged)))
-    }
+    // ---- writes -------------------------------------------------------
 
-    /// Step 1b: makes staged archive copies durable (one `syncfs` of the
-    /// archive file system for a batch, as group commit does for uploads) and
-    /// renames each to its content address. Returns the archive folders whose
-    /// entries changed: they must be made durable before a primary copy goes.
-    pub fn install_archive_copies(&self, staged: Vec<Box<StagingFile>>) -> Result<Vec<PathBuf>> {
-        let archive = self.archive_store();
-        let mut staged: Vec<StagingFile> = staged.into_iter().map(|b| *b).collect();
-        sync_all(&mut staged)?;
-        let mut dirs = Vec::new();
-        for copy in staged {
-            let hash = copy.hash();
-            dirs.extend(archive.install(copy, &hash)?);
-        }
-        Ok(dirs)
-    }
-
-    /// The archive root as a store of its own (for staging and installing).
-    fn archive_store(&self) -> BlobStore {
-        let archive = self
-            .archive
-            .as_ref()
-            .expect("is a bug: archive operation without an archive root");
-        BlobStore {
-            primary: archive.clone(),
-            archive: None,
-        }
-    }
-
-    /// Creates a new, uniquely named staging file in `tmp/`.
+    /// Creates a new staging file (in the primary root's `tmp/`).
     pub fn stage(&self) -> Result<StagingFile> {
-        for _ in 0..8 {
-            let name = format!("{:032x}.part", rand::random::<u128>());
-            let path = self.primary.tmp.join(name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(StagingFile {
-                        path,
-                        file,
-                        hasher: blake3::Hasher::new(),
-                        len: 0,
-                        writeback_from: 0,
-                        synced: false,
-                        installed: false,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(StoreError::io("create staging file", e)),
-            }
-        }
-        Err(StoreError::io(
-            "create staging file",
-            io::Error::other("no unique name after 8 tries"),
-        ))
+        self.primary.stage()
     }
 
-    /// Moves a finished staging file to its content address.
-    ///
-    /// The staging file must be synced first ([`StagingFile::sync`]); the rename is
-    /// atomic, so readers see either no blob or the whole blob. Returns the
-    /// directories whose entries changed: they must be fsynced (or the file system
-    /// synced) before the blob is recorded as present.
-    pub fn install(&self, mut staged: StagingFile, hash: &blake3::Hash) -> Result<Vec<PathBuf>> {
-        debug_assert!(
-            staged.synced,
-            "is a bug: blobs are installed only after fsync"
-        );
-        let target = self.blob_path(hash);
-        let shard = target.parent().expect("blob paths have a shard folder");
-        let mut changed = Vec::with_capacity(3);
-        if !shard.is_dir() {
-            // New shard folders are new entries in their parents too.
-            let outer = shard.parent().expect("shard has a parent");
-            if !outer.is_dir() {
-                changed.push(self.primary.blobs.clone());
-            }
-            fs::create_dir_all(shard)
-                .map_err(|e| StoreError::io(format!("create {}", shard.display()), e))?;
-            changed.push(outer.to_owned());
-        }
-        fs::rename(&staged.path, &target)
-            .map_err(|e| StoreError::io(format!("install blob {}", hash.to_hex()), e))?;
-        staged.installed = true;
-        changed.push(shard.to_owned());
-        Ok(changed)
+    /// Moves a finished, synced staging file to its content address in the
+    /// primary root. The rename is atomic, so readers see either no blob or
+    /// the whole blob. The result must be made durable
+    /// ([`BlobStore::make_durable`]) before the blob is recorded as present.
+    pub fn install(&self, staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
+        self.primary.install(staged, hash)
+    }
+
+    /// Makes pending writes durable: one fsync per folder for a few, one
+    /// `syncfs` of the file system when many changed in the same batch
+    /// (group commit: one flush then covers all of them).
+    pub fn make_durable(&self, pending: Pending) -> io::Result<()> {
+        make_dirs_durable(pending.dirs)
     }
 
     /// Removes staging files last modified before `older_than` ago (all of them
-    /// for `Duration::ZERO`). Returns how many were removed.
+    /// for `Duration::ZERO`) in the primary root. Returns how many were removed.
     pub fn clean_tmp(&self, older_than: Duration) -> Result<usize> {
         let cutoff = SystemTime::now() - older_than;
         let mut removed = 0;
@@ -334,127 +348,280 @@ impl BlobStore {
         }
         Ok(removed)
     }
-}
 
-/// What [`BlobStore::stage_archive_copy`] did.
-#[derive(Debug)]
-pub enum ArchiveCopy {
-    /// Written and verified, not yet durable nor visible.
-    Staged(Box<StagingFile>),
-    /// A whole copy was already archived (an earlier, interrupted move).
-    AlreadyThere,
-    /// The primary copy vanished (GC deleted the blob meanwhile).
-    SourceGone,
-    /// The primary copy does not match its hash or size; nothing was archived.
-    SourceCorrupt,
-}
-
-/// An upload being written to `tmp/`. Hashes what it writes; removes its file
-/// when dropped unless it was installed.
-#[derive(Debug)]
-pub struct StagingFile {
-    path: PathBuf,
-    file: File,
-    hasher: blake3::Hasher,
-    len: u64,
-    /// Bytes before this offset have had their writeback started.
-    writeback_from: u64,
-    synced: bool,
-    installed: bool,
-}
-
-/// Start writing a large upload's pages to disk every this many bytes, so the
-/// final fsync has only the tail left (disk and network overlap).
-const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
-
-impl StagingFile {
-    /// Appends a chunk, hashing it on the way.
-    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
-        self.write_chunks(&[chunk])
-    }
-
-    /// Appends several chunks with as few `writev(2)` calls as the kernel
-    /// allows (network chunks are often small; this saves syscalls, not copies).
-    pub fn write_chunks(&mut self, chunks: &[&[u8]]) -> Result<()> {
-        let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            self.hasher.update(chunk);
-            self.len += chunk.len() as u64;
-            slices.push(io::IoSlice::new(chunk));
-        }
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match self.file.write_vectored(rest) {
-                Ok(0) => {
-                    return Err(StoreError::io(
-                        "write staging file",
-                        io::ErrorKind::WriteZero.into(),
-                    ));
+    /// Staging files (of every root) last modified at or before `cutoff_ms`
+    /// (Unix ms): removed, or with `dry_run` only listed. Returns their paths.
+    pub fn sweep_staging(&self, cutoff_ms: i64, dry_run: bool) -> Result<Vec<String>> {
+        let mut swept = Vec::new();
+        for root in std::iter::once(&self.primary).chain(&self.archive) {
+            let entries = fs::read_dir(&root.tmp)
+                .map_err(|e| StoreError::io(format!("list {}", root.tmp.display()), e))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !path.is_file() || mtime_ms(&path).is_none_or(|m| m > cutoff_ms) {
+                    continue;
                 }
-                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(StoreError::io("write staging file", e)),
+                if dry_run || fs::remove_file(&path).is_ok() {
+                    swept.push(path.display().to_string());
+                }
             }
         }
-        if self.len - self.writeback_from >= WRITEBACK_EVERY {
-            self.start_writeback();
-        }
-        Ok(())
+        Ok(swept)
     }
 
-    /// Asks the kernel to start writing the pages written so far, without
-    /// waiting. A hint only: durability still comes from `sync`.
-    fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd as _;
-        let (from, len) = (self.writeback_from, self.len - self.writeback_from);
-        // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
-        // Neither nix nor rustix wraps sync_file_range(2).
-        let rc = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                from as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
+    // ---- reads --------------------------------------------------------
+
+    /// The root holding this blob, primary first; `None` if neither has it.
+    /// "Exists", not "whole": see [`BlobStore::verify`].
+    pub fn locate(&self, hash: &blake3::Hash) -> Option<Tier> {
+        [Tier::Primary, Tier::Archive]
+            .into_iter()
+            .find(|t| self.root(*t).is_some_and(|r| r.blob(hash).is_file()))
+    }
+
+    pub fn contains(&self, hash: &blake3::Hash) -> bool {
+        self.locate(hash).is_some()
+    }
+
+    /// Whether the primary root holds a file for this blob.
+    pub fn in_primary(&self, hash: &blake3::Hash) -> bool {
+        self.primary.blob(hash).is_file()
+    }
+
+    /// Opens the blob from whichever root holds it. The primary is tried first
+    /// and the archive on `NotFound`, so a blob moved to the archive meanwhile
+    /// (its primary copy unlinked after the archive copy was durable) is found.
+    fn open_file(&self, hash: &blake3::Hash) -> io::Result<File> {
+        match File::open(self.primary.blob(hash)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match &self.archive {
+                Some(archive) => File::open(archive.blob(hash)),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// The first `len` bytes of the blob (the whole of a small blob). Blocking.
+    pub fn read_whole(&self, hash: &blake3::Hash, len: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len as usize];
+        self.open_file(hash)?.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// A stream of `len` bytes of the blob from `start`, read in chunks of
+    /// `chunk` bytes. Blocking (opens and seeks); the stream itself is async.
+    pub fn open_range(
+        &self,
+        hash: &blake3::Hash,
+        start: u64,
+        len: u64,
+        chunk: usize,
+    ) -> io::Result<BlobStream> {
+        use std::io::{Seek, SeekFrom};
+        use tokio::io::AsyncReadExt as _;
+        let mut file = self.open_file(hash)?;
+        file.seek(SeekFrom::Start(start))?;
+        let file = tokio::fs::File::from_std(file).take(len);
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+            file, chunk,
+        )))
+    }
+
+    /// Where nginx finds the blob below the internal location that aliases
+    /// both roots' `blobs/` (`X-Accel-Redirect`), e.g. `ab/cd/abcd…`.
+    pub fn accel_path(&self, hash: &blake3::Hash) -> String {
+        blob_relative_path(hash).to_string_lossy().into_owned()
+    }
+
+    /// The path of the blob's file in a root, for operators' reports (dry
+    /// runs, fsck); never to be opened by callers.
+    pub fn describe(&self, tier: Tier, hash: &blake3::Hash) -> String {
+        self.root(tier)
+            .map(|r| r.blob(hash).display().to_string())
+            .unwrap_or_default()
+    }
+
+    // ---- maintenance --------------------------------------------------
+
+    /// Checks the blob's size and BLAKE3 hash where it is found (primary
+    /// first). Files of 1 MiB and more are memory-mapped and hashed on the
+    /// rayon pool.
+    pub fn verify(&self, hash: &blake3::Hash, size: u64) -> (Verdict, Option<Tier>) {
+        match self.locate(hash) {
+            None => (Verdict::Missing, None),
+            Some(tier) => {
+                let root = self.root(tier).expect("located in an existing root");
+                (verify_file(&root.blob(hash), size, hash), Some(tier))
+            }
+        }
+    }
+
+    /// Calls `f` with the blob files of one root's `blobs/`, a leaf shard
+    /// folder at a time, in hash order; `on_shard` is called after each
+    /// top-level shard folder (for progress bars). A root that is not
+    /// configured has nothing to walk.
+    pub fn walk<E: From<StoreError>>(
+        &self,
+        tier: Tier,
+        on_shard: impl FnMut(),
+        f: impl FnMut(Vec<(BlobEntry, Option<i64>)>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self.root(tier) {
+            Some(root) => walk_blobs(&root.blobs, on_shard, f),
+            None => Ok(()),
+        }
+    }
+
+    /// Number of top-level shard folders of a root (a progress bar's length).
+    pub fn shard_count(&self, tier: Tier) -> u64 {
+        self.root(tier)
+            .and_then(|r| fs::read_dir(&r.blobs).ok())
+            .map(|d| d.count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// The blob file's size and last modification (Unix ms) in a root, if
+    /// it exists.
+    pub fn file_meta(&self, tier: Tier, hash: &blake3::Hash) -> Option<(u64, i64)> {
+        let path = self.root(tier)?.blob(hash);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        Some((meta.len(), mtime_ms(&path)?))
+    }
+
+    /// Deletes every copy of a blob (both roots). Returns how many files went.
+    /// Callers decide under the index's write lock that the blob is garbage.
+    pub fn delete(&self, hash: &blake3::Hash) -> Result<u64> {
+        let mut removed = 0;
+        for root in std::iter::once(&self.primary).chain(&self.archive) {
+            if unlink(&root.blob(hash))? == Unlinked::Removed {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes a blob file the index does not know, in one root.
+    pub fn delete_unknown(&self, tier: Tier, hash: &blake3::Hash) -> Result<Unlinked> {
+        match self.root(tier) {
+            Some(root) => unlink(&root.blob(hash)),
+            None => Ok(Unlinked::Absent),
+        }
+    }
+
+    /// Moves a damaged blob (from whichever root holds it) to that root's
+    /// `quarantine/<hash>.<now_ms>`, never across disks, and makes the move
+    /// durable. Returns the quarantined file's path; `None` if the blob was
+    /// already gone.
+    pub fn quarantine(&self, hash: &blake3::Hash, now_ms: i64) -> Result<Option<String>> {
+        let Some(tier) = self.locate(hash) else {
+            return Ok(None);
         };
-        if rc == 0 {
-            self.writeback_from = self.len;
+        let root = self.root(tier).expect("located in an existing root");
+        let from = root.blob(hash);
+        let folder = root.dir.join("quarantine");
+        fs::create_dir_all(&folder)
+            .map_err(|e| StoreError::io(format!("create {}", folder.display()), e))?;
+        let to = folder.join(format!("{}.{now_ms}", hash.to_hex()));
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::io(format!("quarantine {}", from.display()), e));
+            }
         }
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn hash(&self) -> blake3::Hash {
-        self.hasher.finalize()
-    }
-
-    pub fn is_synced(&self) -> bool {
-        self.synced
-    }
-
-    /// Makes the staged bytes durable (fdatasync).
-    pub fn sync(&mut self) -> Result<()> {
-        if !self.synced {
-            self.file
-                .sync_data()
-                .map_err(|e| StoreError::io("fsync staging file", e))?;
-            self.synced = true;
+        for dir in [&folder, &root.dir] {
+            fsync_dir(dir).map_err(|e| StoreError::io(format!("sync {}", dir.display()), e))?;
         }
-        Ok(())
+        let shard = from.parent().expect("blob paths have a shard");
+        fsync_dir(shard).map_err(|e| StoreError::io(format!("sync {}", shard.display()), e))?;
+        Ok(Some(to.display().to_string()))
     }
-}
 
-impl Drop for StagingFile {
-    fn drop(&mut self) {
-        if !self.installed {
-            let _ = fs::remove_file(&self.path);
+    // ---- archive tier ------------------------------------------------
+
+    /// Whether the archive root holds a whole copy of the blob. Archive files
+    /// are only ever created by renaming a hash-verified, durable copy (A1),
+    /// so a file of the right size there is the content.
+    pub fn archived_whole(&self, hash: &blake3::Hash, size: u64) -> bool {
+        self.archive
+            .as_ref()
+            .and_then(|a| fs::metadata(a.blob(hash)).ok())
+            .is_some_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Step 1a of a move to the archive root: copies a primary blob into the
+    /// archive's `tmp/`, verifying its BLAKE3 hash and size on the way. The
+    /// copy becomes visible only through [`BlobStore::install_archive_copies`];
+    /// the primary copy is left alone (the caller unlinks it once the archive
+    /// copy is durable, A2).
+    pub fn stage_archive_copy(&self, hash: &blake3::Hash, size: u64) -> Result<ArchiveCopy> {
+        if self.archived_whole(hash, size) {
+            return Ok(ArchiveCopy::AlreadyThere);
         }
+        let archive = self.archive_root();
+        let mut source = match File::open(self.primary.blob(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ArchiveCopy::SourceGone),
+            Err(e) => return Err(StoreError::io("open blob to archive", e)),
+        };
+        let mut staged = archive.stage()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::io("read blob to archive", e)),
+            };
+            staged.write_chunk(&buf[..n])?;
+        }
+        if staged.hash() != *hash || staged.len() != size {
+            // Never spread a damaged copy; fsck reports and quarantines it.
+            return Ok(ArchiveCopy::SourceCorrupt);
+        }
+        Ok(ArchiveCopy::Staged(Box::new(staged)))
+    }
+
+    /// Step 1b: makes staged archive copies durable (one `syncfs` of the
+    /// archive file system for a batch, as group commit does for uploads) and
+    /// renames each to its content address. The result must be made durable
+    /// before a primary copy goes.
+    pub fn install_archive_copies(&self, staged: Vec<Box<StagingFile>>) -> Result<Pending> {
+        let archive = self.archive_root();
+        let mut staged: Vec<StagingFile> = staged.into_iter().map(|b| *b).collect();
+        sync_all(&mut staged)?;
+        let mut pending = Pending::default();
+        for copy in staged {
+            let hash = copy.hash();
+            pending.merge(archive.install(copy, &hash)?);
+        }
+        Ok(pending)
+    }
+
+    /// The archive copy's folder entry, as pending durability work (its mover
+    /// may have crashed before syncing it).
+    pub fn archive_entry(&self, hash: &blake3::Hash) -> Pending {
+        let dirs = self
+            .archive
+            .as_ref()
+            .map(|a| {
+                let path = a.blob(hash);
+                vec![path.parent().expect("blob paths have a shard").to_owned()]
+            })
+            .unwrap_or_default();
+        Pending { dirs }
+    }
+
+    /// Deletes the primary copy of a blob whose archive copy is whole and
+    /// durable (step 3 of a move, or the leftover of an interrupted one).
+    pub fn delete_primary_copy(&self, hash: &blake3::Hash) -> Result<Unlinked> {
+        unlink(&self.primary.blob(hash))
+    }
+
+    fn archive_root(&self) -> &Root {
+        self.archive
+            .as_ref()
+            .expect("is a bug: archive operation without an archive root")
     }
 }
 
@@ -477,53 +644,133 @@ fn sync_all(files: &mut [StagingFile]) -> Result<()> {
 }
 
 /// Makes a directory's entries durable.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Makes every directory in `dirs` durable: one fsync each for a few, one
-/// `syncfs` of the whole file system when many changed in the same batch
-/// (group commit: one flush then covers all of them).
-pub fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
-    let mut unique: Vec<&PathBuf> = dirs.iter().collect();
-    unique.sort();
-    unique.dedup();
-    if unique.len() >= SYNCFS_FROM {
-        let fd = File::open(unique[0])?;
+fn make_dirs_durable(mut dirs: Vec<PathBuf>) -> io::Result<()> {
+    dirs.sort();
+    dirs.dedup();
+    if dirs.len() >= SYNCFS_FROM {
+        let fd = File::open(&dirs[0])?;
         nix::unistd::syncfs(&fd).map_err(io::Error::from)
     } else {
-        unique.into_iter().try_for_each(|d| fsync_dir(d))
+        dirs.iter().try_for_each(|d| fsync_dir(d))
     }
 }
+
+fn unlink(path: &Path) -> Result<Unlinked> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(Unlinked::Removed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Unlinked::Absent),
+        Err(e) => Err(StoreError::io(format!("delete {}", path.display()), e)),
+    }
+}
+
+fn mtime_ms(path: &Path) -> Option<i64> {
+    let m = fs::symlink_metadata(path).ok()?.modified().ok()?;
+    Some(m.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+/// Files below this are read and hashed on one thread (files are already
+/// spread over the cores); mapping them costs more than it saves.
+const MMAP_FROM: u64 = 1 << 20;
+
+fn verify_file(path: &Path, size: u64, hash: &blake3::Hash) -> Verdict {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Verdict::Missing,
+        Err(_) => return Verdict::Corrupt,
+    };
+    if meta.len() != size {
+        return Verdict::Corrupt;
+    }
+    let actual = if size < MMAP_FROM {
+        fs::read(path).map(|bytes| blake3::hash(&bytes))
+    } else {
+        // blake3 maps the file (memmap2) and hashes it on the rayon pool.
+        // Blobs are never modified in place (I1), so the mapping is stable.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_mmap_rayon(path).map(|h| h.finalize())
+    };
+    match actual {
+        Ok(h) if h == *hash => Verdict::Ok,
+        _ => Verdict::Corrupt,
+    }
+}
+
+/// The walk behind [`BlobStore::walk`]: each entry with its mtime (Unix ms).
+fn walk_blobs<E: From<StoreError>>(
+    blobs: &Path,
+    mut on_shard: impl FnMut(),
+    mut f: impl FnMut(Vec<(BlobEntry, Option<i64>)>) -> Result<(), E>,
+) -> Result<(), E> {
+    let foreign = |p: &Path| (BlobEntry::Foreign(p.display().to_string()), None);
+    for outer in sorted_entries(blobs)? {
+        if !outer.is_dir() {
+            f(vec![foreign(&outer)])?;
+            continue;
+        }
+        for inner in sorted_entries(&outer)? {
+            if !inner.is_dir() {
+                f(vec![foreign(&inner)])?;
+                continue;
+            }
+            let mut batch = Vec::new();
+            for file in sorted_entries(&inner)? {
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                match parse_hash_hex(name) {
+                    Some(h) if blobs.join(blob_relative_path(&h)) == file && !file.is_dir() => {
+                        batch.push((BlobEntry::Blob(h), mtime_ms(&file)))
+                    }
+                    _ => batch.push(foreign(&file)),
+                }
+            }
+            f(batch)?;
+        }
+        on_shard();
+    }
+    Ok(())
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("list {}", dir.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[cfg(test)]
+pub(crate) mod contract;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn staged_blob_is_installed_under_its_hash_and_tmp_is_left_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let mut staged = store.stage().unwrap();
-        staged.write_chunk(b"hello ").unwrap();
-        staged.write_chunks(&[b"wo", b"", b"rld"]).unwrap();
-        let hash = staged.hash();
-        assert_eq!(hash, blake3::hash(b"hello world"));
-        staged.sync().unwrap();
-        let dirs = store.install(staged, &hash).unwrap();
-        make_dirs_durable(&dirs).unwrap();
-        assert_eq!(fs::read(store.blob_path(&hash)).unwrap(), b"hello world");
-        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    fn tmp_count(root: &Root) -> usize {
+        fs::read_dir(&root.tmp).unwrap().count()
     }
 
     #[test]
-    fn dropped_staging_file_is_removed() {
+    fn local_disk_passes_the_blob_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let mut staged = store.stage().unwrap();
-        staged.write_chunk(b"partial").unwrap();
-        drop(staged);
-        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+        contract::run(&store);
+        // Nothing left in staging by the contract's operations.
+        assert_eq!(tmp_count(&store.primary), 0);
+    }
+
+    #[test]
+    fn local_disk_with_an_archive_passes_the_blob_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("archive")).unwrap();
+        let store = BlobStore::open(&dir.path().join("data"))
+            .unwrap()
+            .with_archive(Some(&dir.path().join("archive")))
+            .unwrap();
+        contract::run(&store);
     }
 
     fn store_with_blob(content: &[u8]) -> (tempfile::TempDir, BlobStore, blake3::Hash) {
@@ -533,70 +780,62 @@ mod tests {
             .unwrap()
             .with_archive(Some(&dir.path().join("archive")))
             .unwrap();
-        let mut staged = store.stage().unwrap();
-        staged.write_chunk(content).unwrap();
-        let hash = staged.hash();
-        staged.sync().unwrap();
-        store.install(staged, &hash).unwrap();
+        let hash = contract::put(&store, content);
         (dir, store, hash)
     }
 
     #[test]
-    fn archived_blob_is_found_and_opened_in_the_archive_root() {
+    fn archived_blob_is_found_and_read_in_the_archive_root() {
         let (_dir, store, hash) = store_with_blob(b"old content");
         let ArchiveCopy::Staged(copy) = store.stage_archive_copy(&hash, 11).unwrap() else {
             panic!("not staged")
         };
-        assert!(
-            !store.archive_path(&hash).unwrap().exists(),
-            "visible before install"
-        );
-        let dirs = store.install_archive_copies(vec![copy]).unwrap();
-        make_dirs_durable(&dirs).unwrap();
+        let archive = store.archive.clone().unwrap();
+        assert!(!archive.blob(&hash).exists(), "visible before install");
+        let pending = store.install_archive_copies(vec![copy]).unwrap();
+        store.make_durable(pending).unwrap();
         // Both copies: the primary one is preferred.
-        assert_eq!(store.locate(&hash).unwrap().1, Tier::Primary);
+        assert_eq!(store.locate(&hash), Some(Tier::Primary));
         assert!(matches!(
             store.stage_archive_copy(&hash, 11).unwrap(),
             ArchiveCopy::AlreadyThere
         ));
-        fs::remove_file(store.blob_path(&hash)).unwrap();
-        assert_eq!(store.locate(&hash).unwrap().1, Tier::Archive);
-        assert!(store.contains(&hash));
-        let mut text = String::new();
-        use std::io::Read as _;
-        store
-            .open_blob(&hash)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, "old content");
+        assert_eq!(store.delete_primary_copy(&hash).unwrap(), Unlinked::Removed);
+        assert_eq!(store.locate(&hash), Some(Tier::Archive));
+        assert_eq!(store.read_whole(&hash, 11).unwrap(), b"old content");
+        assert_eq!(store.verify(&hash, 11), (Verdict::Ok, Some(Tier::Archive)));
         assert!(matches!(
             store.stage_archive_copy(&blake3::hash(b"x"), 1).unwrap(),
             ArchiveCopy::SourceGone
         ));
-        assert_eq!(
-            fs::read_dir(store.archive_tmp_dir().unwrap())
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(tmp_count(&archive), 0);
     }
 
     #[test]
     fn a_corrupt_blob_is_never_copied_to_the_archive() {
         let (_dir, store, hash) = store_with_blob(b"soon damaged");
-        fs::write(store.blob_path(&hash), b"soon DAMAGED").unwrap();
+        fs::write(store.primary.blob(&hash), b"soon DAMAGED").unwrap();
         assert!(matches!(
             store.stage_archive_copy(&hash, 12).unwrap(),
             ArchiveCopy::SourceCorrupt
         ));
-        assert!(!store.archive_path(&hash).unwrap().exists());
+        let archive = store.archive.clone().unwrap();
+        assert!(!archive.blob(&hash).exists());
+        assert_eq!(tmp_count(&archive), 0);
         assert_eq!(
-            fs::read_dir(store.archive_tmp_dir().unwrap())
-                .unwrap()
-                .count(),
-            0
+            store.verify(&hash, 12),
+            (Verdict::Corrupt, Some(Tier::Primary))
         );
+    }
+
+    #[test]
+    fn quarantine_moves_a_blob_aside_on_its_own_disk() {
+        let (dir, store, hash) = store_with_blob(b"bad bytes");
+        let moved = store.quarantine(&hash, 42).unwrap().unwrap();
+        assert!(moved.starts_with(&dir.path().join("data/quarantine").display().to_string()));
+        assert!(moved.ends_with(&format!("{}.42", hash.to_hex())));
+        assert!(!store.contains(&hash));
+        assert_eq!(store.quarantine(&hash, 43).unwrap(), None);
     }
 
     #[test]
@@ -615,8 +854,41 @@ mod tests {
     fn clean_tmp_respects_age() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        fs::write(store.tmp_dir().join("left.part"), b"x").unwrap();
+        fs::write(store.primary.tmp.join("left.part"), b"x").unwrap();
         assert_eq!(store.clean_tmp(Duration::from_secs(3600)).unwrap(), 0);
         assert_eq!(store.clean_tmp(Duration::ZERO).unwrap(), 1);
+    }
+
+    #[test]
+    fn walk_reports_foreign_files_without_touching_them() {
+        let (_dir, store, hash) = store_with_blob(b"listed");
+        fs::write(store.primary.blobs.join("README"), b"x").unwrap();
+        let mut seen = Vec::new();
+        store
+            .walk(
+                Tier::Primary,
+                || {},
+                |batch| -> Result<()> {
+                    seen.extend(batch.into_iter().map(|(e, _)| e));
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert!(seen.contains(&BlobEntry::Blob(hash)));
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, BlobEntry::Foreign(p) if p.ends_with("README")))
+        );
+        assert!(store.primary.blobs.join("README").exists());
+    }
+
+    #[test]
+    fn disk_full_errors_are_classified_by_kind() {
+        let e = StoreError::io("write", io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(e.code(), "disk_full");
+        let e = StoreError::io("write", io::Error::from_raw_os_error(libc::EDQUOT));
+        assert_eq!(e.code(), "disk_full");
+        let e = StoreError::io("write", io::Error::from(io::ErrorKind::PermissionDenied));
+        assert_eq!(e.code(), "internal");
     }
 }

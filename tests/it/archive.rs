@@ -277,8 +277,8 @@ async fn only_blobs_older_than_after_days_move() {
     let old = upload_attached(&app, unique_png(1), 1).await;
     let hex = old["blake3"].as_str().unwrap().to_owned();
     let (mut conn, store) = gc::open_existing(&app.data, Some(&root)).unwrap();
-    let now = gc::system_now_ms();
-    let run = |conn: &mut rusqlite::Connection, now_ms: i64| {
+    let now = media_store::clock::Clock::now_ms(&media_store::clock::SystemClock);
+    let run = |conn: &mut media_store::index::Maintenance, now_ms: i64| {
         let opts = GcOptions {
             grace: Duration::from_secs(3600),
             tmp_max_age: Duration::from_secs(86_400),

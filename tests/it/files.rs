@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use media_store::signing::ManualClock;
+use media_store::clock::ManualClock;
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -369,18 +369,18 @@ async fn media_deleted_by_another_process_is_not_found_even_while_cached() {
         let resp = app.client.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 200, "round {seed}");
         // What GC does in its own process: the row, then (count 0) the file.
-        let conn = media_store::index::open_connection(&app.data.join("index.sqlite3")).unwrap();
-        media_store::index::media::delete_media(&conn, id, 0)
-            .unwrap()
-            .expect("row existed");
-        let blob = app
-            .data
-            .join("blobs")
-            .join(media_store::store::blob_relative_path(&blake3::hash(
-                &content,
-            )));
-        std::fs::remove_file(blob).unwrap();
-        conn.execute("DELETE FROM blobs WHERE refcount = 0", [])
+        let mut index = media_store::index::Maintenance::open_existing(&app.data).unwrap();
+        let hash = blake3::hash(&content);
+        index
+            .immediate(|tx| {
+                tx.delete_media(id, 0)?.expect("row existed");
+                let blob = app
+                    .data
+                    .join("blobs")
+                    .join(media_store::store::blob_relative_path(&hash));
+                std::fs::remove_file(blob).unwrap();
+                tx.forget_zero_count_blob(&hash)
+            })
             .unwrap();
         // Rows (and small bodies) cached from before are trusted for at most 1 s
         // after another process's change (storage-layout.md, "Serving"); never a 5xx.

@@ -240,7 +240,7 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
                     tmp_max_age: Duration::from_secs(86_400),
                     batch: 256,
                     dry_run: false,
-                    now_ms: gc::system_now_ms(),
+                    now_ms: media_store::clock::Clock::now_ms(&media_store::clock::SystemClock),
                     progress: false,
                     retention: false,
                     pace: false,

@@ -138,7 +138,7 @@ async fn rows_appear_with_the_same_ids_and_values_and_deletes_propagate() {
         assert_eq!(row.2, api["file_url"].as_str().unwrap());
         assert_eq!(
             row.3,
-            media_store::sync::mirror_file_type(api["file_type"].as_str().unwrap())
+            media_store::mirror::mirror_file_type(api["file_type"].as_str().unwrap())
         );
         assert_eq!(row.5, api["size"].as_u64().unwrap());
         assert_eq!(row.6, api["blake3"].as_str().unwrap());
@@ -590,11 +590,11 @@ fn gc_safety_belt_returns_exactly_the_referenced_ids() {
         )
         .unwrap();
     }
-    let cfg = media_store::sync::MysqlConfig {
+    let cfg = media_store::mirror::MysqlConfig {
         url: db.tcp_url(&name),
         ..Default::default()
     };
-    let refs = media_store::sync::MysqlReferences::from_config(&cfg)
+    let refs = media_store::mirror::MysqlReferences::from_config(&cfg)
         .unwrap()
         .expect("configured");
     let asked: Vec<i64> = (1..=2000).collect();
@@ -607,24 +607,26 @@ fn gc_safety_belt_returns_exactly_the_referenced_ids() {
     assert_eq!(refs.referenced(&[3, 4]).unwrap(), vec![3]);
 
     // Unknown means error: a broken query, and a server that is not there.
-    let broken = media_store::sync::MysqlReferences::from_config(&media_store::sync::MysqlConfig {
-        references_query: "SELECT media_id FROM no_such_table WHERE media_id IN ({ids})".into(),
-        ..cfg.clone()
-    })
-    .unwrap()
-    .unwrap();
+    let broken =
+        media_store::mirror::MysqlReferences::from_config(&media_store::mirror::MysqlConfig {
+            references_query: "SELECT media_id FROM no_such_table WHERE media_id IN ({ids})".into(),
+            ..cfg.clone()
+        })
+        .unwrap()
+        .unwrap();
     assert!(broken.referenced(&[2]).is_err());
-    let down = media_store::sync::MysqlReferences::from_config(&media_store::sync::MysqlConfig {
-        url: "mysql://root@127.0.0.1:1/x?prefer_socket=false".into(),
-        connect_timeout_ms: 500,
-        ..cfg.clone()
-    })
-    .unwrap()
-    .unwrap();
+    let down =
+        media_store::mirror::MysqlReferences::from_config(&media_store::mirror::MysqlConfig {
+            url: "mysql://root@127.0.0.1:1/x?prefer_socket=false".into(),
+            connect_timeout_ms: 500,
+            ..cfg.clone()
+        })
+        .unwrap()
+        .unwrap();
     assert!(down.referenced(&[2]).is_err());
     // No MySQL configured: no external references at all.
     assert!(
-        media_store::sync::MysqlReferences::from_config(&Default::default())
+        media_store::mirror::MysqlReferences::from_config(&Default::default())
             .unwrap()
             .is_none()
     );

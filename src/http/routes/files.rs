@@ -4,11 +4,9 @@
 //! streams the blob (Range, ETag/If-None-Match, safe headers) or, with
 //! `serve.nginx_accel`, hands the file to nginx with `X-Accel-Redirect`.
 
-use std::collections::HashMap;
-use std::io::{Read, SeekFrom};
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -17,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use headers::{ETag, HeaderMapExt, IfNoneMatch, IfRange};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::app::AppState;
 use crate::error::ErrorKind;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiPath;
-use crate::index::media::{MediaRow, get_media};
+use crate::http::state::HttpState;
+use crate::index::MediaRow;
 use crate::signing::{SignError, Target};
 
 /// The only variant today; previews add more later (each signed like this one).
@@ -55,17 +53,18 @@ struct Prepared {
 }
 
 /// Keeps hot downloads off SQLite and the disk: media rows by id, and the
-/// bytes of small blobs by hash.
+/// bytes of small blobs by hash, in bounded caches (`moka`: size-aware
+/// eviction instead of starting over when full).
 ///
 /// Rows are valid only while [`Index::generation`](crate::index::Index::generation)
 /// is the one read before the row was, so a deletion (or any other write) is
-/// seen by the very next download; entries also expire after
-/// [`ROW_TTL`] to bound how long a change made by another process (a CLI tool)
-/// can go unseen. Blob bytes never change under their hash, and are only used
-/// for a row that is current.
+/// seen by the very next download; entries also expire after [`ROW_TTL`] to
+/// bound how long a change made by another process (a CLI tool) can go
+/// unseen. Blob bytes never change under their hash, and are only used for a
+/// row that is current.
 pub struct DownloadCache {
-    rows: Mutex<HashMap<i64, CachedRow>>,
-    bodies: Mutex<(HashMap<blake3::Hash, Bytes>, usize)>,
+    rows: moka::sync::Cache<i64, CachedRow>,
+    bodies: moka::sync::Cache<blake3::Hash, Bytes>,
 }
 
 /// A media row with the response headers derived from it, built once per
@@ -112,64 +111,51 @@ impl std::ops::Deref for Media {
 struct CachedRow {
     row: Arc<Media>,
     generation: u64,
-    at: Instant,
 }
 
 pub const ROW_TTL: Duration = Duration::from_secs(1);
-const MAX_ROWS: usize = 100_000;
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+const MAX_ROWS: u64 = 100_000;
+const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for DownloadCache {
     fn default() -> Self {
         DownloadCache {
-            rows: Mutex::new(HashMap::new()),
-            bodies: Mutex::new((HashMap::new(), 0)),
+            rows: moka::sync::Cache::builder()
+                .max_capacity(MAX_ROWS)
+                .time_to_live(ROW_TTL)
+                .build(),
+            bodies: moka::sync::Cache::builder()
+                .max_capacity(MAX_BODY_BYTES)
+                .weigher(|_, bytes: &Bytes| bytes.len().try_into().unwrap_or(u32::MAX))
+                .build(),
         }
     }
 }
 
 impl DownloadCache {
     fn row(&self, id: i64, generation: u64) -> Option<Arc<Media>> {
-        let rows = self.rows.lock().expect("download cache lock poisoned");
-        rows.get(&id)
-            .filter(|c| c.generation == generation && c.at.elapsed() < ROW_TTL)
-            .map(|c| c.row.clone())
+        self.rows
+            .get(&id)
+            .filter(|c| c.generation == generation)
+            .map(|c| c.row)
     }
 
     fn put_row(&self, row: Arc<Media>, generation: u64) {
-        let mut rows = self.rows.lock().expect("download cache lock poisoned");
-        // Simple bound: start over when full (entries are cheap to re-read).
-        if rows.len() >= MAX_ROWS {
-            rows.clear();
-        }
-        rows.insert(
-            row.id,
-            CachedRow {
-                row,
-                generation,
-                at: Instant::now(),
-            },
-        );
+        self.rows.insert(row.id, CachedRow { row, generation });
     }
 
     fn body(&self, hash: &blake3::Hash) -> Option<Bytes> {
-        let bodies = self.bodies.lock().expect("download cache lock poisoned");
-        bodies.0.get(hash).cloned()
+        self.bodies.get(hash)
     }
 
     fn put_body(&self, hash: blake3::Hash, bytes: Bytes) {
-        let mut bodies = self.bodies.lock().expect("download cache lock poisoned");
-        if bodies.1 + bytes.len() > MAX_BODY_BYTES {
-            *bodies = (HashMap::new(), 0);
-        }
-        bodies.1 += bytes.len();
-        bodies.0.insert(hash, bytes);
+        self.bodies.insert(hash, bytes);
     }
 }
 
 /// `GET|HEAD /files/{id}`
 pub async fn download_file(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(id): ApiPath<i64>,
     method: Method,
     uri: Uri,
@@ -197,22 +183,16 @@ pub async fn download_file(
         Plan::Bytes { start, len } => {
             let store = state.media().store().clone();
             let hash = row.hash;
-            let file = match crate::tasks::blocking(move || store.open_blob(&hash))
-                .await
-                .map_err(|e| internal("blob open task failed", e))?
+            let stream = match crate::tasks::blocking(move || {
+                store.open_range(&hash, start, len, STREAM_CHUNK)
+            })
+            .await
+            .map_err(|e| internal("blob open task failed", e))?
             {
-                Ok(file) => file,
+                Ok(stream) => stream,
                 Err(e) => return Err(unreadable_blob(&state, row.id, e).await),
             };
-            let mut file = tokio::fs::File::from_std(file);
-            use tokio::io::{AsyncReadExt, AsyncSeekExt};
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(|e| internal("cannot seek blob", e))?;
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file.take(len),
-                STREAM_CHUNK,
-            ))
+            Body::from_stream(stream)
         }
     };
     let mut response = (prepared.status, body).into_response();
@@ -221,7 +201,7 @@ pub async fn download_file(
 }
 
 /// The media row, from the cache or the index (off the executor).
-async fn lookup(state: &AppState, id: i64) -> Result<Arc<Media>, ApiError> {
+async fn lookup(state: &HttpState, id: i64) -> Result<Arc<Media>, ApiError> {
     let cache = state.download_cache();
     // Read before the query: a write that lands meanwhile invalidates the entry.
     let generation = state.media().index().generation();
@@ -234,7 +214,7 @@ async fn lookup(state: &AppState, id: i64) -> Result<Arc<Media>, ApiError> {
         .await
         .map_err(|e| internal("download slots closed", e))?;
     let index = state.media().index().clone();
-    let row = crate::tasks::blocking(move || index.read_blocking(|conn| get_media(conn, id)))
+    let row = crate::tasks::blocking(move || index.read_blocking(|r| r.get_media(id)))
         .await
         .map_err(|e| internal("index read task failed", e))?
         .map_err(ApiError::from)?;
@@ -251,20 +231,16 @@ async fn lookup(state: &AppState, id: i64) -> Result<Arc<Media>, ApiError> {
 }
 
 /// The whole content of a small blob, from the cache or the disk.
-async fn small_body(state: &AppState, row: &MediaRow) -> Result<Bytes, ApiError> {
+async fn small_body(state: &HttpState, row: &MediaRow) -> Result<Bytes, ApiError> {
     let cache = state.download_cache();
     if let Some(bytes) = cache.body(&row.hash) {
         return Ok(bytes);
     }
     let store = state.media().store().clone();
     let (hash, size) = (row.hash, row.size);
-    let bytes = crate::tasks::blocking(move || -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0; size as usize];
-        store.open_blob(&hash)?.read_exact(&mut buf)?;
-        Ok(buf)
-    })
-    .await
-    .map_err(|e| internal("blob read task failed", e))?;
+    let bytes = crate::tasks::blocking(move || store.read_whole(&hash, size))
+        .await
+        .map_err(|e| internal("blob read task failed", e))?;
     let bytes = match bytes {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => return Err(unreadable_blob(state, row.id, e).await),
@@ -276,7 +252,7 @@ async fn small_body(state: &AppState, row: &MediaRow) -> Result<Bytes, ApiError>
 /// A blob that cannot be read: if its media row is gone meanwhile (deleted by
 /// another process within the row cache's 1 s), the answer is the 404 a fresh
 /// lookup gives; a live row without its file breaks I2 and is a 500.
-async fn unreadable_blob(state: &AppState, id: i64, e: std::io::Error) -> ApiError {
+async fn unreadable_blob(state: &HttpState, id: i64, e: std::io::Error) -> ApiError {
     match state.media().get(id).await {
         Err(gone) => ApiError::from(gone),
         Ok(_) => internal("blob file of a live media row cannot be read", e),
@@ -289,7 +265,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 fn prepare(
-    state: &AppState,
+    state: &HttpState,
     row: &Media,
     query: &str,
     c: Conditions,
@@ -317,7 +293,7 @@ fn prepare(
         Some(_) => return Err(SignError::Invalid.into()),
     };
     let remaining = (verified.expires_at - signer.now()).max(0);
-    let config = state.config();
+    let settings = state.settings();
     let etag = &row.etag;
     let mut headers = HeaderMap::with_capacity(12);
     headers.insert(header::ETAG, row.etag_value.clone());
@@ -333,7 +309,7 @@ fn prepare(
     // A file handed to nginx gets these from nginx: it sends its own
     // Accept-Ranges (ours would be doubled) and drops the other two after the
     // internal redirect (the shipped config adds them back).
-    if !config.serve.nginx_accel || not_modified {
+    if !settings.serve.nginx_accel || not_modified {
         let fixed = |v| HeaderValue::from_static(v);
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, fixed("nosniff"));
         headers.insert(header::CONTENT_SECURITY_POLICY, fixed("sandbox"));
@@ -358,14 +334,12 @@ fn prepare(
     if let Some(v) = disposition {
         headers.insert(header::CONTENT_DISPOSITION, v.clone());
     }
-    if config.serve.nginx_accel {
+    if settings.serve.nginx_accel {
         // nginx serves the file (and Range, HEAD) from its internal location.
-        let hex = row.hash.to_hex();
         let target = format!(
-            "{}{}/{}/{hex}",
-            config.serve.accel_prefix,
-            &hex[0..2],
-            &hex[2..4]
+            "{}{}",
+            settings.serve.accel_prefix,
+            state.media().store().accel_path(&row.hash)
         );
         put(
             &mut headers,

@@ -5,38 +5,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::http::state::HttpState;
 
-pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let index_ok = state
-        .media()
-        .index()
-        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-        .await
-        .is_ok();
+pub async fn healthz(State(state): State<HttpState>) -> (StatusCode, Json<Value>) {
+    let index_ok = state.media().index().read(|r| r.ping()).await.is_ok();
     let store = state.media().store().clone();
-    let (data_ok, archive_ok) = crate::tasks::blocking(move || {
-        let writable = |dirs: &[&std::path::Path]| {
-            dirs.iter().all(|d| {
-                nix::unistd::access(
-                    *d,
-                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-                )
-                .is_ok()
-            })
-        };
-        let archive = match (store.archive_blobs_dir(), store.archive_tmp_dir()) {
-            (Some(blobs), Some(tmp)) => Some(writable(&[blobs, tmp])),
-            _ => None,
-        };
-        (writable(&[store.blobs_dir(), store.tmp_dir()]), archive)
-    })
-    .await
-    .unwrap_or((false, None));
+    let (data_ok, archive_ok) = crate::tasks::blocking(move || store.writable())
+        .await
+        .unwrap_or((false, None));
     let backlog = state
         .media()
         .index()
-        .read(crate::sync::outbox::backlog)
+        .read(|r| r.outbox_backlog())
         .await
         .ok();
     // Archived blobs are live data: an archive disk that cannot be used is

@@ -12,12 +12,12 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::error::ErrorKind;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
+use crate::http::state::HttpState;
 use crate::http::views::{MediaPage, MediaView, UploadView};
-use crate::index::media::{ListQuery, TypeFilter};
+use crate::index::{ListQuery, TypeFilter};
 use crate::media::{Ingested, MediaError, UploadMeta};
 use crate::timefmt::parse_instant_ms;
 
@@ -34,7 +34,7 @@ pub struct UploadParams {
 /// `POST /v1/media?uploader_id=N`: a multipart form (field `file`) or the raw bytes.
 pub async fn create_media(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiQuery(params): ApiQuery<UploadParams>,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadView>), ApiError> {
@@ -82,7 +82,7 @@ pub(crate) struct UploadTarget<'a> {
 }
 
 pub(crate) async fn ingest_request(
-    state: &AppState,
+    state: &HttpState,
     target: UploadTarget<'_>,
     request: Request,
     cap: Option<u64>,
@@ -304,7 +304,7 @@ fn clean_filename(raw: &str) -> Option<String> {
 /// `GET /v1/media/{id}`
 pub async fn get_media(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<MediaView>, ApiError> {
     let row = state.media().get(id).await?;
@@ -328,7 +328,7 @@ pub const MAX_PAGE: u32 = 1000;
 /// `GET /v1/media?uploader_id=&type=&since=&until=&limit=&cursor=`, newest first.
 pub async fn list_media(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<MediaPage>, ApiError> {
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
@@ -407,7 +407,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 /// `DELETE /v1/media/{id}`: removes the row and drops the blob reference (204).
 pub async fn delete_media(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     state.media().delete(id).await?;

@@ -7,11 +7,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ServiceAuth};
+use crate::http::state::HttpState;
 use crate::http::views::MediaView;
-use crate::lifecycle::refs::{self, Attached, Released};
+use crate::lifecycle::refs::{Attached, Released};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,13 +23,15 @@ pub struct AttachBody {
 /// Idempotent: 201 when the reference is new, 200 when it already existed.
 pub async fn attach_media(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath((message_id, media_id)): ApiPath<(i64, i64)>,
     body: Result<Json<AttachBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Attached>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request("bad_body", e.body_text()))?;
-    let attached =
-        refs::attach_async(state.media().index(), message_id, media_id, body.group_id).await?;
+    let attached = state
+        .refs()
+        .attach(message_id, media_id, body.group_id)
+        .await?;
     let status = if attached.created {
         StatusCode::CREATED
     } else {
@@ -49,10 +51,10 @@ pub struct MessageReleased {
 /// media left without any are deleted. Idempotent (an unknown message releases 0).
 pub async fn delete_message(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(message_id): ApiPath<i64>,
 ) -> Result<Json<MessageReleased>, ApiError> {
-    let released = refs::delete_message_async(state.media().index(), message_id).await?;
+    let released = state.refs().delete_message(message_id).await?;
     tracing::info!(
         message.id = message_id,
         references = released.references,
@@ -76,10 +78,10 @@ pub struct GroupReleased {
 /// set-based transaction.
 pub async fn delete_group(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(group_id): ApiPath<i64>,
 ) -> Result<Json<GroupReleased>, ApiError> {
-    let released = refs::delete_group_async(state.media().index(), group_id).await?;
+    let released = state.refs().delete_group(group_id).await?;
     tracing::info!(
         group.id = group_id,
         messages = released.messages,
@@ -102,10 +104,10 @@ pub struct MessageMedia {
 /// list for a message that carries none).
 pub async fn list_message_media(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(message_id): ApiPath<i64>,
 ) -> Result<Json<MessageMedia>, ApiError> {
-    let (group_id, rows) = refs::message_media_async(state.media().index(), message_id).await?;
+    let (group_id, rows) = state.refs().message_media(message_id).await?;
     let base = state.public_base_url();
     Ok(Json(MessageMedia {
         message_id,

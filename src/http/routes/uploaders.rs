@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ServiceAuth};
-use crate::lifecycle::refs::{self, Usage};
+use crate::http::state::HttpState;
+use crate::lifecycle::refs::Usage;
 
 #[derive(Serialize)]
 pub struct UsageView {
@@ -22,15 +22,15 @@ pub struct UsageView {
 /// `GET /v1/uploaders/{uploader_id}/usage`
 pub async fn get_usage(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(uploader_id): ApiPath<i64>,
 ) -> Result<Json<UsageView>, ApiError> {
-    let usage = refs::usage_async(state.media().index(), uploader_id).await?;
-    let retention = &state.config().retention;
+    let usage = state.refs().usage(uploader_id).await?;
+    let quota = state.media().quota();
     let limit = |v: u64| (v > 0).then_some(v);
     Ok(Json(UsageView {
         usage,
-        quota_bytes: limit(retention.quota_bytes),
-        quota_files: limit(retention.quota_files),
+        quota_bytes: limit(quota.bytes),
+        quota_files: limit(quota.files),
     }))
 }

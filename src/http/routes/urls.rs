@@ -7,12 +7,13 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ServiceAuth};
 use crate::http::routes::files::VARIANTS;
 use crate::http::routes::media::{UploadTarget, ingest_request};
-use crate::http::views::{MediaView, UploadView, file_url};
+use crate::http::state::HttpState;
+use crate::http::views::{MediaView, UploadView};
+use crate::media::file_url;
 use crate::signing::{SignError, Target};
 use crate::timefmt::rfc3339_ms;
 
@@ -47,7 +48,7 @@ fn json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiE
 pub fn sign_media_url(
     signer: &crate::signing::Signer,
     public_base_url: &str,
-    row: &crate::index::media::MediaRow,
+    row: &crate::index::MediaRow,
     ttl_secs: Option<u64>,
     variant: Option<&str>,
     attachment: bool,
@@ -89,7 +90,7 @@ pub fn sign_media_url(
 /// `POST /v1/media/{id}/url` `{"ttl_secs", "variant", "disposition"}` -> `{"url", "expires_at"}`
 pub async fn create_media_url(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     ApiPath(id): ApiPath<i64>,
     body: Bytes,
 ) -> Result<Json<SignedUrlView>, ApiError> {
@@ -135,7 +136,7 @@ pub struct UploadUrlView {
 /// `POST /v1/upload-urls` `{"uploader_id", "ttl_secs", "max_bytes"}` -> `{"url", "expires_at", "max_bytes"}`
 pub async fn create_upload_url(
     _: ServiceAuth,
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     body: Bytes,
 ) -> Result<Json<UploadUrlView>, ApiError> {
     let req: UploadUrlRequest = serde_json::from_slice(&body)
@@ -173,7 +174,7 @@ pub async fn create_upload_url(
 /// `POST|PUT /upload?uploader_id=&max_bytes=&exp=&kid=&sig=`: a presigned
 /// upload, raw body or multipart (field `file`), answered like `POST /v1/media`.
 pub async fn upload_presigned(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     method: Method,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadView>), ApiError> {
@@ -208,49 +209,4 @@ pub async fn upload_presigned(
         deduplicated: ingested.deduplicated,
     };
     Ok((StatusCode::CREATED, Json(view)))
-}
-
-/// `media-store sign-url`: signs from the config's keys (or the data folder's
-/// generated key) and the index opened read-only, without a running daemon.
-pub fn sign_url_offline(
-    config: &crate::config::Config,
-    id: i64,
-    ttl_secs: Option<u64>,
-    variant: &str,
-    attachment: bool,
-) -> anyhow::Result<SignedUrlView> {
-    use anyhow::Context as _;
-    use rusqlite::OpenFlags;
-    let fallback = if config.signing.keys.is_empty() {
-        let (key, _) = crate::app::load_signing_key_file(&config.data_dir, false)?;
-        Some(key.context(
-            "no signing key: configure [signing] keys or start the daemon once to generate one",
-        )?)
-    } else {
-        None
-    };
-    let signer = crate::signing::Signer::from_config(
-        &config.signing,
-        fallback,
-        std::sync::Arc::new(crate::signing::SystemClock),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let path = crate::app::index_path(&config.data_dir);
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open the index {}", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let row = crate::index::media::get_media(&conn, id)?
-        .with_context(|| format!("media {id} does not exist"))?;
-    sign_media_url(
-        &signer,
-        &config.public_base_url,
-        &row,
-        ttl_secs,
-        Some(variant),
-        attachment,
-    )
-    .map_err(|e| anyhow::anyhow!("{}", e.message))
 }

@@ -21,7 +21,7 @@ pub struct TestApp {
     pub socket: Option<PathBuf>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _socket_file: Option<media_store::server::UnixSocketFile>,
+    _socket_file: Option<media_store::http::server::UnixSocketFile>,
     _dir: Option<TempDir>,
     _socket_dir: Option<TempDir>,
 }
@@ -53,7 +53,7 @@ impl TestApp {
             dir.path(),
             toml,
             &env,
-            std::sync::Arc::new(media_store::signing::SystemClock),
+            std::sync::Arc::new(media_store::clock::SystemClock),
         )
         .await;
         app._dir = Some(dir);
@@ -64,7 +64,7 @@ impl TestApp {
     /// Starts with a clock the test moves (signed URL expiry).
     pub async fn start_with_clock(
         toml: &str,
-        clock: std::sync::Arc<dyn media_store::signing::Clock>,
+        clock: std::sync::Arc<dyn media_store::clock::Clock>,
     ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut app = Self::start_in_with_clock(dir.path(), toml, clock).await;
@@ -77,7 +77,7 @@ impl TestApp {
         Self::start_in_with_clock(
             data,
             toml,
-            std::sync::Arc::new(media_store::signing::SystemClock),
+            std::sync::Arc::new(media_store::clock::SystemClock),
         )
         .await
     }
@@ -85,7 +85,7 @@ impl TestApp {
     pub async fn start_in_with_clock(
         data: &Path,
         toml: &str,
-        clock: std::sync::Arc<dyn media_store::signing::Clock>,
+        clock: std::sync::Arc<dyn media_store::clock::Clock>,
     ) -> TestApp {
         Self::start_configured(data, toml, &[], clock).await
     }
@@ -94,7 +94,7 @@ impl TestApp {
         data: &Path,
         toml: &str,
         extra_env: &[(String, String)],
-        clock: std::sync::Arc<dyn media_store::signing::Clock>,
+        clock: std::sync::Arc<dyn media_store::clock::Clock>,
     ) -> TestApp {
         let mut env = BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), TOKEN.to_string())]);
         env.extend(extra_env.iter().cloned());
@@ -111,13 +111,20 @@ impl TestApp {
         let (unix, socket_file) = if socket.as_os_str().is_empty() {
             (None, None)
         } else {
-            let (unix, file) = media_store::server::bind_unix(&socket, mode, None).unwrap();
+            let (unix, file) = media_store::http::server::bind_unix(&socket, mode, None).unwrap();
             (Some(unix), Some(file))
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(media_store::server::run_on(listener, unix, state, async {
-            let _ = rx.await;
-        }));
+        // The app (its data-folder lock, the mirror's worker) lives as long as it serves.
+        let task = tokio::spawn(async move {
+            let http = state.http().clone();
+            let served = media_store::http::server::run_on(listener, unix, http, async {
+                let _ = rx.await;
+            })
+            .await;
+            drop(state);
+            served
+        });
         TestApp {
             base: format!("http://{addr}"),
             data: data.to_owned(),

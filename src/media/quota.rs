@@ -2,11 +2,8 @@
 //! writer: the totals read there cannot change before the upload's own row
 //! commits, so concurrent uploads of one uploader cannot overshoot together.
 
-use rusqlite::Connection;
-
-use super::RetentionConfig;
-use crate::error::ErrorKind;
-use crate::index::IndexError;
+use super::MediaError;
+use crate::index::Reader;
 
 /// Limits per uploader; 0 means no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -16,13 +13,6 @@ pub struct Quota {
 }
 
 impl Quota {
-    pub fn from_config(c: &RetentionConfig) -> Quota {
-        Quota {
-            bytes: c.quota_bytes,
-            files: c.quota_files,
-        }
-    }
-
     pub fn is_unlimited(&self) -> bool {
         self.bytes == 0 && self.files == 0
     }
@@ -31,20 +21,16 @@ impl Quota {
 /// Refuses (507 `quota_exceeded`) an upload of `size` bytes that would take the
 /// uploader past its quota. Must run inside the commit transaction.
 pub fn check(
-    conn: &Connection,
+    index: &Reader<'_>,
     quota: &Quota,
     uploader_id: i64,
     size: u64,
-) -> Result<(), IndexError> {
+) -> Result<(), MediaError> {
     if quota.is_unlimited() {
         return Ok(());
     }
-    let (files, bytes) = super::refs::counted_usage(conn, uploader_id)?;
-    let refuse = |message: String| IndexError::Job {
-        kind: ErrorKind::InsufficientStorage,
-        code: "quota_exceeded",
-        message,
-    };
+    let (files, bytes) = index.counted_usage(uploader_id)?;
+    let refuse = MediaError::QuotaExceeded;
     if quota.files > 0 && files + 1 > quota.files {
         return Err(refuse(format!(
             "uploader {uploader_id} already has {files} files; the quota is {}",

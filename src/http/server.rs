@@ -9,14 +9,14 @@ use axum::serve::ListenerExt as _;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
+use crate::http::state::HttpState;
 
 /// Serves `state` on `listener` until `shutdown` completes, then stops accepting
 /// and waits for in-flight requests to finish. Tests bind port 0 and pass their
 /// own shutdown future; the daemon passes SIGTERM/SIGINT.
 pub async fn run(
     listener: TcpListener,
-    state: AppState,
+    state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     run_on(listener, None, state, shutdown).await
@@ -27,7 +27,7 @@ pub async fn run(
 pub async fn run_on(
     listener: TcpListener,
     unix: Option<UnixListener>,
-    state: AppState,
+    state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let router = crate::http::router(state);

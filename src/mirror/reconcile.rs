@@ -13,8 +13,9 @@ use mysql::Conn;
 use serde::Serialize;
 
 use super::mysql::{self as my, MirrorRow};
-use super::{Result, outbox, worker};
-use crate::index::Index;
+use super::{MysqlConfig, Result, worker};
+use crate::clock::Clock;
+use crate::index::{DurabilityBarrier, Index, IndexConfig};
 
 /// What a comparison found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,11 +46,12 @@ pub fn compare(
     chunk: usize,
     base_url: &str,
     queue: bool,
+    clock: &dyn Clock,
 ) -> Result<Report> {
     let mut report = Report::default();
     let mut from = i64::MIN;
     loop {
-        let ours = index.read_blocking(move |c| outbox::rows_from(c, from, chunk))?;
+        let ours = index.read_blocking(move |r| r.media_from(from, chunk))?;
         let theirs = my::rows_from(conn, from, chunk)?;
         if ours.is_empty() && theirs.is_empty() {
             break;
@@ -104,7 +106,8 @@ pub fn compare(
             }
         }
         if queue && !repair.is_empty() {
-            index.write_blocking(move |ctx| outbox::enqueue(ctx.tx, &repair))?;
+            let now = clock.now_ms();
+            index.write_blocking(move |ctx| ctx.outbox_enqueue(&repair, now))?;
         }
         match end {
             Some(e) => from = e,
@@ -127,42 +130,51 @@ pub enum Applied {
 
 /// `media-store mysql-sync --reconcile [--dry-run]` against a data folder whose
 /// daemon may or may not be running.
-pub fn run_cli(config: &crate::Config, dry_run: bool) -> anyhow::Result<(Report, Applied)> {
+pub fn run_cli(
+    cfg: &MysqlConfig,
+    data_dir: &std::path::Path,
+    base: &str,
+    dry_run: bool,
+    clock: &dyn Clock,
+) -> anyhow::Result<(Report, Applied)> {
     use anyhow::Context as _;
-    let cfg = &config.mysql;
     anyhow::ensure!(
         cfg.enabled(),
         "no MySQL configured: set mysql.url (MEDIA_STORE_MYSQL_URL)"
     );
-    let path = crate::app::index_path(&config.data_dir);
+    let path = crate::index::path_in(data_dir);
     anyhow::ensure!(path.exists(), "no index at {}", path.display());
-    let index = Index::open(&path, 64, 2, crate::store::make_dirs_durable)?;
+    // Reconcile writes outbox rows only: no blob installs to make durable.
+    let no_blob_writes: DurabilityBarrier = std::sync::Arc::new(|_| Ok(()));
+    let index = Index::open(&path, &IndexConfig::default(), no_blob_writes)?;
     let opts = my::opts(cfg)?;
     let mut conn = my::connect(&opts)
-        .map_err(|e| anyhow::anyhow!(e.chain()))
         .with_context(|| format!("cannot connect to MySQL at {}", my::describe(&opts)))?;
     if cfg.auto_migrate && !dry_run {
-        my::migrate(&mut conn).map_err(|e| anyhow::anyhow!(e.chain()))?;
+        my::migrate(&mut conn)?;
     } else {
-        my::check_schema(&mut conn).map_err(|e| anyhow::anyhow!(e.chain()))?;
+        my::check_schema(&mut conn)?;
     }
-    let base = &config.public_base_url;
-    let report = compare(&index, &mut conn, cfg.reconcile_chunk, base, !dry_run)
-        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let report = compare(
+        &index,
+        &mut conn,
+        cfg.reconcile_chunk,
+        base,
+        !dry_run,
+        clock,
+    )?;
     if dry_run {
         return Ok((report, Applied::DryRun));
     }
-    if !my::try_lock_mirror(&mut conn).map_err(|e| anyhow::anyhow!(e.chain()))? {
+    if !my::try_lock_mirror(&mut conn)? {
         return Ok((report, Applied::QueuedForDaemon));
     }
     // We hold the mirror: send the whole outbox (repairs and anything a stopped
     // or MySQL-less daemon left), bounded by what is queued now plus what
     // arrives meanwhile; a live daemon cannot be writing (it would hold the lock).
     let mut rows = 0u64;
-    while let Some(d) = worker::drain_batch(&index, &mut conn, cfg.batch_size, base, 0, |_| {})
-        .map_err(|e| anyhow::anyhow!(e.chain()))?
-    {
-        worker::ack(&index, d.last_seq).map_err(|e| anyhow::anyhow!(e.chain()))?;
+    while let Some(d) = worker::drain_batch(&index, &mut conn, cfg.batch_size, base, 0, |_| {})? {
+        worker::ack(&index, d.last_seq)?;
         rows += d.rows as u64;
     }
     Ok((report, Applied::Repaired { rows }))

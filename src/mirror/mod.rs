@@ -21,7 +21,6 @@
 
 pub mod config;
 pub mod mysql;
-pub mod outbox;
 pub mod reconcile;
 mod worker;
 
@@ -35,11 +34,12 @@ use serde_json::{Value, json};
 pub use self::config::MysqlConfig;
 pub use self::mysql::{MysqlReferences, mirror_file_type};
 pub use self::worker::{Drained, ack, drain_batch};
+use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, Maintenance};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub enum MirrorError {
     #[error("MySQL request failed")]
     Mysql(#[from] ::mysql::Error),
     #[error("index request failed")]
@@ -56,24 +56,24 @@ pub enum SyncError {
     IdOutOfRange(i64),
 }
 
-impl Classify for SyncError {
+impl Classify for MirrorError {
     fn kind(&self) -> ErrorKind {
         match self {
-            SyncError::Index(e) => e.kind(),
-            SyncError::Mysql(_) | SyncError::Locked => ErrorKind::Unavailable,
+            MirrorError::Index(e) => e.kind(),
+            MirrorError::Mysql(_) | MirrorError::Locked => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }
     }
     fn code(&self) -> &'static str {
         match self {
-            SyncError::Index(e) => e.code(),
-            SyncError::Mysql(_) | SyncError::Locked => "mysql_unavailable",
+            MirrorError::Index(e) => e.code(),
+            MirrorError::Mysql(_) | MirrorError::Locked => "mysql_unavailable",
             _ => "internal",
         }
     }
 }
 
-impl SyncError {
+impl MirrorError {
     /// The error with its causes, for logs and `/healthz` (no URL, so no password).
     pub fn chain(&self) -> String {
         let mut out = self.to_string();
@@ -87,7 +87,7 @@ impl SyncError {
     }
 }
 
-pub type Result<T, E = SyncError> = std::result::Result<T, E>;
+pub type Result<T, E = MirrorError> = std::result::Result<T, E>;
 
 /// What `/healthz` and the metrics show about the mirror.
 #[derive(Debug, Default, Clone)]
@@ -144,13 +144,18 @@ impl MysqlSync {
     /// MySQL URL, starts the worker thread. Called once at daemon start, before
     /// serving (it opens its own short-lived connection to the index file).
     pub fn start(
-        config: &crate::Config,
+        cfg: &MysqlConfig,
+        public_base_url: &str,
+        data_dir: &std::path::Path,
         index: &Index,
+        clock: SharedClock,
     ) -> std::result::Result<MysqlSync, anyhow::Error> {
-        let cfg = &config.mysql;
-        let conn = crate::index::open_connection(index.path())?;
+        // Its own short-lived connection: the daemon is not serving yet, and
+        // this runs on the async runtime, where the writer cannot be awaited
+        // blockingly.
+        let mut conn = Maintenance::open_existing(data_dir)?;
         if !cfg.enabled() {
-            let dropped = outbox::disable(&conn)?;
+            let dropped = conn.immediate(|tx| tx.outbox_disable())?;
             if dropped > 0 {
                 tracing::warn!(
                     entries = dropped,
@@ -160,7 +165,7 @@ impl MysqlSync {
             return Ok(MysqlSync { shared: None });
         }
         let opts = mysql::opts(cfg)?;
-        if outbox::enable(&conn)? {
+        if conn.immediate(|tx| tx.outbox_enable())? {
             tracing::info!("MySQL mirror enabled: a full reconcile will run once connected");
         }
         drop(conn);
@@ -168,7 +173,7 @@ impl MysqlSync {
             status: Mutex::new(Status::default()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
-            base_url: ArcSwap::from_pointee(config.public_base_url.clone()),
+            base_url: ArcSwap::from_pointee(public_base_url.to_owned()),
             reconcile_requested: AtomicBool::new(false),
         });
         let worker = worker::Worker {
@@ -176,6 +181,7 @@ impl MysqlSync {
             opts,
             cfg: cfg.clone(),
             shared: shared.clone(),
+            clock,
         };
         std::thread::Builder::new()
             .name("mysql-sync".into())

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+pub mod lifecycle;
+
 use crate::app::AppState;
 use crate::config::{Config, Overrides};
 
@@ -60,11 +62,11 @@ pub enum Command {
     /// unknown files under blobs/ and stale staging files. Safe while the
     /// daemon runs. Exit: 0 done (or nothing to do), 1 --dry-run found
     /// garbage, 2 error.
-    Gc(crate::lifecycle::cli::GcArgs),
+    Gc(lifecycle::GcArgs),
     /// Verify every blob (size, BLAKE3) and every reference count; list
     /// orphans. Exit: 0 clean, 1 problems found (also when repaired), 2 error.
     #[command(visible_alias = "scrub")]
-    Fsck(crate::lifecycle::cli::FsckArgs),
+    Fsck(lifecycle::FsckArgs),
     /// Print a signed download URL for a media id as JSON {"url", "expires_at"},
     /// offline, with the config's active signing key.
     SignUrl {
@@ -101,13 +103,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Serve { listen } => {
             let config = cli.load_config(*listen)?;
-            init_tracing(&config.log);
+            crate::telemetry::init_tracing(&config.log);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(&cli, *listen, config))?;
             Ok(0)
         }
-        Command::Gc(args) => crate::lifecycle::cli::gc(&cli.load_config(None)?, args),
-        Command::Fsck(args) => crate::lifecycle::cli::fsck(&cli.load_config(None)?, args),
+        Command::Gc(args) => lifecycle::gc(&cli.load_config(None)?, args),
+        Command::Fsck(args) => lifecycle::fsck(&cli.load_config(None)?, args),
         Command::SignUrl {
             id,
             ttl,
@@ -115,13 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             attachment,
         } => {
             let config = cli.load_config(None)?;
-            let view = crate::http::routes::urls::sign_url_offline(
-                &config,
-                *id,
-                *ttl,
-                variant,
-                *attachment,
-            )?;
+            let view = crate::app::sign_url_offline(&config, *id, *ttl, variant, *attachment)?;
             println!("{}", serde_json::to_string(&view)?);
             Ok(0)
         }
@@ -133,18 +129,24 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate { mysql } => {
             let mut config = cli.load_config(None)?;
-            init_tracing(&config.log);
+            crate::telemetry::init_tracing(&config.log);
             if let Some(url) = mysql {
                 config.mysql.url = url.clone();
                 config.mysql.validate().map_err(anyhow::Error::msg)?;
             }
-            crate::sync::mysql::migrate_cli(&config.mysql)?;
+            crate::mirror::mysql::migrate_cli(&config.mysql)?;
             Ok(0)
         }
         Command::MysqlSync { dry_run, .. } => {
             let config = cli.load_config(None)?;
-            init_tracing(&config.log);
-            let (report, applied) = crate::sync::reconcile::run_cli(&config, *dry_run)?;
+            crate::telemetry::init_tracing(&config.log);
+            let (report, applied) = crate::mirror::reconcile::run_cli(
+                &config.mysql,
+                &config.data_dir,
+                &config.public_base_url,
+                *dry_run,
+                &crate::clock::SystemClock,
+            )?;
             println!(
                 "reconcile: index_rows={} mysql_rows={} missing={} extra={} differing={}",
                 report.index_rows,
@@ -153,7 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 report.extra,
                 report.differing
             );
-            use crate::sync::reconcile::Applied;
+            use crate::mirror::reconcile::Applied;
             match applied {
                 Applied::DryRun => {
                     println!("dry run: nothing changed");
@@ -173,16 +175,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
     }
-}
-
-pub fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDIA_STORE_LOG_FILTER")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> anyhow::Result<()> {
@@ -219,7 +211,7 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
                     &overrides,
                 )?)
             };
-            Some(crate::reload::watch_config(path, state.clone(), load)?)
+            Some(crate::app::reload::watch_config(path, state.clone(), load)?)
         }
         None => None,
     };
@@ -232,7 +224,7 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
         (None, None)
     } else {
         let (unix, file) =
-            crate::server::bind_unix(&config_socket, socket_mode, socket_group.as_deref())
+            crate::http::server::bind_unix(&config_socket, socket_mode, socket_group.as_deref())
                 .with_context(|| format!("cannot listen on {}", config_socket.display()))?;
         // Not "listening on ...": scripts take the first such line as the TCP address.
         println!("also serving on unix:{}", file.path().display());
@@ -243,15 +235,15 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "media-store serving");
-    let gc_task = crate::lifecycle::gc::spawn_background(state.clone()).abort_handle();
-    let signal = crate::server::termination_signal();
+    let gc_task = crate::app::spawn_background_gc(state.clone()).abort_handle();
+    let signal = crate::http::server::termination_signal();
     // systemd Type=notify: ready once bound; STOPPING when the drain starts.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let shutdown = async {
         signal.await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
-    crate::server::run_on(listener, unix, state, shutdown).await?;
+    crate::http::server::run_on(listener, unix, state.http().clone(), shutdown).await?;
     gc_task.abort();
     tracing::info!("stopped cleanly");
     Ok(())

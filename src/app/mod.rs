@@ -1,21 +1,33 @@
-//! Application state shared by every request: handles only, no logic.
+//! The composition root: the one place that builds concrete types (blob
+//! store, index, media service, MySQL mirror, URL signer, HTTP state) from the
+//! config, wires them together, applies reloads, and starts background tasks.
+
+pub mod reload;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 
+use crate::clock::{self, SharedClock};
 use crate::config::Config;
-use crate::index::Index;
+use crate::http::{HttpSettings, HttpState};
+use crate::index::{DurabilityBarrier, Index, Maintenance};
+use crate::lifecycle::ExternalReferences;
+use crate::lifecycle::gc::{self, GcOptions, GcSummary};
+use crate::lifecycle::refs::References;
 use crate::media::MediaService;
+use crate::media::quota::Quota;
+use crate::mirror::MysqlSync;
 use crate::policy::Policy;
-use crate::signing::{Clock, Signer, SystemClock};
-use crate::store::{self, BlobStore};
+use crate::signing::Signer;
+use crate::store::BlobStore;
 
 /// Cheap to clone: one `Arc` around the shared parts.
 #[derive(Clone)]
@@ -24,22 +36,12 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     /// The running config; replaced whole by [`AppState::reload`].
     config: ArcSwap<Config>,
-    media: MediaService,
-    /// The MySQL mirror's worker handle; dropping it stops the worker.
-    mysql: crate::sync::MysqlSync,
+    http: HttpState,
     /// The token from the data folder, used while the config sets none.
     file_token: Option<String>,
-    /// Built from `[signing]` (or the data folder's generated key); swapped
-    /// whole by [`AppState::reload`] so keys rotate without a restart.
-    signer: ArcSwap<Signer>,
     /// The data folder's generated signing key, used while `[signing]` lists none.
     file_signing_key: Option<SigningKey>,
-    clock: Arc<dyn Clock>,
-    /// Downloads looking up their row at once: as many as the index keeps read
-    /// connections, so a burst waits here (async) instead of opening new
-    /// SQLite connections on blocking threads.
-    download_slots: tokio::sync::Semaphore,
-    download_cache: crate::http::routes::files::DownloadCache,
+    clock: SharedClock,
     /// Held for the daemon's lifetime: a second daemon on the same data folder
     /// would delete this one's staging files at its start.
     _lock: Option<nix::fcntl::Flock<fs::File>>,
@@ -57,52 +59,66 @@ impl AppState {
     /// Opens the data folder for serving: takes its lock, removes staging files
     /// left by a crash, opens and migrates the index, and loads the API token.
     pub fn open(config: Config) -> anyhow::Result<(AppState, StartReport)> {
-        Self::open_with_clock(config, Arc::new(SystemClock))
+        Self::open_with_clock(config, clock::system())
     }
 
-    /// [`AppState::open`] with the clock that signed URLs are checked against.
+    /// [`AppState::open`] with the clock every module reads "now" from.
     pub fn open_with_clock(
         config: Config,
-        clock: Arc<dyn Clock>,
+        clock: SharedClock,
     ) -> anyhow::Result<(AppState, StartReport)> {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
         let store = BlobStore::open(&config.data_dir)?.with_archive(config.archive.root())?;
         // No upload is in flight before we serve, so every staging file is debris.
-        let stale = store.clean_tmp(std::time::Duration::ZERO)?;
+        let stale = store.clean_tmp(Duration::ZERO)?;
+        let barrier_store = store.clone();
+        let barrier: DurabilityBarrier =
+            Arc::new(move |pending| barrier_store.make_durable(pending));
         let index = Index::open(
-            &index_path(&config.data_dir),
-            config.index.group_commit_max,
-            config.index.reader_connections,
-            store::make_dirs_durable,
+            &crate::index::path_in(&config.data_dir),
+            &config.index,
+            barrier,
         )?;
         let (file_token, generated_token) = load_or_create_token(&config)?;
         crate::telemetry::prometheus();
-        let mysql = crate::sync::MysqlSync::start(&config, &index)?;
+        let mysql = Arc::new(MysqlSync::start(
+            &config.mysql,
+            &config.public_base_url,
+            &config.data_dir,
+            &index,
+            clock.clone(),
+        )?);
         let (file_signing_key, generated_signing_key) = if config.signing.keys.is_empty() {
-            let (key, created) = load_signing_key_file(&config.data_dir, true)?;
-            (key, created)
+            load_signing_key_file(&config.data_dir, true)?
         } else {
             (None, None)
         };
         let signer = Signer::from_config(&config.signing, file_signing_key.clone(), clock.clone())
             .map_err(anyhow::Error::msg)?;
-        let media = MediaService::new(store, index, Policy::new(config.upload.clone()));
-        media.set_quota(crate::lifecycle::quota::Quota::from_config(
-            &config.retention,
-        ));
-        let download_slots = tokio::sync::Semaphore::new(config.index.reader_connections);
+        let media = MediaService::new(
+            store,
+            index.clone(),
+            Policy::new(config.upload.clone()),
+            clock.clone(),
+        );
+        media.set_quota(quota(&config));
+        let refs = References::new(index, clock.clone());
+        let http = HttpState::new(
+            http_settings(&config, file_token.as_deref()),
+            media,
+            refs,
+            mysql,
+            signer,
+            config.index.reader_connections,
+        );
         let state = AppState(Arc::new(Inner {
             config: ArcSwap::from_pointee(config),
-            media,
-            mysql,
+            http,
             file_token,
-            signer: ArcSwap::from_pointee(signer),
             file_signing_key,
             clock,
-            download_slots,
-            download_cache: Default::default(),
             _lock: Some(lock),
         }));
         Ok((
@@ -120,39 +136,22 @@ impl AppState {
         self.0.config.load_full()
     }
 
-    pub fn media(&self) -> &MediaService {
-        &self.0.media
+    /// What the HTTP layer serves from.
+    pub fn http(&self) -> &HttpState {
+        &self.0.http
     }
 
-    pub fn mysql(&self) -> &crate::sync::MysqlSync {
-        &self.0.mysql
+    pub fn media(&self) -> &MediaService {
+        self.0.http.media()
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.0.clock
     }
 
     /// The service token: the configured one, else the data folder's.
     pub fn api_token(&self) -> String {
-        let config = self.0.config.load();
-        if config.api_token.is_empty() {
-            self.0.file_token.clone().unwrap_or_default()
-        } else {
-            config.api_token.clone()
-        }
-    }
-
-    /// The URL signer of the running config.
-    pub fn signer(&self) -> Arc<Signer> {
-        self.0.signer.load_full()
-    }
-
-    pub fn download_cache(&self) -> &crate::http::routes::files::DownloadCache {
-        &self.0.download_cache
-    }
-
-    pub fn download_slots(&self) -> &tokio::sync::Semaphore {
-        &self.0.download_slots
-    }
-
-    pub fn public_base_url(&self) -> String {
-        self.0.config.load().public_base_url.clone()
+        self.0.http.api_token()
     }
 
     /// Applies a re-read config to the running daemon. Keys that need a restart
@@ -172,26 +171,135 @@ impl AppState {
             self.0.file_signing_key.clone(),
             self.0.clock.clone(),
         ) {
-            Ok(signer) => self.0.signer.store(Arc::new(signer)),
+            Ok(signer) => self.0.http.set_signer(signer),
             Err(e) => {
                 tracing::warn!(error = %e, "signing keys not reloaded; keeping the running ones");
                 return vec!["signing"];
             }
         }
-        self.0.media.set_policy(Policy::new(applied.upload.clone()));
-        self.0.mysql.set_public_base_url(&applied.public_base_url);
-        self.0
-            .media
-            .set_quota(crate::lifecycle::quota::Quota::from_config(
-                &applied.retention,
-            ));
+        let http = &self.0.http;
+        http.media().set_policy(Policy::new(applied.upload.clone()));
+        http.media().set_quota(quota(&applied));
+        http.mysql().set_public_base_url(&applied.public_base_url);
+        http.set_settings(http_settings(&applied, self.0.file_token.as_deref()));
         self.0.config.store(Arc::new(applied));
         ignored
     }
 }
 
-pub fn index_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("index.sqlite3")
+fn quota(config: &Config) -> Quota {
+    Quota {
+        bytes: config.retention.quota_bytes,
+        files: config.retention.quota_files,
+    }
+}
+
+fn http_settings(config: &Config, file_token: Option<&str>) -> HttpSettings {
+    let api_token = if config.api_token.is_empty() {
+        file_token.unwrap_or_default().to_owned()
+    } else {
+        config.api_token.clone()
+    };
+    HttpSettings {
+        api_token,
+        public_base_url: config.public_base_url.clone(),
+        serve: config.serve.clone(),
+        cors: config.cors.clone(),
+    }
+}
+
+/// The external reference source for this configuration, if any (the chat
+/// backend's messages in MySQL). Retention in `media-store gc` and in the
+/// daemon's background task both get theirs here.
+pub fn external_references(config: &Config) -> anyhow::Result<Option<Arc<dyn ExternalReferences>>> {
+    Ok(crate::mirror::MysqlReferences::from_config(&config.mysql)
+        .map_err(|e| anyhow::anyhow!("mysql.url: {e}"))?
+        .map(|refs| Arc::new(refs) as Arc<dyn ExternalReferences>))
+}
+
+/// One retention + GC run over the configured data folder, as `media-store
+/// gc` and the daemon's background task do it.
+pub fn run_gc(config: &Config, opts: &GcOptions) -> anyhow::Result<GcSummary> {
+    let external = external_references(config)?;
+    let (mut index, store) = gc::open_existing(&config.data_dir, config.archive.root())?;
+    gc::run(
+        &mut index,
+        &store,
+        &config.retention,
+        opts,
+        external.as_deref(),
+    )
+}
+
+/// The daemon's own GC loop (`gc.interval` > 0): runs retention + GC on its
+/// own connection every interval, exactly as `media-store gc` would. Stops
+/// when the returned handle is aborted or dropped with the runtime.
+pub fn spawn_background_gc(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let interval = state.config().gc.interval;
+            if interval.is_zero() {
+                // Off; look again later in case a reload turns it on.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+            tokio::time::sleep(interval).await;
+            let config = state.config();
+            let now = state.clock().now_ms();
+            let outcome = crate::tasks::blocking(move || {
+                let opts = GcOptions::from_config(&config.gc, &config.archive, now);
+                run_gc(&config, &opts)
+            })
+            .await;
+            match outcome {
+                Ok(Ok(s)) => tracing::info!(
+                    blobs_deleted = s.blobs_deleted,
+                    bytes_freed = s.bytes_freed,
+                    media_expired = s.retention.orphans_expired + s.retention.aged_expired,
+                    unknown_files_deleted = s.unknown_files_deleted,
+                    duration_ms = s.duration_ms,
+                    "background gc finished"
+                ),
+                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "background gc failed"),
+                Err(e) => tracing::error!(error = %e, "background gc task panicked"),
+            }
+        }
+    })
+}
+
+/// `media-store sign-url`: signs from the config's keys (or the data folder's
+/// generated key) and the index, without a running daemon.
+pub fn sign_url_offline(
+    config: &Config,
+    id: i64,
+    ttl_secs: Option<u64>,
+    variant: &str,
+    attachment: bool,
+) -> anyhow::Result<crate::http::routes::urls::SignedUrlView> {
+    let fallback = if config.signing.keys.is_empty() {
+        let (key, _) = load_signing_key_file(&config.data_dir, false)?;
+        Some(key.context(
+            "no signing key: configure [signing] keys or start the daemon once to generate one",
+        )?)
+    } else {
+        None
+    };
+    let signer = Signer::from_config(&config.signing, fallback, clock::system())
+        .map_err(anyhow::Error::msg)?;
+    let index = Maintenance::open_existing(&config.data_dir)?;
+    let row = index
+        .reader()
+        .get_media(id)?
+        .with_context(|| format!("media {id} does not exist"))?;
+    crate::http::routes::urls::sign_media_url(
+        &signer,
+        &config.public_base_url,
+        &row,
+        ttl_secs,
+        Some(variant),
+        attachment,
+    )
+    .map_err(|e| anyhow::anyhow!("{}", e.message))
 }
 
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
@@ -260,6 +368,10 @@ fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(file, "{line}")?;
     file.sync_all()?;
+    // The folder entry too: a lost signing key invalidates every issued URL.
+    if let Some(folder) = path.parent() {
+        fs::File::open(folder)?.sync_all()?;
+    }
     Ok(())
 }
 

@@ -1,11 +1,14 @@
 //! The `gc` and `fsck` subcommands: flags, output and exit codes. The work is
-//! in `gc` and `fsck`.
+//! in `lifecycle::{gc, fsck}`, wired by `app`.
 
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::Config;
+use crate::clock::Clock as _;
+use crate::lifecycle::fsck::{self, FsckOptions};
+use crate::lifecycle::gc::GcOptions;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -39,23 +42,16 @@ pub const EXIT_FOUND: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
 pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
-    crate::cli::init_tracing(&config.log);
-    let external = super::external_references(config)?;
-    let (mut conn, store) = super::gc::open_existing(&config.data_dir, config.archive.root())?;
-    let mut opts = super::gc::GcOptions::from_config(config, super::gc::system_now_ms());
+    crate::telemetry::init_tracing(&config.log);
+    let now = crate::clock::SystemClock.now_ms();
+    let mut opts = GcOptions::from_config(&config.gc, &config.archive, now);
     opts.dry_run = args.dry_run;
     opts.progress = !args.json;
     opts.retention = !args.no_retention;
     if let Some(grace) = args.grace {
         opts.grace = grace;
     }
-    let summary = super::gc::run(
-        &mut conn,
-        &store,
-        &config.retention,
-        &opts,
-        external.as_deref(),
-    )?;
+    let summary = crate::app::run_gc(config, &opts)?;
     emit(if args.json {
         serde_json::to_string_pretty(&summary)? + "\n"
     } else {
@@ -71,14 +67,15 @@ pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
 }
 
 pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
-    crate::cli::init_tracing(&config.log);
-    let (mut conn, store) = super::gc::open_existing(&config.data_dir, config.archive.root())?;
-    let opts = super::fsck::FsckOptions {
+    crate::telemetry::init_tracing(&config.log);
+    let (mut index, store) =
+        crate::lifecycle::gc::open_existing(&config.data_dir, config.archive.root())?;
+    let opts = FsckOptions {
         repair: args.repair,
         progress: !args.json,
-        now_ms: super::gc::system_now_ms(),
+        now_ms: crate::clock::SystemClock.now_ms(),
     };
-    let summary = super::fsck::run(&mut conn, &store, &opts)?;
+    let summary = fsck::run(&mut index, &store, &opts)?;
     emit(if args.json {
         serde_json::to_string_pretty(&summary)? + "\n"
     } else {

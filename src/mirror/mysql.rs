@@ -12,8 +12,8 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
 
 use super::config::{IDS_PLACEHOLDER, MysqlConfig};
-use super::{Result, SyncError};
-use crate::index::media::MediaRow;
+use super::{MirrorError, Result};
+use crate::index::MediaRow;
 
 /// `migrations/mysql/`, in order. A hand-written runner rather than refinery:
 /// MySQL DDL is not transactional, so all a runner can do is apply each file
@@ -41,7 +41,7 @@ pub fn latest_version() -> u32 {
 /// (`uploaded_at` is a TIMESTAMP: converting through a zone with DST could
 /// shift or merge instants).
 pub fn opts(cfg: &MysqlConfig) -> Result<Opts> {
-    let base = Opts::from_url(&cfg.url).map_err(SyncError::Url)?;
+    let base = Opts::from_url(&cfg.url).map_err(MirrorError::Url)?;
     let io = Some(Duration::from_millis(cfg.io_timeout_ms));
     Ok(OptsBuilder::from_opts(base)
         .tcp_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
@@ -78,7 +78,7 @@ pub fn migrate(conn: &mut Conn) -> Result<Vec<u32>> {
     let got: Option<Option<i64>> =
         conn.query_first("SELECT GET_LOCK(CONCAT('ms_migrate:', MD5(DATABASE())), 60)")?;
     if got != Some(Some(1)) {
-        return Err(SyncError::Locked);
+        return Err(MirrorError::Locked);
     }
     let result = (|| {
         let done: Vec<u32> = conn.query("SELECT version FROM media_store_schema")?;
@@ -112,7 +112,7 @@ pub fn check_schema(conn: &mut Conn) -> Result<()> {
         })?;
     let found = found.flatten().unwrap_or(0);
     if found < latest_version() {
-        return Err(SyncError::Schema {
+        return Err(MirrorError::Schema {
             found,
             needed: latest_version(),
         });
@@ -148,7 +148,7 @@ impl MirrorRow {
             id: row.id,
             uploader_id: row.uploader_id,
             // The API's own function, so the mirror and the API never disagree.
-            file_url: crate::http::views::file_url(public_base_url, row.id),
+            file_url: crate::media::file_url(public_base_url, row.id),
             file_type: mirror_file_type(&row.file_type),
             uploaded_at_s: row.uploaded_at_ms.div_euclid(1000),
             size: row.size,
@@ -187,7 +187,7 @@ pub fn mirror_file_type(mime: &str) -> String {
 
 fn check_id(id: i64) -> Result<()> {
     if i32::try_from(id).is_err() {
-        return Err(SyncError::IdOutOfRange(id));
+        return Err(MirrorError::IdOutOfRange(id));
     }
     Ok(())
 }
@@ -303,15 +303,12 @@ impl crate::lifecycle::ExternalReferences for MysqlReferences {
         let mut guard = self.conn.lock().expect("references lock poisoned");
         let mut conn = match guard.take() {
             Some(c) => c,
-            None => connect(&self.opts).map_err(|e| anyhow::anyhow!(e.chain()))?,
+            None => connect(&self.opts)?,
         };
         let mut found = Vec::new();
         for chunk in media_ids.chunks(REFERENCE_CHUNK) {
             // On error the connection is dropped (not put back).
-            found.extend(
-                self.query_chunk(&mut conn, chunk)
-                    .map_err(|e| anyhow::anyhow!(e.chain()))?,
-            );
+            found.extend(self.query_chunk(&mut conn, chunk)?);
         }
         *guard = Some(conn);
         // Exactly the asked ids that are referenced, whatever else the query returns.
@@ -340,7 +337,7 @@ pub fn migrate_cli(cfg: &MysqlConfig) -> anyhow::Result<()> {
         let mut conn = connect(&opts)?;
         migrate(&mut conn)
     };
-    let applied = run().map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let applied = run()?;
     if applied.is_empty() {
         println!(
             "MySQL schema at {} is up to date (version {})",

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use mysql::{Conn, Opts};
 
 use super::mysql::{self as my, MirrorRow};
-use super::{MysqlConfig, Result, Shared, SyncError, metric, outbox, reconcile};
-use crate::index::Index;
+use super::{MirrorError, MysqlConfig, Result, Shared, metric, reconcile};
+use crate::clock::SharedClock;
+use crate::index::{Index, OutboxEntry};
 
 /// First retry delay after a failure; doubles up to `mysql.backoff_max_ms`.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -20,6 +21,7 @@ pub(super) struct Worker {
     pub opts: Opts,
     pub cfg: MysqlConfig,
     pub shared: Arc<Shared>,
+    pub clock: SharedClock,
 }
 
 /// What one drained batch did.
@@ -48,9 +50,9 @@ pub fn drain_batch(
     batch_size: usize,
     base_url: &str,
     after_seq: i64,
-    mut on_entry: impl FnMut(&outbox::Entry),
+    mut on_entry: impl FnMut(&OutboxEntry),
 ) -> Result<Option<Drained>> {
-    let batch = index.read_blocking(move |c| outbox::next_batch(c, after_seq, batch_size))?;
+    let batch = index.read_blocking(move |r| r.outbox_next_batch(after_seq, batch_size))?;
     let Some(last) = batch.last().map(|e| e.seq) else {
         return Ok(None);
     };
@@ -58,7 +60,7 @@ pub fn drain_batch(
     ids.sort_unstable();
     ids.dedup();
     let wanted = ids.clone();
-    let rows = index.read_blocking(move |c| outbox::rows_by_ids(c, &wanted))?;
+    let rows = index.read_blocking(move |r| r.media_by_ids(&wanted))?;
     let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
     let deleted: Vec<i64> = ids
         .iter()
@@ -81,7 +83,7 @@ pub fn drain_batch(
 
 /// Deletes the entries up to `seq`, which MySQL has committed.
 pub fn ack(index: &Index, seq: i64) -> Result<()> {
-    index.write_blocking(move |ctx| outbox::ack(ctx.tx, seq))?;
+    index.write_blocking(move |ctx| ctx.outbox_ack(seq))?;
     Ok(())
 }
 
@@ -143,7 +145,7 @@ impl Worker {
                 Err(e) => {
                     // Re-read from the last ack: re-sending is harmless, skipping is not.
                     cursor.sent = cursor.acked;
-                    if !matches!(e, SyncError::Index(_)) {
+                    if !matches!(e, MirrorError::Index(_)) {
                         // Whatever state the connection is in, start over.
                         conn = None;
                         self.shared.set_status(|s| s.connected = false);
@@ -168,7 +170,7 @@ impl Worker {
     }
 
     fn refresh_backlog(&self) {
-        if let Ok(n) = self.index.read_blocking(outbox::backlog) {
+        if let Ok(n) = self.index.read_blocking(|r| r.outbox_backlog()) {
             metrics::gauge!(metric::BACKLOG).set(n as f64);
         }
     }
@@ -191,7 +193,7 @@ impl Worker {
                     my::check_schema(&mut c)?;
                 }
                 if !my::try_lock_mirror(&mut c)? {
-                    return Err(SyncError::Locked);
+                    return Err(MirrorError::Locked);
                 }
                 tracing::info!(mysql = %place, "connected to MySQL");
                 self.shared.set_status(|s| s.connected = true);
@@ -207,21 +209,24 @@ impl Worker {
             .swap(false, Ordering::SeqCst);
         if requested || reconciled.as_deref() != Some(target.as_str()) {
             let t = target.clone();
-            let owed = requested
-                || self
-                    .index
-                    .read_blocking(move |c| outbox::reconcile_owed(c, &t))?;
+            let owed = requested || self.index.read_blocking(move |r| r.reconcile_owed(&t))?;
             if owed {
                 tracing::info!(mysql = %place, "full reconcile of media_files started");
-                let report =
-                    reconcile::compare(&self.index, conn, self.cfg.reconcile_chunk, &base, true)
-                        .inspect_err(|_| {
-                            if requested {
-                                self.shared
-                                    .reconcile_requested
-                                    .store(true, Ordering::SeqCst);
-                            }
-                        })?;
+                let report = reconcile::compare(
+                    &self.index,
+                    conn,
+                    self.cfg.reconcile_chunk,
+                    &base,
+                    true,
+                    self.clock.as_ref(),
+                )
+                .inspect_err(|_| {
+                    if requested {
+                        self.shared
+                            .reconcile_requested
+                            .store(true, Ordering::SeqCst);
+                    }
+                })?;
                 tracing::info!(
                     index_rows = report.index_rows,
                     mysql_rows = report.mysql_rows,
@@ -232,7 +237,7 @@ impl Worker {
                 );
                 let t = target.clone();
                 self.index
-                    .write_blocking(move |ctx| outbox::mark_reconciled(ctx.tx, &t))?;
+                    .write_blocking(move |ctx| ctx.mark_reconciled(&t))?;
             }
             *reconciled = Some(target);
         }
@@ -244,7 +249,7 @@ impl Worker {
             cursor.sent,
             |e| {
                 // Called after the MySQL commit: change committed -> mirrored.
-                let lag = (crate::timefmt::now_ms() - e.created_at_ms).max(0) as f64 / 1000.0;
+                let lag = (self.clock.now_ms() - e.created_at_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!(metric::LAG).record(lag);
             },
         )?;
@@ -253,7 +258,7 @@ impl Worker {
             Some(d) => {
                 cursor.sent = d.last_seq;
                 metrics::counter!(metric::ROWS_SYNCED).increment(d.rows as u64);
-                let at = crate::timefmt::now_ms();
+                let at = self.clock.now_ms();
                 self.shared.set_status(|s| s.last_sync_ms = Some(at));
                 tracing::debug!(
                     rows = d.rows,

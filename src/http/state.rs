@@ -1,0 +1,110 @@
+//! What the HTTP layer needs from the rest of the program, as one cheap
+//! handle. Built by the composition root (`app`), which also swaps its live
+//! settings on a config reload; the HTTP layer itself never reads the config.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::config::{CorsConfig, ServeConfig};
+use super::routes::files::DownloadCache;
+use crate::lifecycle::refs::References;
+use crate::media::MediaService;
+use crate::mirror::MysqlSync;
+use crate::signing::Signer;
+
+/// The settings routes read on every request; replaced whole on reload.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// The service token every `/v1` route requires.
+    pub api_token: String,
+    /// Prefix of `file_url` and signed URLs.
+    pub public_base_url: String,
+    pub serve: ServeConfig,
+    pub cors: CorsConfig,
+}
+
+/// Cheap to clone: one `Arc` around the shared parts.
+#[derive(Clone)]
+pub struct HttpState(Arc<Inner>);
+
+struct Inner {
+    settings: ArcSwap<HttpSettings>,
+    media: MediaService,
+    refs: References,
+    mysql: Arc<MysqlSync>,
+    /// Swapped whole on reload, so keys rotate without a restart.
+    signer: ArcSwap<Signer>,
+    /// Downloads looking up their row at once: as many as the index keeps read
+    /// connections, so a burst waits here (async) instead of opening new
+    /// SQLite connections on blocking threads.
+    download_slots: tokio::sync::Semaphore,
+    download_cache: DownloadCache,
+}
+
+impl HttpState {
+    pub fn new(
+        settings: HttpSettings,
+        media: MediaService,
+        refs: References,
+        mysql: Arc<MysqlSync>,
+        signer: Signer,
+        download_slots: usize,
+    ) -> HttpState {
+        HttpState(Arc::new(Inner {
+            settings: ArcSwap::from_pointee(settings),
+            media,
+            refs,
+            mysql,
+            signer: ArcSwap::from_pointee(signer),
+            download_slots: tokio::sync::Semaphore::new(download_slots),
+            download_cache: DownloadCache::default(),
+        }))
+    }
+
+    /// The running settings (a snapshot: a reload does not change it under you).
+    pub fn settings(&self) -> Arc<HttpSettings> {
+        self.0.settings.load_full()
+    }
+
+    pub fn set_settings(&self, settings: HttpSettings) {
+        self.0.settings.store(Arc::new(settings));
+    }
+
+    pub fn set_signer(&self, signer: Signer) {
+        self.0.signer.store(Arc::new(signer));
+    }
+
+    pub fn media(&self) -> &MediaService {
+        &self.0.media
+    }
+
+    pub fn refs(&self) -> &References {
+        &self.0.refs
+    }
+
+    pub fn mysql(&self) -> &MysqlSync {
+        &self.0.mysql
+    }
+
+    pub fn api_token(&self) -> String {
+        self.0.settings.load().api_token.clone()
+    }
+
+    /// The URL signer of the running config.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.0.signer.load_full()
+    }
+
+    pub fn download_cache(&self) -> &DownloadCache {
+        &self.0.download_cache
+    }
+
+    pub fn download_slots(&self) -> &tokio::sync::Semaphore {
+        &self.0.download_slots
+    }
+
+    pub fn public_base_url(&self) -> String {
+        self.0.settings.load().public_base_url.clone()
+    }
+}
