@@ -177,19 +177,6 @@ impl Config {
         Ok(())
     }
 
-    /// Keys read only at start: a reload keeps the running values of these.
-    pub const RESTART_KEYS: &'static [&'static str] = &[
-        "data_dir",
-        "listen",
-        "log",
-        "index",
-        "mysql",
-        "archive.root",
-        "serve.unix_socket",
-        "serve.unix_socket_mode",
-        "serve.unix_socket_group",
-    ];
-
     /// For a reload: `self` with the restart-only keys taken from `running`.
     /// Returns the restart-only keys whose new value was not applied.
     pub fn with_restart_keys_from(mut self, running: &Config) -> (Config, Vec<&'static str>) {

@@ -2,16 +2,23 @@
 //!
 //! # Architecture
 //!
+//! Dependencies point down only (checked by `tests/it/architecture.rs`):
+//!
 //! ```text
-//! http (routes, extractors, error mapping)      thin: parse -> call media:: -> serialize
-//!   └─ media (ingest, query, delete)            the only module that combines store + index
-//!        ├─ policy   allowed types and sizes, magic-byte sniffing (pure)
-//!        ├─ store    blob files: staging, atomic install, layout (never opens SQLite)
-//!        └─ index    SQLite: one writer thread with group commit + reader pool (never opens blob files)
-//! config   defaults <- TOML file <- MEDIA_STORE_* env <- CLI flags
-//! server   run(listener, state, shutdown): serves until shutdown, then drains
-//! cli      clap subcommands
-//! sync     MySQL mirror of the index: outbox (SQLite triggers) -> worker thread -> media_files
+//! main -> cli                      clap subcommands; gc/fsck flags and exit codes (cli::lifecycle)
+//!   -> app (composition root)      builds every concrete type from the config, wires them,
+//!                                  applies reloads (app::reload), starts background GC
+//!      config                      defaults <- TOML file <- MEDIA_STORE_* env <- flags; each
+//!                                  module owns its section, config only layers and validates
+//!   -> http                        routes, extractors, error mapping, HttpState, server
+//!      lifecycle                   message references, retention, GC, archival, fsck
+//!      mirror                      MySQL mirror of the index (outbox -> worker -> media_files)
+//!      media                       ingest/query/delete: the order of store and index operations
+//!   -> index   (port)              SQLite: every SQL statement; writer with group commit,
+//!                                  reader pool, Maintenance connection; no rusqlite in its API
+//!      store   (port)              blob bytes: staging, install, durability, read, walk,
+//!                                  verify, quarantine, delete, archive tier; no paths out
+//!      signing, policy, clock, timefmt, error, tasks, telemetry
 //! ```
 //!
 //! The on-disk layout, the write protocol and every invariant the code relies on

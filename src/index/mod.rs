@@ -689,4 +689,57 @@ mod tests {
         index.write(|ctx| put_meta(ctx, "kept")).await.unwrap();
         assert_eq!(meta_keys(&index), vec!["kept".to_string()]);
     }
+
+    /// On SQLITE_FULL, IOERR or NOMEM SQLite may roll the whole transaction
+    /// back; a job here does the same by hand. The rest of its batch must fail
+    /// (not commit on its own, outside the barrier), and the writer go on.
+    #[tokio::test]
+    async fn a_batch_whose_transaction_sqlite_rolled_back_fails_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(&dir);
+        // Hold the writer busy so that the next two jobs form one batch.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let index = index.clone();
+            tokio::spawn(async move {
+                index
+                    .write(move |ctx| {
+                        wait.recv().unwrap();
+                        put_meta(ctx, "before")
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let failing = {
+            let index = index.clone();
+            tokio::spawn(async move {
+                index
+                    .write(|ctx| -> Result<()> {
+                        put_meta(ctx, "a")?;
+                        ctx.conn().execute_batch("ROLLBACK")?;
+                        Err(IndexError::DiskFull)
+                    })
+                    .await
+            })
+        };
+        let mate = {
+            let index = index.clone();
+            tokio::spawn(async move { index.write(|ctx| put_meta(ctx, "b")).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        assert!(matches!(failing.await.unwrap(), Err(IndexError::DiskFull)));
+        let mate = mate.await.unwrap();
+        assert!(
+            mate.is_err(),
+            "a batch mate must not commit alone: {mate:?}"
+        );
+        index.write(|ctx| put_meta(ctx, "after")).await.unwrap();
+        assert_eq!(
+            meta_keys(&index),
+            vec!["after".to_string(), "before".to_string()]
+        );
+    }
 }

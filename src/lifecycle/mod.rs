@@ -135,12 +135,7 @@ impl ArchiveConfig {
         let Some(root) = self.root() else {
             return Ok(());
         };
-        // The same folder would make every blob its own "archived copy"; one
-        // inside the other's blobs/ would look like foreign files to GC.
-        if root == data_dir
-            || root.starts_with(data_dir.join("blobs"))
-            || data_dir.starts_with(root.join("blobs"))
-        {
+        if crate::store::roots_overlap(data_dir, root) {
             return Err(format!(
                 "archive.root ({}) must be a folder of its own, apart from the data folder ({})",
                 root.display(),

@@ -625,6 +625,13 @@ impl BlobStore {
     }
 }
 
+/// Whether two data roots would share blob files: the same folder makes every
+/// blob its own "archived copy"; one inside the other's `blobs/` would look
+/// like foreign files to GC.
+pub fn roots_overlap(a: &Path, b: &Path) -> bool {
+    a == b || a.starts_with(b.join("blobs")) || b.starts_with(a.join("blobs"))
+}
+
 /// From this many files or folders to flush, one `syncfs` is cheaper than an
 /// fsync of each.
 const SYNCFS_FROM: usize = 4;

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod architecture;
 mod archive;
 mod browser;
 mod crash;
