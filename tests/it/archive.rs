@@ -90,7 +90,7 @@ async fn upload_attached(app: &TestApp, content: Vec<u8>, message: i64) -> Value
 async fn archived_blobs_are_served_deduplicated_and_checked() {
     let a = start("").await;
     let app = &a.app;
-    let image = testdata("exif-orientation/Landscape_6.jpg");
+    let image = testdata("exif-orientation/small/Landscape_6.jpg");
     let v = upload_attached(app, image.clone(), 1).await;
     let (id, hex) = (v["id"].as_i64().unwrap(), v["blake3"].as_str().unwrap());
 

@@ -6,10 +6,10 @@ use serde_json::Value;
 
 use super::TOKEN;
 
-/// A file from the shared real-media corpus (`../shared/testdata`).
+/// A real media file from `tests/data` (see its MANIFEST.md).
 pub fn testdata(rel: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
+        .join("tests/data")
         .join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("missing test file {}: {e}", path.display()))
 }
