@@ -375,9 +375,11 @@ async fn nginx_serves_archived_blobs_through_its_fallback_location() {
     assert_eq!(resp.status(), 404);
 }
 
-/// kill -9 of `media-store gc` at several points of moving 150 blobs: after
-/// each kill every referenced blob is whole in one root or the other, fsck
-/// finds no problem, and a final run finishes the job.
+/// kill -9 of `media-store gc` at several points of moving 150 blobs (once a
+/// run has put 1 to 20 more into the archive: inside batches of 16 and at
+/// their ends):
+/// after each kill every referenced blob is whole in one root or the other,
+/// fsck finds no problem, and a final run finishes the job.
 #[tokio::test]
 async fn kill_9_of_gc_while_it_archives_loses_nothing() {
     // Small batches: kills land between batches as well as inside one.
@@ -396,7 +398,10 @@ async fn kill_9_of_gc_while_it_archives_loses_nothing() {
     let config = a.app.data.with_extension("kill.toml");
     std::fs::write(&config, &a.config).unwrap();
     let mut killed_mid_move = 0;
-    for kill_after_ms in [5u64, 20, 40, 80, 150, 300] {
+    for more in [1usize, 3, 8, 12, 16, 20] {
+        // At most half of what is left, so that the run is still going.
+        let before = blob_files(&a.root).len();
+        let archived = before + more.min((150 - before) / 2).max(1);
         let mut gc = std::process::Command::new(TestDaemon::binary())
             .args([
                 "gc",
@@ -414,23 +419,28 @@ async fn kill_9_of_gc_while_it_archives_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{archived} blobs in the archive"),
+            || blob_files(&a.root).len() >= archived,
+        )
+        .await;
         if gc.try_wait().unwrap().is_none() {
             killed_mid_move += 1;
         }
         gc.kill().unwrap(); // SIGKILL
         gc.wait().unwrap();
         eprintln!(
-            "killed at {kill_after_ms} ms: {} primary, {} archived, {} in the archive's tmp/",
+            "killed at {archived}+ archived: {} primary, {} archived, {} in the archive's tmp/",
             blob_files(&app.data).len(),
             blob_files(&a.root).len(),
             std::fs::read_dir(a.root.join("tmp")).unwrap().count()
         );
         assert_consistent_with_archive(&app.data, Some(&a.root));
         let (code, fsck) = a.fsck();
-        assert_eq!(code, 0, "after a kill at {kill_after_ms} ms: {fsck}");
+        assert_eq!(code, 0, "after a kill at {archived}+ archived: {fsck}");
     }
-    assert!(killed_mid_move >= 2, "gc was never killed while running");
+    assert_eq!(killed_mid_move, 6, "a gc run ended before its kill");
     let summary = a.gc(&["--no-retention"]);
     assert!(
         summary["errors"].as_array().unwrap().is_empty(),
