@@ -93,7 +93,7 @@ async fn upload_attached(app: &TestApp, content: Vec<u8>, message: i64) -> Value
         1,
     )
     .await;
-    assert!((200..300).contains(&status), "{status}");
+    assert_eq!(status, 201, "a new reference");
     v
 }
 

@@ -143,14 +143,17 @@ async fn delete_drops_the_reference_but_leaves_the_file_for_gc() {
     let del = |id: i64| delete_media(&app.client, &app.base, id);
     assert_eq!(del(a["id"].as_i64().unwrap()).await, 204);
     assert_eq!(refcount(&app.data, &hash), Some(1));
+    let before = media_store::lifecycle::gc::system_now_ms();
     assert_eq!(del(b["id"].as_i64().unwrap()).await, 204);
+    let after = media_store::lifecycle::gc::system_now_ms();
     assert_eq!(refcount(&app.data, &hash), Some(0));
     let zero_since: Option<i64> = index(&app.data)
         .query_row("SELECT zero_since FROM blobs", [], |r| r.get(0))
         .unwrap();
     assert!(
-        zero_since.is_some(),
-        "a zero count starts the GC grace period"
+        zero_since.is_some_and(|t| (before..=after).contains(&t)),
+        "a zero count starts the GC grace period, stamped when it happens: \
+         {zero_since:?} not in {before}..={after}"
     );
     assert_eq!(blob_files(&app.data).len(), 1, "the file is left for GC");
     let (status, body) = get_json(&app.client, &app.url(&format!("/v1/media/{}", a["id"]))).await;
