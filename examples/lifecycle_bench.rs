@@ -160,9 +160,8 @@ fn gen_scrub(data: &Path, count: u64, size: usize) -> anyhow::Result<()> {
 }
 
 fn load(base: &str, token: &str, stop: PathBuf, concurrency: usize) -> anyhow::Result<()> {
-    let png = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/png/gray1.png"),
-    )?;
+    let png =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/png/gray1.png"))?;
     let rt = tokio::runtime::Runtime::new()?;
     let (lat, errors): (Vec<Duration>, Vec<String>) = rt.block_on(async {
         let client = reqwest::Client::new();

@@ -370,10 +370,9 @@ fn load_run(
     let runtime = tokio::runtime::Runtime::new()?;
     let done: Vec<(i64, Instant, f64)> = runtime.block_on(async {
         let client = reqwest::Client::new();
-        let png = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/png/gray1.png"),
-        )
-        .expect("testdata png");
+        let png =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/png/gray1.png"))
+                .expect("testdata png");
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
         let mut tasks = Vec::new();
         for i in 0..rate * secs {

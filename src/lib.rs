@@ -15,7 +15,7 @@
 //!      mirror                      MySQL mirror of the index (outbox -> worker -> media_files)
 //!      media                       ingest/query/delete: the order of store and index operations
 //!   -> index   (port)              SQLite: every SQL statement; writer with group commit,
-//!                                  reader pool, Maintenance connection; no rusqlite in its API
+//!                                  reader pool, Maintenance connection; no SQLite type in its API
 //!      store   (port)              blob bytes: staging, install, durability, read, walk,
 //!                                  verify, quarantine, delete, archive tier; no paths out
 //!      signing, policy, clock, timefmt, error, tasks, telemetry

@@ -313,7 +313,7 @@ mod tests {
 
     fn testdata(rel: &str) -> Vec<u8> {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/testdata")
+            .join("tests/data")
             .join(rel);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }

@@ -235,8 +235,11 @@ async fn too_large_while_streaming_is_413_and_the_staging_file_is_removed() {
             .unwrap()
             .contains("image/png")
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(tmp_files(&app.data), 0);
+    // The staging file goes as the refusal is sent, maybe just after it.
+    wait_until(Duration::from_secs(5), "the staging file to go", || {
+        tmp_files(&app.data) == 0
+    })
+    .await;
     assert!(blob_files(&app.data).is_empty());
 }
 

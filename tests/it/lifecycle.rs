@@ -5,41 +5,15 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 async fn put_ref(app: &TestApp, message: i64, media: i64, body: Value) -> (u16, Value) {
-    let resp = app
-        .client
-        .put(app.url(&format!("/v1/messages/{message}/media/{media}")))
-        .header("authorization", bearer())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
-    let resp = app
-        .client
-        .delete(app.url(path))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn upload(app: &TestApp, uploader: i64, body: Vec<u8>) -> Value {
-    let (status, v) = upload_raw(&app.client, &app.base, uploader, body).await;
-    assert_eq!(status, 201, "{v}");
-    v
+    let url = app.url(&format!("/v1/messages/{message}/media/{media}"));
+    put_json(&app.client, &url, body).await
 }
 
 #[tokio::test]
 async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
     let app = TestApp::start().await;
-    let a = upload(&app, 1, unique_png(1)).await;
-    let b = upload(&app, 1, unique_png(2)).await;
+    let a = upload_ok(&app.client, &app.base, 1, unique_png(1)).await;
+    let b = upload_ok(&app.client, &app.base, 1, unique_png(2)).await;
     let (a_id, b_id) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
 
     let (s, v) = put_ref(&app, 100, a_id, json!({"group_id": 7})).await;
@@ -91,7 +65,7 @@ async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_path")));
 
     // Message 100 goes: b had no other reference and goes too; a stays (101).
-    let (s, v) = delete(&app, "/v1/messages/100").await;
+    let (s, v) = delete_json(&app.client, &app.url("/v1/messages/100")).await;
     assert_eq!(s, 200);
     assert_eq!(
         (v["references"].as_u64(), v["media_deleted"].as_u64()),
@@ -111,7 +85,7 @@ async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
     );
     assert_eq!(refcount(&app.data, b["blake3"].as_str().unwrap()), Some(0));
 
-    let (s, v) = delete(&app, "/v1/messages/101").await;
+    let (s, v) = delete_json(&app.client, &app.url("/v1/messages/101")).await;
     assert_eq!((s, v["media_deleted"].as_u64()), (200, Some(1)));
     assert_eq!(
         get_json(&app.client, &app.url(&format!("/v1/media/{a_id}")))
@@ -121,23 +95,21 @@ async fn references_attach_idempotently_and_media_goes_with_its_last_message() {
     );
     assert_eq!(refcount(&app.data, a["blake3"].as_str().unwrap()), Some(0));
     // Deleting again is harmless.
-    let (s, v) = delete(&app, "/v1/messages/101").await;
+    let (s, v) = delete_json(&app.client, &app.url("/v1/messages/101")).await;
     assert_eq!((s, v["references"].as_u64()), (200, Some(0)));
     let (s, v) = get_json(&app.client, &app.url("/v1/messages/100/media")).await;
     assert_eq!((s, v["items"].as_array().unwrap().len()), (200, 0));
-    assert_consistent(&app.data);
 }
 
 #[tokio::test]
 async fn deleting_media_directly_removes_its_message_references() {
     let app = TestApp::start().await;
-    let a = upload(&app, 1, unique_png(3)).await;
+    let a = upload_ok(&app.client, &app.base, 1, unique_png(3)).await;
     let id = a["id"].as_i64().unwrap();
     assert_eq!(put_ref(&app, 5, id, json!({"group_id": 1})).await.0, 201);
-    assert_eq!(delete(&app, &format!("/v1/media/{id}")).await.0, 204);
+    assert_eq!(delete_media(&app.client, &app.base, id).await, 204);
     let (_, v) = get_json(&app.client, &app.url("/v1/messages/5/media")).await;
     assert_eq!(v["items"].as_array().unwrap().len(), 0);
-    assert_consistent(&app.data);
 }
 
 #[tokio::test]
@@ -153,7 +125,7 @@ async fn group_delete_releases_every_message_and_keeps_forwards_elsewhere() {
             unique_png(100 + i)
         };
         ids.push(
-            upload(&app, i as i64 % 4, body).await["id"]
+            upload_ok(&app.client, &app.base, i as i64 % 4, body).await["id"]
                 .as_i64()
                 .unwrap(),
         );
@@ -169,7 +141,9 @@ async fn group_delete_releases_every_message_and_keeps_forwards_elsewhere() {
             .0,
         201
     );
-    let (s, v) = delete(&app, "/v1/groups/1").await;
+    let before = media_store::clock::Clock::now_ms(&media_store::clock::SystemClock);
+    let (s, v) = delete_json(&app.client, &app.url("/v1/groups/1")).await;
+    let after = media_store::clock::Clock::now_ms(&media_store::clock::SystemClock);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["messages"], 300);
     assert_eq!(v["references"], 300);
@@ -185,10 +159,12 @@ async fn group_delete_releases_every_message_and_keeps_forwards_elsewhere() {
             |r| r.get(0),
         )
         .unwrap();
-    assert!(zero_since.is_some(), "a count reaching 0 is stamped");
-    let (s, v) = delete(&app, "/v1/groups/1").await;
+    assert!(
+        zero_since.is_some_and(|t| (before..=after).contains(&t)),
+        "a count reaching 0 is stamped, when it does: {zero_since:?} not in {before}..={after}"
+    );
+    let (s, v) = delete_json(&app.client, &app.url("/v1/groups/1")).await;
     assert_eq!((s, v["messages"].as_u64()), (200, Some(0)));
-    assert_consistent(&app.data);
 }
 
 #[tokio::test]
@@ -197,9 +173,9 @@ async fn usage_reports_referenced_and_deduplicated_bytes() {
     let png = unique_png(20);
     let other = unique_png(21);
     for body in [png.clone(), png.clone(), other.clone()] {
-        upload(&app, 42, body).await;
+        upload_ok(&app.client, &app.base, 42, body).await;
     }
-    upload(&app, 43, png.clone()).await;
+    upload_ok(&app.client, &app.base, 43, png.clone()).await;
     let (s, v) = get_json(&app.client, &app.url("/v1/uploaders/42/usage")).await;
     assert_eq!(s, 200);
     assert_eq!(v["uploader_id"], 42);
@@ -265,15 +241,9 @@ async fn file_quota_refuses_with_507_and_concurrent_uploads_do_not_overshoot() {
         (Some(5), Some(5))
     );
     // Another uploader is not affected, and no refused upload left a file behind.
-    assert_eq!(
-        upload_raw(&app.client, &app.base, 10, unique_png(1))
-            .await
-            .0,
-        201
-    );
+    upload_ok(&app.client, &app.base, 10, unique_png(1)).await;
     assert_eq!(blob_files(&app.data).len(), 6);
     assert_eq!(tmp_files(&app.data), 0);
-    assert_consistent(&app.data);
 }
 
 #[tokio::test]
@@ -281,17 +251,16 @@ async fn byte_quota_counts_every_upload_and_frees_on_delete() {
     let png = unique_png(5);
     let quota = 2 * png.len() + 10;
     let app = TestApp::start_with(&format!("[retention]\nquota_bytes = {quota}\n")).await;
-    let first = upload(&app, 3, png.clone()).await;
-    upload(&app, 3, png.clone()).await; // a duplicate still counts for its uploader
+    let first = upload_ok(&app.client, &app.base, 3, png.clone()).await;
+    upload_ok(&app.client, &app.base, 3, png.clone()).await; // a duplicate still counts for its uploader
     let (s, v) = upload_raw(&app.client, &app.base, 3, png.clone()).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (507, Some("quota_exceeded"))
     );
     assert_eq!(
-        delete(&app, &format!("/v1/media/{}", first["id"])).await.0,
+        delete_media(&app.client, &app.base, first["id"].as_i64().unwrap()).await,
         204
     );
-    assert_eq!(upload_raw(&app.client, &app.base, 3, png).await.0, 201);
-    assert_consistent(&app.data);
+    upload_ok(&app.client, &app.base, 3, png).await;
 }

@@ -79,7 +79,15 @@ async fn listing_filters_by_uploader_and_type_and_pages_newest_first() {
 async fn listing_filters_by_time_window() {
     let app = TestApp::start().await;
     let (_, first) = upload_raw(&app.client, &app.base, 1, unique_png(1)).await;
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // The second upload needs a later millisecond than the first.
+    let t1 =
+        media_store::timefmt::parse_instant_ms(first["uploaded_at"].as_str().unwrap()).unwrap();
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the clock to pass the first upload",
+        || media_store::clock::Clock::now_ms(&media_store::clock::SystemClock) > t1,
+    )
+    .await;
     let (_, second) = upload_raw(&app.client, &app.base, 1, unique_png(2)).await;
     let t2 = second["uploaded_at"].as_str().unwrap();
     let since = get_json(&app.client, &app.url(&format!("/v1/media?since={t2}")))

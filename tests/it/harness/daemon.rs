@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use media_store::config::{Config, Overrides};
 use tempfile::TempDir;
 
-use super::TOKEN;
+use super::teardown::Teardown;
+use super::{TOKEN, wait_until};
 
 /// The in-process server: fast, and still real HTTP over a loopback socket.
 pub struct TestApp {
@@ -22,6 +23,7 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _socket_file: Option<media_store::http::server::UnixSocketFile>,
+    teardown: Teardown,
     _dir: Option<TempDir>,
     _socket_dir: Option<TempDir>,
 }
@@ -103,6 +105,7 @@ impl TestApp {
             listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let config = Config::from_parts(toml, &env, &overrides).expect("test config is valid");
+        let teardown = Teardown::new(data, &config);
         let socket = config.serve.unix_socket.clone();
         let mode = config.serve.unix_socket_mode;
         let (state, _) = media_store::AppState::open_with_clock(config, clock).expect("app opens");
@@ -133,6 +136,7 @@ impl TestApp {
             shutdown: Some(tx),
             task: Some(task),
             _socket_file: socket_file,
+            teardown,
             _dir: None,
             _socket_dir: None,
         }
@@ -142,27 +146,60 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
-    /// Stops the server and waits until it has released the data folder.
-    pub async fn stop(mut self) {
-        self.stop_inner().await;
+    /// The data folder was left damaged on purpose: teardown skips the invariants.
+    pub fn accept_damage(&mut self, why: &'static str) {
+        self.teardown.accept_damage(why);
     }
 
-    async fn stop_inner(&mut self) {
+    /// Stops the server, waits until it has released the data folder, and
+    /// runs the teardown checks.
+    pub async fn stop(mut self) {
+        let drained = self.teardown.outbox_drained();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
-        // The index writer thread exits once the last state handle is gone.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The index writer thread exits, and the folder lock goes, once the
+        // last state handle is gone.
+        let lock = self.data.join("daemon.lock");
+        wait_until(Duration::from_secs(10), "the data folder's lock", || {
+            data_folder_free(&lock)
+        })
+        .await;
+        let at_rest = self.teardown.at_rest();
+        if let Err(e) = drained.and(at_rest) {
+            panic!("{e}");
+        }
     }
+}
+
+/// True once no daemon holds the data folder's lock (taken and released here).
+fn data_folder_free(lock: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(lock) else {
+        return true;
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // The outbox drains while the server runs; the invariants are read
+        // from the side (WAL: readers never wait) as it shuts down.
+        let drained = if self.teardown.skip() {
+            Ok(())
+        } else {
+            self.teardown.outbox_drained()
+        };
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if self.teardown.skip() {
+            return;
+        }
+        if let Err(e) = drained.and_then(|()| self.teardown.at_rest()) {
+            panic!("{e}");
         }
     }
 }
@@ -174,6 +211,7 @@ pub struct TestDaemon {
     pub child: Child,
     log_dir: PathBuf,
     pub client: reqwest::Client,
+    teardown: Teardown,
 }
 
 impl TestDaemon {
@@ -206,6 +244,7 @@ impl TestDaemon {
             child,
             log_dir: log_dir.to_owned(),
             client: reqwest::Client::new(),
+            teardown: Teardown::for_toml(data, toml),
         };
         daemon.base = daemon.wait_for_address(&stdout_path);
         daemon
@@ -245,6 +284,51 @@ impl TestDaemon {
         )
     }
 
+    /// The config file the daemon reads (and watches).
+    pub fn config_path(&self) -> PathBuf {
+        self.log_dir.join("config.toml")
+    }
+
+    /// Replaces the config file as editors do (a new file renamed over it).
+    pub fn replace_config(&self, toml: &str) {
+        let new = self.log_dir.join("config.toml.new");
+        std::fs::write(&new, toml).unwrap();
+        std::fs::rename(&new, self.config_path()).unwrap();
+    }
+
+    /// Waits (bounded) until the daemon's output contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the daemon's output after {limit:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The daemon's (current, peak) resident memory in KiB: VmRSS and VmHWM
+    /// from `/proc/<pid>/status`.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the daemon is running");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc status:\n{status}"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// The data folder was left damaged on purpose: teardown skips the invariants.
+    pub fn accept_damage(&mut self, why: &'static str) {
+        self.teardown.accept_damage(why);
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -265,10 +349,22 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait()
-            && super::sigterm_and_wait(&mut self.child, Duration::from_secs(5)).is_none()
-        {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        // The outbox drains only while the daemon runs; after a kill there is
+        // no one to drain it.
+        let drained = if running && !self.teardown.skip() {
+            self.teardown.outbox_drained()
+        } else {
+            Ok(())
+        };
+        if running && super::sigterm_and_wait(&mut self.child, Duration::from_secs(5)).is_none() {
             self.kill9();
+        }
+        if self.teardown.skip() {
+            return;
+        }
+        if let Err(e) = drained.and_then(|()| self.teardown.at_rest()) {
+            panic!("{e}\n{}", self.logs());
         }
     }
 }

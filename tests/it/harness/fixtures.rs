@@ -2,14 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
-use super::TOKEN;
-
-/// A file from the shared real-media corpus (`../shared/testdata`).
+/// A real media file from `tests/data` (see its MANIFEST.md).
 pub fn testdata(rel: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
+        .join("tests/data")
         .join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("missing test file {}: {e}", path.display()))
 }
@@ -45,51 +41,6 @@ pub fn fake_mp4(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-pub fn bearer() -> String {
-    format!("Bearer {TOKEN}")
-}
-
-/// Uploads raw bytes; returns (status, JSON body).
-pub async fn upload_raw(
-    client: &reqwest::Client,
-    base: &str,
-    uploader: i64,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let resp = client
-        .post(format!("{base}/v1/media?uploader_id={uploader}"))
-        .header("authorization", bearer())
-        .body(body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// `DELETE /v1/media/{id}` with the service token; returns the status.
-pub async fn delete_media(client: &reqwest::Client, base: &str, id: i64) -> u16 {
-    client
-        .delete(format!("{base}/v1/media/{id}"))
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
-    let resp = client
-        .get(url)
-        .header("authorization", bearer())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Every file under `blobs/`.
 pub fn blob_files(data: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -111,10 +62,39 @@ pub fn blob_files(data: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Where the blob of `content` is (or would be) stored under `data`.
+pub fn blob_path(data: &Path, content: &[u8]) -> PathBuf {
+    data.join("blobs")
+        .join(media_store::store::blob_relative_path(&blake3::hash(
+            content,
+        )))
+}
+
+/// How many files the staging folder `tmp/` holds.
 pub fn tmp_files(data: &Path) -> usize {
     std::fs::read_dir(data.join("tmp"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// Bytes in the staging folder `tmp/`: how much of the uploads in flight has
+/// reached the disk.
+pub fn staging_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Changes waiting in the MySQL mirror's outbox.
+pub fn outbox_len(data: &Path) -> i64 {
+    index(data)
+        .query_row("SELECT count(*) FROM mysql_outbox", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// Opens the index read-only, as an operator's sqlite3 shell would.
@@ -164,6 +144,19 @@ pub fn read_stored_blob(
 
 /// [`assert_consistent`] for a data folder with an archive root.
 pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
+    let problems = consistency_problems(data, archive);
+    assert!(
+        problems.is_empty(),
+        "data folder {} breaks storage-layout.md's invariants:\n  {}",
+        data.display(),
+        problems.join("\n  ")
+    );
+}
+
+/// Every broken invariant of [`assert_consistent_with_archive`], described
+/// (all of them, not just the first).
+pub fn consistency_problems(data: &Path, archive: Option<&Path>) -> Vec<String> {
+    let mut problems = Vec::new();
     let idx = index(data);
     let mut stmt = idx
         .prepare("SELECT b.hash, b.size, b.refcount, (SELECT count(*) FROM media m WHERE m.hash = b.hash) FROM blobs b")
@@ -175,22 +168,24 @@ pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
         .collect();
     for (hash, size, rc, media) in rows {
         let hash = blake3::Hash::from_bytes(hash);
-        assert_eq!(
-            rc,
-            media,
-            "refcount of {} is {rc} but {media} media rows use it",
-            hash.to_hex()
-        );
+        let hex = hash.to_hex();
+        if rc != media {
+            problems.push(format!(
+                "refcount of {hex} is {rc} but {media} media rows use it"
+            ));
+        }
         if rc > 0 {
-            let bytes = read_stored_blob(data, archive, &hash)
-                .unwrap_or_else(|e| panic!("blob {} missing: {e}", hash.to_hex()));
-            assert_eq!(bytes.len() as u64, size);
-            assert_eq!(
-                blake3::hash(&bytes),
-                hash,
-                "blob {} is corrupt",
-                hash.to_hex()
-            );
+            match read_stored_blob(data, archive, &hash) {
+                Err(e) => problems.push(format!("blob {hex} missing: {e}")),
+                Ok(bytes) if bytes.len() as u64 != size => problems.push(format!(
+                    "blob {hex} has {} bytes, its row says {size}",
+                    bytes.len()
+                )),
+                Ok(bytes) if blake3::hash(&bytes) != hash => {
+                    problems.push(format!("blob {hex} is corrupt"))
+                }
+                Ok(_) => {}
+            }
         }
     }
     let orphan_rows: i64 = idx
@@ -200,7 +195,9 @@ pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(orphan_rows, 0, "media rows without a blob row");
+    if orphan_rows != 0 {
+        problems.push(format!("{orphan_rows} media rows without a blob row"));
+    }
     // I1 and A1: whatever is under either blobs/ is whole, whether known or not.
     for file in blob_files(data)
         .into_iter()
@@ -208,10 +205,12 @@ pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
     {
         let name = file.file_name().unwrap().to_str().unwrap();
         let bytes = std::fs::read(&file).unwrap();
-        assert_eq!(
-            blake3::hash(&bytes).to_hex().as_str(),
-            name,
-            "partial or corrupt file under blobs/"
-        );
+        if blake3::hash(&bytes).to_hex().as_str() != name {
+            problems.push(format!(
+                "partial or corrupt file under blobs/: {}",
+                file.display()
+            ));
+        }
     }
+    problems
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 use tempfile::TempDir;
 
+use super::free_port;
+
 const PACKAGE_HINT: &str = "the MySQL mirror tests need MariaDB's server binaries \
     (mariadb-install-db, mariadbd): install the apt package `mariadb-server` \
     (scripts/test does this when they are missing)";
@@ -287,14 +289,6 @@ impl Drop for MariaDb {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn pid_alive(pid: u32) -> bool {

@@ -1,12 +1,13 @@
 //! A real nginx in front of the daemon, run from the shipped site config
 //! (`nginx/media-store.conf`) with only its `@` values replaced.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use super::free_port;
 
 pub struct Nginx {
     pub base: String,
@@ -87,14 +88,6 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Nginx {
     /// Starts nginx on a random loopback port in front of `upstream` (`host:port`
     /// or `unix:/path`), serving `blobs` for X-Accel-Redirect.
@@ -137,28 +130,24 @@ impl Nginx {
             );
             let conf = p.join("nginx.conf");
             std::fs::write(&conf, main).unwrap();
-            let test = Command::new(&binary)
-                .arg("-t")
-                .arg("-p")
-                .arg(p)
-                .arg("-e")
-                .arg(p.join("error.log"))
-                .arg("-c")
-                .arg(&conf)
-                .output()
-                .unwrap();
+            // nginx with this prefix, error log and config.
+            let nginx = || {
+                let mut cmd = Command::new(&binary);
+                cmd.arg("-p")
+                    .arg(p)
+                    .arg("-e")
+                    .arg(p.join("error.log"))
+                    .arg("-c")
+                    .arg(&conf);
+                cmd
+            };
+            let test = nginx().arg("-t").output().unwrap();
             assert!(
                 test.status.success(),
                 "nginx -t rejected the config:\n{}",
                 String::from_utf8_lossy(&test.stderr)
             );
-            let mut child = Command::new(&binary)
-                .arg("-p")
-                .arg(p)
-                .arg("-e")
-                .arg(p.join("error.log"))
-                .arg("-c")
-                .arg(&conf)
+            let mut child = nginx()
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
