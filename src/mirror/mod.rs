@@ -73,20 +73,6 @@ impl Classify for MirrorError {
     }
 }
 
-impl MirrorError {
-    /// The error with its causes, for logs and `/healthz` (no URL, so no password).
-    pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            source = s.source();
-        }
-        out
-    }
-}
-
 pub type Result<T, E = MirrorError> = std::result::Result<T, E>;
 
 /// What `/healthz` and the metrics show about the mirror.

@@ -121,7 +121,10 @@ impl Worker {
                 match ack(&self.index, cursor.sent) {
                     Ok(()) => cursor.acked = cursor.sent,
                     Err(e) => {
-                        tracing::warn!(error = %e.chain(), "cannot ack the MySQL outbox; will retry")
+                        tracing::warn!(
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            "cannot ack the MySQL outbox; will retry"
+                        )
                     }
                 }
                 acked_at = Instant::now();
@@ -153,7 +156,8 @@ impl Worker {
                     }
                     failures += 1;
                     metrics::counter!(metric::ERRORS).increment(1);
-                    let chain = e.chain();
+                    // The error with its causes (no URL, so no password).
+                    let chain = format!("{:#}", anyhow::Error::from(e));
                     // Log the first failure and then ever more rarely: an outage of
                     // hours must not fill the log. /healthz always has the latest.
                     if failures.is_power_of_two() {
