@@ -22,6 +22,8 @@
 //! A job's error type is the caller's own (`E: From<IndexError>`): domain
 //! errors pass through the writer unchanged.
 
+#[cfg(test)]
+mod contract;
 mod fsck;
 mod gc;
 pub mod media;
@@ -741,5 +743,14 @@ mod tests {
             meta_keys(&index),
             vec!["after".to_string(), "before".to_string()]
         );
+    }
+
+    #[tokio::test]
+    async fn sqlite_passes_the_index_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IndexConfig::default();
+        let index = Index::open(&path_in(dir.path()), &config, no_barrier()).unwrap();
+        let mut maintenance = Maintenance::open_existing(dir.path()).unwrap();
+        contract::run(&index, &mut maintenance).await;
     }
 }
