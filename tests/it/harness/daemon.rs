@@ -214,6 +214,16 @@ impl TestDaemon {
 
     /// Starts `media-store serve` on `data` with a generated config.
     pub fn start(data: &Path, log_dir: &Path, toml: &str) -> TestDaemon {
+        Self::start_with_env(data, log_dir, toml, &[])
+    }
+
+    /// [`TestDaemon::start`] with extra environment variables (e.g. systemd's).
+    pub fn start_with_env(
+        data: &Path,
+        log_dir: &Path,
+        toml: &str,
+        env: &[(&str, &Path)],
+    ) -> TestDaemon {
         std::fs::create_dir_all(log_dir).unwrap();
         let config = log_dir.join("config.toml");
         std::fs::write(&config, toml).unwrap();
@@ -226,6 +236,7 @@ impl TestDaemon {
             .arg("--config")
             .arg(&config)
             .env("MEDIA_STORE_API_TOKEN", TOKEN)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).unwrap())
             .stderr(File::create(log_dir.join("stderr.log")).unwrap())
