@@ -161,10 +161,11 @@ impl TestApp {
             data_folder_free(&lock)
         })
         .await;
-        let at_rest = self.teardown.at_rest();
-        if let Err(e) = drained.and(at_rest) {
-            panic!("{e}");
-        }
+        let problems: Vec<String> = [drained, self.teardown.at_rest()]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }
 
