@@ -341,13 +341,7 @@ async fn media_deleted_by_another_process_is_not_found_even_while_cached() {
         media_store::index::media::delete_media(&conn, id, 0)
             .unwrap()
             .expect("row existed");
-        let blob = app
-            .data
-            .join("blobs")
-            .join(media_store::store::blob_relative_path(&blake3::hash(
-                &content,
-            )));
-        std::fs::remove_file(blob).unwrap();
+        std::fs::remove_file(blob_path(&app.data, &content)).unwrap();
         conn.execute("DELETE FROM blobs WHERE refcount = 0", [])
             .unwrap();
         // Rows (and small bodies) cached from before are trusted for at most 1 s
