@@ -342,11 +342,7 @@ async fn media_deleted_by_another_process_is_not_found_even_while_cached() {
         index
             .immediate(|tx| {
                 tx.delete_media(id, 0)?.expect("row existed");
-                let blob = app
-                    .data
-                    .join("blobs")
-                    .join(media_store::store::blob_relative_path(&hash));
-                std::fs::remove_file(blob).unwrap();
+                std::fs::remove_file(blob_path(&app.data, &content)).unwrap();
                 tx.forget_zero_count_blob(&hash)
             })
             .unwrap();

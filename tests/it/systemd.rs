@@ -2,7 +2,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -95,16 +95,12 @@ fn serve_notifies_ready_then_stopping_on_sigterm() {
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(TestDaemon::binary())
-        .args(["serve", "--listen=127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("MEDIA_STORE_API_TOKEN", TOKEN)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut d = TestDaemon::start_with_env(
+        &data,
+        &dir.path().join("run"),
+        "",
+        &[("NOTIFY_SOCKET", &sock_path)],
+    );
     let mut buf = [0u8; 512];
     let recv = |buf: &mut [u8]| -> String {
         let n = sock.recv(buf).expect("a notification within 20 s");
@@ -115,13 +111,13 @@ fn serve_notifies_ready_then_stopping_on_sigterm() {
         first.lines().any(|l| l == "READY=1"),
         "first message: {first:?}"
     );
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let second = recv(&mut buf);
     assert!(
         second.lines().any(|l| l == "STOPPING=1"),
         "second message: {second:?}"
     );
-    let status = child.wait().unwrap();
+    let status = d.child.wait().unwrap();
     assert!(status.success(), "daemon exited with {status}");
 }

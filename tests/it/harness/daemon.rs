@@ -168,10 +168,11 @@ impl TestApp {
             data_folder_free(&lock)
         })
         .await;
-        let at_rest = self.teardown.at_rest();
-        if let Err(e) = drained.and(at_rest) {
-            panic!("{e}");
-        }
+        let problems: Vec<String> = [drained, self.teardown.at_rest()]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }
 
@@ -221,6 +222,16 @@ impl TestDaemon {
 
     /// Starts `media-store serve` on `data` with a generated config.
     pub fn start(data: &Path, log_dir: &Path, toml: &str) -> TestDaemon {
+        Self::start_with_env(data, log_dir, toml, &[])
+    }
+
+    /// [`TestDaemon::start`] with extra environment variables (e.g. systemd's).
+    pub fn start_with_env(
+        data: &Path,
+        log_dir: &Path,
+        toml: &str,
+        env: &[(&str, &Path)],
+    ) -> TestDaemon {
         std::fs::create_dir_all(log_dir).unwrap();
         let config = log_dir.join("config.toml");
         std::fs::write(&config, toml).unwrap();
@@ -233,6 +244,7 @@ impl TestDaemon {
             .arg("--config")
             .arg(&config)
             .env("MEDIA_STORE_API_TOKEN", TOKEN)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).unwrap())
             .stderr(File::create(log_dir.join("stderr.log")).unwrap())
