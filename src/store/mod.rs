@@ -383,6 +383,36 @@ impl BlobStore {
         self.locate(hash).is_some()
     }
 
+    /// The root holding this blob (primary first) and the size of its file
+    /// there. A size other than the recorded one means the copy is damaged.
+    pub fn stat(&self, hash: &blake3::Hash) -> Option<(Tier, u64)> {
+        [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
+            let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
+            meta.is_file().then_some((t, meta.len()))
+        })
+    }
+
+    /// The primary copy's folder entry, as pending durability work: a blob
+    /// file found without a live row may have been installed by a batch that
+    /// never committed, whose barrier may not have run.
+    pub fn primary_entry(&self, hash: &blake3::Hash) -> Pending {
+        let path = self.primary.blob(hash);
+        Pending {
+            dirs: vec![path.parent().expect("blob paths have a shard").to_owned()],
+        }
+    }
+
+    /// Identifies the file now holding the blob (root, inode, size): a
+    /// verdict reached on one file is applied only if the same file is still
+    /// there (an upload may have replaced a damaged copy meanwhile).
+    pub fn fingerprint(&self, hash: &blake3::Hash) -> Option<(Tier, u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
+            let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
+            meta.is_file().then_some((t, meta.ino(), meta.len()))
+        })
+    }
+
     /// Whether the primary root holds a file for this blob.
     pub fn in_primary(&self, hash: &blake3::Hash) -> bool {
         self.primary.blob(hash).is_file()
@@ -425,6 +455,29 @@ impl BlobStore {
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
             file, chunk,
         )))
+    }
+
+    /// The whole blob as a stream that is checked against its hash as it
+    /// goes: the last chunk is held back until the hash is known, and on a
+    /// mismatch the stream ends with an error instead (the client sees a
+    /// failed transfer, never a clean wrong body) and `on_mismatch` runs.
+    /// BLAKE3 hashes faster than the disk reads, so this costs little.
+    pub fn open_verified(
+        &self,
+        hash: &blake3::Hash,
+        size: u64,
+        chunk: usize,
+        on_mismatch: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<BlobStream> {
+        let inner = self.open_range(hash, 0, size, chunk)?;
+        Ok(Box::pin(VerifiedStream {
+            inner,
+            hasher: blake3::Hasher::new(),
+            expected: *hash,
+            held: None,
+            done: false,
+            on_mismatch: Some(on_mismatch),
+        }))
     }
 
     /// Where nginx finds the blob below the internal location that aliases
@@ -630,6 +683,60 @@ impl BlobStore {
 /// like foreign files to GC.
 pub fn roots_overlap(a: &Path, b: &Path) -> bool {
     a == b || a.starts_with(b.join("blobs")) || b.starts_with(a.join("blobs"))
+}
+
+/// See [`BlobStore::open_verified`].
+struct VerifiedStream {
+    inner: BlobStream,
+    hasher: blake3::Hasher,
+    expected: blake3::Hash,
+    /// The latest chunk, sent once the next one arrives or the hash is right.
+    held: Option<Bytes>,
+    done: bool,
+    on_mismatch: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Stream for VerifiedStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.hasher.update(&chunk);
+                    if let Some(previous) = this.held.replace(chunk) {
+                        return Poll::Ready(Some(Ok(previous)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if this.hasher.finalize() == this.expected {
+                        return Poll::Ready(this.held.take().map(Ok));
+                    }
+                    if let Some(report) = this.on_mismatch.take() {
+                        report();
+                    }
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "blob bytes do not match their hash",
+                    ))));
+                }
+            }
+        }
+    }
 }
 
 /// From this many files or folders to flush, one `syncfs` is cheaper than an
