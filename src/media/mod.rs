@@ -355,7 +355,7 @@ impl MediaService {
                     if count == Some(0) {
                         // No live row vouched for this file: make sure its
                         // folder entry is durable before one does.
-                        ctx.require_durable(store.primary_entry(&hash));
+                        ctx.require_durable(store.entry(&hash));
                     }
                     drop(staged);
                 } else {

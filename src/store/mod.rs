@@ -392,14 +392,20 @@ impl BlobStore {
         })
     }
 
-    /// The primary copy's folder entry, as pending durability work: a blob
-    /// file found without a live row may have been installed by a batch that
-    /// never committed, whose barrier may not have run.
-    pub fn primary_entry(&self, hash: &blake3::Hash) -> Pending {
-        let path = self.primary.blob(hash);
-        Pending {
-            dirs: vec![path.parent().expect("blob paths have a shard").to_owned()],
-        }
+    /// The folder entry of the blob's file (in whichever root holds it), as
+    /// pending durability work: a blob file found without a live row may have
+    /// been installed by a batch that never committed, whose barrier may not
+    /// have run. Empty when no root holds the blob.
+    pub fn entry(&self, hash: &blake3::Hash) -> Pending {
+        let dirs = self
+            .locate(hash)
+            .and_then(|t| self.root(t))
+            .map(|root| {
+                let path = root.blob(hash);
+                vec![path.parent().expect("blob paths have a shard").to_owned()]
+            })
+            .unwrap_or_default();
+        Pending { dirs }
     }
 
     /// Identifies the file now holding the blob (root, inode, size): a
