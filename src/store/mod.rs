@@ -572,10 +572,23 @@ impl BlobStore {
     /// durable. Returns the quarantined file's path; `None` if the blob was
     /// already gone.
     pub fn quarantine(&self, hash: &blake3::Hash, now_ms: i64) -> Result<Option<String>> {
-        let Some(tier) = self.locate(hash) else {
+        match self.locate(hash) {
+            Some(tier) => self.quarantine_copy(tier, hash, now_ms),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves one root's copy of a blob to that root's `quarantine/`, as
+    /// [`BlobStore::quarantine`] does. `None` if that root has no copy.
+    pub fn quarantine_copy(
+        &self,
+        tier: Tier,
+        hash: &blake3::Hash,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        let Some(root) = self.root(tier) else {
             return Ok(None);
         };
-        let root = self.root(tier).expect("located in an existing root");
         let from = root.blob(hash);
         let folder = root.dir.join("quarantine");
         fs::create_dir_all(&folder)
@@ -594,6 +607,35 @@ impl BlobStore {
         let shard = from.parent().expect("blob paths have a shard");
         fsync_dir(shard).map_err(|e| StoreError::io(format!("sync {}", shard.display()), e))?;
         Ok(Some(to.display().to_string()))
+    }
+
+    /// Checks the size and hash of the blob's copy in one root.
+    pub fn verify_copy(&self, tier: Tier, hash: &blake3::Hash, size: u64) -> Verdict {
+        match self.root(tier) {
+            Some(root) => verify_file(&root.blob(hash), size, hash),
+            None => Verdict::Missing,
+        }
+    }
+
+    /// Checks every copy of the blob (both roots), each with the inode of
+    /// its file ([`BlobStore::copy_fingerprint`]); roots without a copy are
+    /// left out.
+    pub fn verify_copies(&self, hash: &blake3::Hash, size: u64) -> Vec<(Tier, Verdict, u64)> {
+        [Tier::Primary, Tier::Archive]
+            .into_iter()
+            .filter_map(|tier| {
+                let ino = self.copy_fingerprint(tier, hash)?;
+                Some((tier, self.verify_copy(tier, hash, size), ino))
+            })
+            .collect()
+    }
+
+    /// The inode of the blob's copy in one root: a verdict reached on a file
+    /// is applied only while the same file is there.
+    pub fn copy_fingerprint(&self, tier: Tier, hash: &blake3::Hash) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(self.root(tier)?.blob(hash)).ok()?;
+        meta.is_file().then_some(meta.ino())
     }
 
     // ---- archive tier ------------------------------------------------
@@ -638,19 +680,19 @@ impl BlobStore {
             // Never spread a damaged copy; fsck reports and quarantines it.
             return Ok(ArchiveCopy::SourceCorrupt);
         }
+        // Each copy's own fdatasync: a writeback error on this file is seen
+        // on this descriptor (one `syncfs` on another could miss it).
+        staged.sync()?;
         Ok(ArchiveCopy::Staged(Box::new(staged)))
     }
 
-    /// Step 1b: makes staged archive copies durable (one `syncfs` of the
-    /// archive file system for a batch, as group commit does for uploads) and
-    /// renames each to its content address. The result must be made durable
-    /// before a primary copy goes.
+    /// Step 1b: renames staged archive copies (each already made durable by
+    /// its own `fdatasync` in step 1a) to their content addresses. The result
+    /// must be made durable before a primary copy goes.
     pub fn install_archive_copies(&self, staged: Vec<Box<StagingFile>>) -> Result<Pending> {
         let archive = self.archive_root();
-        let mut staged: Vec<StagingFile> = staged.into_iter().map(|b| *b).collect();
-        sync_all(&mut staged)?;
         let mut pending = Pending::default();
-        for copy in staged {
+        for copy in staged.into_iter().map(|b| *b) {
             let hash = copy.hash();
             pending.merge(archive.install(copy, &hash)?);
         }
@@ -748,20 +790,6 @@ impl Stream for VerifiedStream {
 /// From this many files or folders to flush, one `syncfs` is cheaper than an
 /// fsync of each.
 const SYNCFS_FROM: usize = 4;
-
-/// Makes every staging file's bytes durable: `fdatasync` each of a few, one
-/// `syncfs` of their file system for many (all are in one `tmp/`).
-fn sync_all(files: &mut [StagingFile]) -> Result<()> {
-    if files.len() >= SYNCFS_FROM {
-        nix::unistd::syncfs(&files[0].file)
-            .map_err(|e| StoreError::io("syncfs of staged copies", io::Error::from(e)))?;
-        for file in files.iter_mut() {
-            file.synced = true;
-        }
-        return Ok(());
-    }
-    files.iter_mut().try_for_each(StagingFile::sync)
-}
 
 /// Makes a directory's entries durable.
 fn fsync_dir(dir: &Path) -> io::Result<()> {
