@@ -259,3 +259,51 @@ pub(crate) fn encode(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, Prev
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        });
+        encode(&img, 80).unwrap()
+    }
+
+    #[test]
+    fn decodes_at_the_smallest_dct_scale_that_still_covers_the_target() {
+        let data = jpeg(4000, 3000);
+        let limits = Limits::default();
+        let thumb = decode(&data, &limits, Some(Target::Within { w: 320, h: 320 })).unwrap();
+        assert_eq!((thumb.width, thumb.height), (500, 375));
+        assert_eq!((thumb.full_width, thumb.full_height), (4000, 3000));
+        let preview = decode(&data, &limits, Some(Target::Within { w: 1280, h: 1280 })).unwrap();
+        assert_eq!((preview.width, preview.height), (1500, 1125));
+        let full = decode(&data, &limits, None).unwrap();
+        assert_eq!((full.width, full.height), (4000, 3000));
+    }
+
+    #[test]
+    fn finds_exif_orientation_and_a_multi_segment_icc_profile() {
+        let mut data = jpeg(16, 16);
+        let mut exif =
+            b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
+        let mut segs = vec![0xFF, 0xE1];
+        segs.extend(((exif.len() + 2) as u16).to_be_bytes());
+        segs.append(&mut exif);
+        for (seq, part) in [(2u8, &b"world"[..]), (1, b"hello ")] {
+            let mut body = b"ICC_PROFILE\0".to_vec();
+            body.extend([seq, 2]);
+            body.extend(part);
+            segs.extend([0xFF, 0xE2]);
+            segs.extend(((body.len() + 2) as u16).to_be_bytes());
+            segs.extend(body);
+        }
+        data.splice(2..2, segs);
+        let m = scan_markers(&data);
+        assert_eq!(m.orientation, Some(Orientation::Rotate90));
+        assert_eq!(m.icc.as_deref(), Some(&b"hello world"[..]));
+        assert!(!m.adobe);
+    }
+}

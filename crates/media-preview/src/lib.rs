@@ -415,3 +415,34 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, PreviewError>) -> Result<T, PreviewE
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_a_decoder_becomes_decoder_panicked() {
+        let e = guarded::<()>(|| panic!("bad huffman table")).unwrap_err();
+        assert_eq!(e.code(), "decoder_panicked");
+        assert!(e.is_client_error());
+        assert!(e.to_string().contains("bad huffman table"));
+    }
+
+    #[test]
+    fn mime_parameters_and_case_are_ignored() {
+        assert_eq!(kind_of("Image/JPEG; q=1"), Kind::Jpeg);
+        assert_eq!(kind_of("video/quicktime"), Kind::Video);
+        assert_eq!(kind_of("image/svg+xml"), Kind::None);
+    }
+
+    #[test]
+    fn fits_never_upscale() {
+        let within = Target::Within { w: 320, h: 320 };
+        assert_eq!(within.output_size(4000, 3000), (320, 240));
+        assert_eq!(within.output_size(100, 50), (100, 50));
+        assert_eq!(within.output_size(10_000, 1), (320, 1));
+        let cover = Target::Cover { w: 96, h: 96 };
+        assert_eq!(cover.output_size(4000, 3000), (96, 96));
+        assert_eq!(cover.output_size(60, 40), (40, 40));
+    }
+}
