@@ -87,7 +87,7 @@ ms() { cut -d' ' -f1 "$tmp/$1" | median; }
 rss() { cut -d' ' -f2 "$tmp/$1" | median; }
 n=${#corpus[@]}
 echo "rounds: $ROUNDS (medians), single-threaded, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "input: $(vipsheader "$tmp/photo12mp.jpg") ($(stat -c %s "$tmp/photo12mp.jpg") bytes); corpus: $n files"
+echo "input: photo12mp.jpg $(vipsheader "$tmp/photo12mp.jpg" | cut -d: -f2-) ($(stat -c %s "$tmp/photo12mp.jpg") bytes); corpus: $n files"
 printf '%-28s %10s %10s %8s %14s %14s\n' case ours_ms vips_ms ratio ours_rss_MiB vips_rss_MiB
 for p in "${pairs[@]}"; do
     o=$(ms "ours_$p"); v=$(ms "vips_$p")

@@ -27,6 +27,13 @@ fn is_heif(data: &[u8]) -> bool {
         )
 }
 
+/// libheif initialised once for the process: heif_deinit on every call would
+/// unload its plugins while another thread may be decoding.
+fn library() -> &'static LibHeif {
+    static LIB: std::sync::OnceLock<LibHeif> = std::sync::OnceLock::new();
+    LIB.get_or_init(LibHeif::new)
+}
+
 /// Decodes the primary image, upright (libheif applies `irot`/`imir`).
 pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Decoded, PreviewError> {
     if !is_heif(data) {
@@ -35,6 +42,7 @@ pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Decoded, PreviewErr
         ));
     }
     let corrupt = |e: libheif_rs::HeifError| PreviewError::CorruptImage(e.to_string());
+    let lib = library();
     let mut ctx = HeifContext::read_from_bytes(data).map_err(corrupt)?;
     // One call, one thread, as for every other format.
     ctx.set_max_decoding_threads(1);
@@ -49,7 +57,7 @@ pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Decoded, PreviewErr
     } else {
         RgbChroma::Rgb
     };
-    let image = LibHeif::new()
+    let image = lib
         .decode(&handle, ColorSpace::Rgb(chroma), None)
         .map_err(corrupt)?;
     let planes = image.planes();
