@@ -33,9 +33,25 @@ pub(crate) fn map_err(e: ImageError, limits: &Limits) -> PreviewError {
     }
 }
 
-/// Frames an animation declares in its header, without decoding any.
-fn declared_frames(data: &[u8], format: ImageFormat) -> Option<u64> {
+/// Frames an animation declares in its header (APNG, WebP), or has (GIF,
+/// counted up to `max + 1` without LZW decoding), without decoding any.
+fn declared_frames(data: &[u8], format: ImageFormat, max: u64) -> Option<u64> {
     match format {
+        ImageFormat::Gif => {
+            let mut options = gif::DecodeOptions::new();
+            options.skip_frame_decoding(true);
+            options.set_memory_limit(gif::MemoryLimit::Bytes(
+                std::num::NonZeroU64::new(16 << 20).expect("non-zero"),
+            ));
+            let mut decoder = options.read_info(Cursor::new(data)).ok()?;
+            let mut frames = 0;
+            // A broken frame ends the count; decoding the first frame will
+            // report the damage if it matters.
+            while frames <= max && matches!(decoder.read_next_frame(), Ok(Some(_))) {
+                frames += 1;
+            }
+            Some(frames)
+        }
         ImageFormat::Png => {
             let reader = png::Decoder::new(Cursor::new(data)).read_info().ok()?;
             reader.info().animation_control.map(|a| a.num_frames as u64)
@@ -63,7 +79,7 @@ pub(crate) fn decode(
             ));
         }
     }
-    if let Some(frames) = declared_frames(data, format)
+    if let Some(frames) = declared_frames(data, format, limits.max_frames)
         && frames > limits.max_frames
     {
         return Err(PreviewError::TooManyFrames {

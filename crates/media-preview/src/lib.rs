@@ -30,7 +30,7 @@ pub struct Limits {
     /// Largest image, in pixels (width × height of the stored image), that is
     /// decoded at all. Checked from the header before decoding.
     pub max_pixels: u64,
-    /// Largest number of frames an animation may declare (APNG, WebP); only
+    /// Largest number of frames an animation may have (APNG, WebP, GIF); only
     /// the first frame is ever decoded.
     pub max_frames: u64,
     /// Largest pixel buffer one decode may allocate, in bytes.

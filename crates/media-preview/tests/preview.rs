@@ -222,6 +222,11 @@ fn riff_chunk(id: &[u8; 4], body: &[u8]) -> Vec<u8> {
 
 /// Extended-format WebP: VP8X with the EXIF flag, the image, an EXIF chunk.
 fn webp_with_exif(img: &RgbImage, n: u16) -> Vec<u8> {
+    webp_extended(img, Some(n), None)
+}
+
+/// Extended-format WebP with an optional EXIF orientation and ICC profile.
+fn webp_extended(img: &RgbImage, orientation: Option<u16>, icc: Option<&[u8]>) -> Vec<u8> {
     let mut simple = Vec::new();
     image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
         .encode(
@@ -232,13 +237,19 @@ fn webp_with_exif(img: &RgbImage, n: u16) -> Vec<u8> {
         )
         .unwrap();
     let image_chunk = &simple[12..]; // after RIFF size WEBP
-    let mut vp8x = vec![0x08, 0, 0, 0];
+    let flags = if orientation.is_some() { 0x08 } else { 0 } | if icc.is_some() { 0x20 } else { 0 };
+    let mut vp8x = vec![flags, 0, 0, 0];
     vp8x.extend(&(img.width() - 1).to_le_bytes()[..3]);
     vp8x.extend(&(img.height() - 1).to_le_bytes()[..3]);
     let mut body = b"WEBP".to_vec();
     body.extend(riff_chunk(b"VP8X", &vp8x));
+    if let Some(icc) = icc {
+        body.extend(riff_chunk(b"ICCP", icc));
+    }
     body.extend(image_chunk);
-    body.extend(riff_chunk(b"EXIF", &exif_orientation(n)));
+    if let Some(n) = orientation {
+        body.extend(riff_chunk(b"EXIF", &exif_orientation(n)));
+    }
     riff_chunk(b"RIFF", &body)
 }
 
@@ -312,6 +323,48 @@ fn adobe_rgb_jpeg_is_converted_to_srgb() {
     // Adobe RGB primaries are wider: the same numbers mean more saturated
     // colours, which in sRGB need larger channel differences.
     let (s1, s0) = (mean_saturation(&with_icc), mean_saturation(&as_srgb));
+    assert!(
+        s1 > s0 * 1.08,
+        "saturation {s1:.1} with the profile, {s0:.1} without"
+    );
+}
+
+/// The ICC profile of a JPEG (APP2 chunks in order).
+fn icc_of(jpeg: &[u8]) -> Vec<u8> {
+    let mut icc = Vec::new();
+    let mut pos = 2;
+    while jpeg[pos] == 0xFF && jpeg[pos + 1] != 0xDA {
+        let len = u16::from_be_bytes([jpeg[pos + 2], jpeg[pos + 3]]) as usize;
+        let seg = &jpeg[pos + 4..pos + 2 + len];
+        if jpeg[pos + 1] == 0xE2 && seg.starts_with(b"ICC_PROFILE\0") {
+            icc.extend(&seg[14..]);
+        }
+        pos += 2 + len;
+    }
+    icc
+}
+
+#[test]
+fn webp_icc_profile_is_converted_to_srgb() {
+    let jpeg = read("jpeg/rocket_adobergb_icc.jpg");
+    let icc = icc_of(&jpeg);
+    assert!(icc.len() > 400);
+    let stored = image::load_from_memory(&jpeg)
+        .unwrap()
+        .thumbnail(160, 160)
+        .into_rgb8();
+    let spec = within(120, 120);
+    let tagged = pixels(&render_bytes(
+        &webp_extended(&stored, None, Some(&icc)),
+        "image/webp",
+        &spec,
+    ));
+    let untagged = pixels(&render_bytes(
+        &webp_extended(&stored, None, None),
+        "image/webp",
+        &spec,
+    ));
+    let (s1, s0) = (mean_saturation(&tagged), mean_saturation(&untagged));
     assert!(
         s1 > s0 * 1.08,
         "saturation {s1:.1} with the profile, {s0:.1} without"
@@ -712,6 +765,29 @@ fn a_hanging_tool_is_killed_at_the_deadline() {
         "took {:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn a_tool_writing_too_much_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("chatty-pdftoppm");
+    std::fs::write(&tool, "#!/bin/sh\nexec head -c 100000000 /dev/zero\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let limits = Limits {
+        tools: Tools {
+            pdftoppm: tool,
+            ..Tools::default()
+        },
+        ..Limits::default()
+    };
+    let e = err_of(render(
+        Input::Path(&data("document/sample.pdf")),
+        "application/pdf",
+        &thumb(),
+        &limits,
+    ));
+    assert_eq!(e.code(), "tool_failed");
+    assert!(e.to_string().contains("more than"), "{e}");
 }
 
 #[test]
