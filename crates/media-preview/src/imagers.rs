@@ -11,7 +11,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat};
 
 use crate::error::check_dimensions;
-use crate::raster::{Decoded, Layout, Target};
+use crate::raster::{Decoded, Layout};
 use crate::{Limits, PreviewError};
 
 fn image_limits(limits: &Limits) -> image::Limits {
@@ -69,7 +69,6 @@ pub(crate) fn decode(
     data: &[u8],
     format: ImageFormat,
     limits: &Limits,
-    _target: Option<Target>,
 ) -> Result<Decoded, PreviewError> {
     match image::guess_format(data) {
         Ok(f) if f == format => {}

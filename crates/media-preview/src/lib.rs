@@ -268,7 +268,7 @@ pub fn render(
                 external::pdf_page(path, target, limits)?
             };
             let format = image::ImageFormat::Png;
-            let decoded = guarded(|| imagers::decode(&png, format, limits, Some(target)))?;
+            let decoded = guarded(|| imagers::decode(&png, format, limits))?;
             finish(decoded, spec, None)
         }
         Kind::Audio => Err(PreviewError::VariantNotAvailable(format!(
@@ -315,7 +315,8 @@ fn decode_image(
 ) -> Result<Decoded, PreviewError> {
     match kind {
         Kind::Jpeg => jpeg::decode(bytes, limits, target),
-        Kind::Raster(format) => imagers::decode(bytes, format, limits, target),
+        // No shrink-on-load for these: the whole first frame is decoded.
+        Kind::Raster(format) => imagers::decode(bytes, format, limits),
         #[cfg(feature = "heif")]
         Kind::Heif => heif::decode(bytes, limits),
         #[cfg(not(feature = "heif"))]
