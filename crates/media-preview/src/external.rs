@@ -109,6 +109,28 @@ fn os_args(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
+/// Demuxers ffmpeg and ffprobe may use: the containers chat clients send.
+/// Without this list, a "video" that is really an HLS playlist or an ffconcat
+/// script makes ffmpeg read other local files or fetch URLs into the poster.
+const FORMAT_WHITELIST: &str =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpeg,mpegts,flv,asf,ogg,mp3,flac,wav,aac,aiff,amr";
+
+/// Input options shared by ffmpeg and ffprobe: only plain files, only the
+/// listed demuxers, one decoding thread.
+fn ffmpeg_input_args(path: &Path) -> Vec<OsString> {
+    let mut args = os_args(&[
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-threads",
+        "1",
+        "-i",
+    ]);
+    args.push(ffmpeg_input(path));
+    args
+}
+
 /// `file:` keeps ffmpeg from reading a name as a protocol (`concat:`,
 /// `http:`...) or an option.
 fn ffmpeg_input(path: &Path) -> OsString {
@@ -140,8 +162,8 @@ pub(crate) fn video_frame(
     // min() keeps ffmpeg from upscaling a small video.
     let filter =
         format!("scale=w='min(iw,{w})':h='min(ih,{h})':force_original_aspect_ratio={mode}");
-    let mut args = os_args(&["-nostdin", "-hide_banner", "-loglevel", "error", "-i"]);
-    args.push(ffmpeg_input(path));
+    let mut args = os_args(&["-nostdin", "-hide_banner", "-loglevel", "error"]);
+    args.extend(ffmpeg_input_args(path));
     args.extend(os_args(&[
         "-map",
         "0:v:0",
@@ -195,7 +217,7 @@ pub(crate) fn ffprobe(path: &Path, limits: &Limits) -> Result<MediaInfo, Preview
         "-of",
         "default=noprint_wrappers=1",
     ]);
-    args.push(ffmpeg_input(path));
+    args.extend(ffmpeg_input_args(path));
     let out = run(&limits.tools.ffprobe, &args, limits)?;
     Ok(parse_ffprobe(&String::from_utf8_lossy(&out)))
 }

@@ -177,7 +177,7 @@ pub enum Rendered {
 }
 
 /// An encoded picture.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rendition {
     /// Encoded picture, without EXIF, XMP, ICC or any other metadata.
     pub bytes: Vec<u8>,
@@ -187,6 +187,19 @@ pub struct Rendition {
     pub width: u32,
     /// Pixel height.
     pub height: u32,
+}
+
+impl std::fmt::Debug for Rendition {
+    /// The bytes are summarised: a rendition in a failed assertion or a log
+    /// line is kilobytes of numbers otherwise.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendition")
+            .field("bytes", &format_args!("[{} bytes]", self.bytes.len()))
+            .field("mime", &self.mime)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish()
+    }
 }
 
 /// What [`probe`] learns about a file. Fields it cannot know are `None`.

@@ -804,6 +804,48 @@ fn a_tool_writing_too_much_is_stopped() {
 }
 
 #[test]
+fn a_playlist_posing_as_a_video_cannot_make_ffmpeg_read_other_files() {
+    // An HLS playlist pointing at another local video: without a demuxer
+    // whitelist ffmpeg would happily render that file's frame.
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil.mp4");
+    let target = data("video/h264_aac_faststart.mp4");
+    std::fs::write(
+        &evil,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{}\n#EXT-X-ENDLIST\n",
+            target.display()
+        ),
+    )
+    .unwrap();
+    let e = err_of(render(
+        Input::Path(&evil),
+        "video/mp4",
+        &thumb(),
+        &Limits::default(),
+    ));
+    assert_eq!(
+        (e.code(), e.kind()),
+        ("tool_failed", ErrorKind::InvalidInput)
+    );
+    let concat = dir.path().join("concat.mp4");
+    std::fs::write(
+        &concat,
+        format!("ffconcat version 1.0\nfile '{}'\n", target.display()),
+    )
+    .unwrap();
+    let e = err_of(render(
+        Input::Path(&concat),
+        "video/mp4",
+        &thumb(),
+        &Limits::default(),
+    ));
+    assert_eq!(e.code(), "tool_failed");
+    let info = probe(Input::Path(&evil), "video/mp4", &Limits::default());
+    assert!(info.is_err_and(|e| e.is_client_error()));
+}
+
+#[test]
 fn a_broken_video_is_a_client_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("broken.mp4");
