@@ -177,7 +177,15 @@ pub(crate) fn video_frame(
         "png",
         "-",
     ]));
-    run(&limits.tools.ffmpeg, &args, limits)
+    match run(&limits.tools.ffmpeg, &args, limits) {
+        // A "video" with no picture at all (audio in an MP4) has no poster.
+        Err(PreviewError::ToolFailed { message, .. }) if message.contains("matches no streams") => {
+            Err(PreviewError::VariantNotAvailable(
+                "the file has no video stream".into(),
+            ))
+        }
+        other => other,
+    }
 }
 
 /// The first page as PNG, its longer side `bound` pixels.

@@ -56,6 +56,10 @@ fn a_12_megapixel_jpeg_thumb_stays_under_32_mib() {
         let r = render(Input::Bytes(&jpeg), "image/jpeg", &spec, &Limits::default()).unwrap();
         assert!(matches!(r, Rendered::Rendition(_)));
         let used = PEAK.load(Ordering::SeqCst) - before;
+        eprintln!(
+            "{name}: heap peak {:.1} MiB",
+            used as f64 / (1 << 20) as f64
+        );
         // The input itself (held by the caller) is not counted.
         assert!(used < 32 << 20, "{name}: peak {used} bytes");
         if name == "thumb" {

@@ -706,6 +706,14 @@ fn types_without_a_preview_say_so() {
         &limits,
     ));
     assert_eq!(e.code(), "needs_path");
+    // An MP4 with only sound, sent as video/mp4: nothing to show.
+    let e = err_of(render(
+        Input::Path(&data("audio/tone_aac.m4a")),
+        "video/mp4",
+        &thumb(),
+        &limits,
+    ));
+    assert_eq!(e.code(), "variant_not_available");
 }
 
 #[cfg(not(feature = "heif"))]
