@@ -17,6 +17,7 @@ mod heif;
 mod imagers;
 mod jpeg;
 mod raster;
+mod webpdec;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -328,6 +329,15 @@ fn decode_image(
 ) -> Result<Decoded, PreviewError> {
     match kind {
         Kind::Jpeg => jpeg::decode(bytes, limits, target),
+        Kind::Raster(image::ImageFormat::WebP) => {
+            if image::guess_format(bytes).ok() != Some(image::ImageFormat::WebP) {
+                return Err(PreviewError::TypeMismatch("image/webp".into()));
+            }
+            match webpdec::decode_still(bytes, limits, target)? {
+                Some(decoded) => Ok(decoded),
+                None => imagers::decode(bytes, image::ImageFormat::WebP, limits),
+            }
+        }
         // No shrink-on-load for these: the whole first frame is decoded.
         Kind::Raster(format) => imagers::decode(bytes, format, limits),
         #[cfg(feature = "heif")]
