@@ -49,15 +49,21 @@ corpus=("$tmp"/corpus/*)
 
 export VIPS_CONCURRENCY=1 RAYON_NUM_THREADS=1
 
-# run NAME CMD...: one timed run, appends "ms rss_kb" to $tmp/NAME.
+# run NAME EXPECT CMD...: one timed run that must write EXPECT files;
+# appends "ms rss_kb" to $tmp/NAME.
 run() {
-    local name=$1; shift
+    local name=$1 expect=$2; shift 2
     local out="$tmp/out-$name"
     rm -rf "$out"; mkdir -p "$out"
     local t0 t1
     t0=$(date +%s%N)
     /usr/bin/time -f "%M" -o "$tmp/rss" "$@" >/dev/null 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
     t1=$(date +%s%N)
+    # Every input must have given a picture (vipsthumbnail exits 0 even when
+    # one file of several fails).
+    local made
+    made=$(find "$out" -type f | wc -l)
+    [ "$made" -eq "$expect" ] || { echo "$name made $made files, not $expect" >&2; cat "$tmp/err" >&2; exit 1; }
     echo "$(( (t1 - t0) / 1000000 )) $(cat "$tmp/rss")" >>"$tmp/$name"
 }
 
@@ -78,7 +84,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         for who in "${order[@]}"; do
             name=${who}_$p
             # shellcheck disable=SC2086 # the commands are word lists on purpose
-            run "$name" ${cmd[$name]//OUT/$tmp/out-$name}
+            expect=1; [ "$p" = corpus ] && expect=${#corpus[@]}
+            run "$name" "$expect" ${cmd[$name]//OUT/$tmp/out-$name}
         done
     done
 done
