@@ -187,6 +187,8 @@ fn normalise(mime: &'static str) -> &'static str {
         "audio/x-flac" => "audio/flac",
         "audio/x-wav" => "audio/wav",
         "audio/x-aac" => "audio/aac",
+        // RFC 4337: M4A is MPEG-4 audio, `audio/mp4` (`audio/m4a` is unregistered).
+        "audio/m4a" | "audio/x-m4a" => "audio/mp4",
         "image/x-canon-cr2" => "image/x-canon-cr2",
         "application/x-executable" => "application/x-executable",
         other => other,
@@ -335,6 +337,7 @@ mod tests {
             ("heic/image.heic", "image/heif"),
             ("audio/tone_id3_cover.mp3", "audio/mpeg"),
             ("audio/tone.flac", "audio/flac"),
+            ("audio/tone.m4a", "audio/mp4"),
             ("audio/tone_vorbis.ogg", "audio/ogg"),
             ("document/sample.pdf", "application/pdf"),
             (

@@ -47,6 +47,14 @@ pub enum SignError {
     /// than the maximum TTL: all look the same to the client (403).
     #[error("the URL's signature is not valid")]
     Invalid,
+    /// No signature at all: the stable `file_url` used as it is (403, its own
+    /// code, so the client learns how to get a signed one).
+    #[error(
+        "this URL has no signature: downloads need a signed URL, issued by \
+         `POST /v1/media/{{id}}/url` (service token) to the backend that hands it out; \
+         uploads without the token need one from `POST /v1/upload-urls`"
+    )]
+    Missing,
     /// Authentic but past its expiry (410).
     #[error("the URL has expired")]
     Expired,
@@ -57,7 +65,7 @@ pub enum SignError {
 impl Classify for SignError {
     fn kind(&self) -> ErrorKind {
         match self {
-            SignError::Invalid => ErrorKind::Forbidden,
+            SignError::Invalid | SignError::Missing => ErrorKind::Forbidden,
             SignError::Expired => ErrorKind::Gone,
             SignError::BadTtl { .. } => ErrorKind::BadRequest,
         }
@@ -65,6 +73,7 @@ impl Classify for SignError {
     fn code(&self) -> &'static str {
         match self {
             SignError::Invalid => "invalid_signature",
+            SignError::Missing => "missing_signature",
             SignError::Expired => "url_expired",
             SignError::BadTtl { .. } => "bad_ttl",
         }
@@ -306,6 +315,9 @@ impl Signer {
                 _ => Err(SignError::Invalid),
             }
         };
+        if !pairs.iter().any(|(k, _)| k == "sig") {
+            return Err(SignError::Missing);
+        }
         let sig = single("sig")?;
         let kid = single("kid")?;
         let exp: i64 = single("exp")?.parse().map_err(|_| SignError::Invalid)?;
@@ -479,7 +491,11 @@ mod tests {
             s.verify(target(&h), &format!("{q}&sig=AAAA")),
             Err(SignError::Invalid)
         );
-        assert_eq!(s.verify(target(&h), ""), Err(SignError::Invalid));
+        assert_eq!(s.verify(target(&h), ""), Err(SignError::Missing));
+        assert_eq!(
+            s.verify(target(&h), "exp=1&kid=k1"),
+            Err(SignError::Missing)
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum MediaError {
     Corrupt { id: i64, since: String },
     #[error("the stored content was removed while uploading; send it again without `blake3`")]
     BlobGone,
+    #[error("the upload is empty: send the file's bytes (an empty file is not stored)")]
+    Empty,
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -54,7 +56,9 @@ impl Classify for MediaError {
             MediaError::Policy(e) => e.kind(),
             MediaError::Store(e) => e.kind(),
             MediaError::Index(e) => e.kind(),
-            MediaError::Body(_) | MediaError::HashMismatch => ErrorKind::BadRequest,
+            MediaError::Body(_) | MediaError::HashMismatch | MediaError::Empty => {
+                ErrorKind::BadRequest
+            }
             MediaError::NotFound(_) => ErrorKind::NotFound,
             MediaError::QuotaExceeded(_) => ErrorKind::InsufficientStorage,
             MediaError::Corrupt { .. } => ErrorKind::Gone,
@@ -73,6 +77,7 @@ impl Classify for MediaError {
             MediaError::QuotaExceeded(_) => "quota_exceeded",
             MediaError::Corrupt { .. } => "media_corrupt",
             MediaError::BlobGone => "blob_gone",
+            MediaError::Empty => "empty_upload",
             MediaError::Task(_) => "internal",
         }
     }
@@ -468,6 +473,9 @@ where
     let mut total: u64 = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| MediaError::Body(e.to_string()))?;
+        if chunk.is_empty() {
+            continue;
+        }
         total += chunk.len() as u64;
         let too_large = |limit, mime: Option<&str>| PolicyError::TooLarge {
             limit,
@@ -498,6 +506,11 @@ where
             // The writer stopped early: it failed, and `ingest` reports why.
             break;
         }
+    }
+    if total == 0 {
+        // A client mistake (an empty file picked, a body lost on the way), the
+        // same 400 for raw and multipart uploads.
+        return Err(MediaError::Empty);
     }
     match sniffed {
         Some(found) => Ok(found),

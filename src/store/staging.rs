@@ -48,7 +48,8 @@ impl StagingFile {
     /// allows (network chunks are often small; this saves syscalls, not copies).
     pub fn write_chunks(&mut self, chunks: &[&[u8]]) -> Result<()> {
         let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
+        // An empty slice would make `write_vectored` report 0 bytes written.
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
             self.hasher.update(chunk);
             self.len += chunk.len() as u64;
             slices.push(io::IoSlice::new(chunk));

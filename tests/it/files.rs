@@ -226,7 +226,13 @@ async fn any_change_to_a_signed_url_is_refused() {
     }
     for bad in tampered {
         let (status, code) = error_code(app.client.get(&bad).send().await.unwrap()).await;
-        assert_eq!((status, code.as_str()), (403, "invalid_signature"), "{bad}");
+        // Without any `sig` the answer says it is missing (still 403).
+        let want = if bad.contains("&sig=") || bad.contains("?sig=") {
+            "invalid_signature"
+        } else {
+            "missing_signature"
+        };
+        assert_eq!((status, code.as_str()), (403, want), "{bad}");
     }
     // A signed URL cannot be used to upload.
     let resp = app

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod api;
 mod architecture;
 mod archive;
 mod browser;

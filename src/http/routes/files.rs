@@ -92,7 +92,7 @@ impl Media {
             etag,
             etag_value: HeaderValue::from_str(&etag_text)
                 .map_err(|_| internal("bad etag", &etag_text))?,
-            content_type: value(&row.file_type),
+            content_type: value(&served_type(&row.file_type)),
             inline: value(&content_disposition(&row, false)),
             attachment: value(&content_disposition(&row, true)),
             row,
@@ -449,11 +449,14 @@ fn prepare(
 }
 
 /// One satisfiable range, `None` for "send everything" (several ranges are
-/// answered with the whole file, which RFC 9110 allows), `Err` for 416.
+/// answered with the whole file, which RFC 9110 allows; so is a header that
+/// does not parse or has another unit, which RFC 9110, 14.2, says to ignore),
+/// `Err` for 416 (well-formed, but no range overlaps the file).
 fn byte_range(header: &str, size: u64) -> Result<Option<RangeInclusive<u64>>, ()> {
-    let ranges = http_range_header::parse_range_header(header)
-        .and_then(|r| r.validate(size))
-        .map_err(|_| ())?;
+    let Ok(parsed) = http_range_header::parse_range_header(header) else {
+        return Ok(None);
+    };
+    let ranges = parsed.validate(size).map_err(|_| ())?;
     Ok(match ranges.as_slice() {
         [one] => Some(one.clone()),
         _ => None,
@@ -465,6 +468,16 @@ fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     // (checked at upload); a value that still fails is dropped rather than sent raw.
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
+    }
+}
+
+/// The Content-Type a download is served with: the stored type, with the
+/// charset for text (the sniffer only admits UTF-8 as `text/plain`).
+fn served_type(stored: &str) -> std::borrow::Cow<'_, str> {
+    if stored.eq_ignore_ascii_case("text/plain") {
+        "text/plain; charset=utf-8".into()
+    } else {
+        stored.into()
     }
 }
 
@@ -570,6 +583,8 @@ mod tests {
         assert_eq!(byte_range("bytes=90-", 100), Ok(Some(90..=99)));
         assert_eq!(byte_range("bytes=0-1,5-6", 100), Ok(None));
         assert_eq!(byte_range("bytes=100-", 100), Err(()));
-        assert_eq!(byte_range("items=0-1", 100), Err(()));
+        // Invalid or foreign headers are ignored: the whole file.
+        assert_eq!(byte_range("items=0-1", 100), Ok(None));
+        assert_eq!(byte_range("bytes=abc", 100), Ok(None));
     }
 }

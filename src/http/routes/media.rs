@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::error::ErrorKind;
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
+use crate::http::extract::{
+    ApiPath, ApiQuery, QueryParams, ServiceAuth, UPLOADER_ID_IS, UploaderId,
+};
 use crate::http::state::HttpState;
 use crate::http::views::{MediaPage, MediaView, UploadView};
 use crate::index::{ListQuery, TypeFilter};
@@ -26,9 +28,17 @@ const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
 #[derive(Deserialize)]
 pub struct UploadParams {
-    uploader_id: Option<i64>,
+    uploader_id: Option<UploaderId>,
     filename: Option<String>,
     blake3: Option<String>,
+}
+
+impl QueryParams for UploadParams {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        ("uploader_id", UPLOADER_ID_IS),
+        ("filename", "text"),
+        ("blake3", "64 hex digits"),
+    ];
 }
 
 /// `POST /v1/media?uploader_id=N`: a multipart form (field `file`) or the raw bytes.
@@ -37,8 +47,8 @@ pub async fn create_media(
     State(state): State<HttpState>,
     ApiQuery(params): ApiQuery<UploadParams>,
     request: Request,
-) -> Result<(StatusCode, Json<UploadView>), ApiError> {
-    let uploader_id = params.uploader_id.ok_or_else(|| {
+) -> Result<(StatusCode, Json<UploadView>), Refused> {
+    let UploaderId(uploader_id) = params.uploader_id.ok_or_else(|| {
         ApiError::bad_request(
             "missing_uploader_id",
             "query parameter `uploader_id` is required",
@@ -81,12 +91,56 @@ pub(crate) struct UploadTarget<'a> {
     pub claimed_hash: Option<blake3::Hash>,
 }
 
+/// A refused upload. When the client may still be sending (the refusal came
+/// from `Content-Length` or mid-stream), the answer goes out at once with
+/// `Connection: close`, and the rest of the body is read and discarded in the
+/// background, bounded ([`DRAIN_BYTES`], [`DRAIN_TIME`]): a lingering close,
+/// so that neither a direct client nor a streaming proxy (nginx with
+/// `proxy_request_buffering off`) gets a reset instead of the answer, and
+/// neither has to send the rest first.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ApiError,
+    pub close: bool,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Refused {
+            error,
+            close: false,
+        }
+    }
+}
+
+impl<E> From<E> for Refused
+where
+    E: crate::error::Classify + std::error::Error,
+{
+    fn from(e: E) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl axum::response::IntoResponse for Refused {
+    fn into_response(self) -> axum::response::Response {
+        let mut response = self.error.into_response();
+        if self.close {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
+    }
+}
+
 pub(crate) async fn ingest_request(
     state: &HttpState,
     target: UploadTarget<'_>,
     request: Request,
     cap: Option<u64>,
-) -> Result<Ingested, ApiError> {
+) -> Result<Ingested, Refused> {
     let UploadTarget {
         uploader_id,
         filename,
@@ -109,7 +163,7 @@ pub(crate) async fn ingest_request(
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let polled = Arc::new(AtomicBool::new(false));
-    let ingested = if is_multipart(request.headers()) {
+    let (ingested, close) = if is_multipart(request.headers()) {
         let mut form = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
@@ -131,10 +185,11 @@ pub(crate) async fn ingest_request(
             }
             Err(e) => Err(e),
         };
+        let mut close = false;
         if result.is_err() && (polled.load(Ordering::Relaxed) || !expects_continue) {
-            drain_form(&mut form).await;
+            close = drain_form_in_background(form);
         }
-        result
+        (result, close)
     } else {
         let mut body = request.into_body().into_data_stream();
         let result = if let Some(cap) = cap.filter(|&cap| declared_len.is_some_and(|len| len > cap))
@@ -156,14 +211,18 @@ pub(crate) async fn ingest_request(
                 .await
                 .map_err(ApiError::from)
         };
+        let mut close = false;
         if result.is_err() && (polled.load(Ordering::Relaxed) || !expects_continue) {
-            drain(&mut body).await;
+            close = drain_in_background(body);
         }
-        result
+        (result, close)
     };
-    ingested.map_err(|e| match cap {
-        Some(cap) if over_cap.load(Ordering::Relaxed) => cap_error(cap),
-        _ => e,
+    ingested.map_err(|e| Refused {
+        error: match cap {
+            Some(cap) if over_cap.load(Ordering::Relaxed) => cap_error(cap),
+            _ => e,
+        },
+        close,
     })
 }
 
@@ -198,9 +257,8 @@ async fn ingest_form(
         let result = media
             .ingest(meta, capped(&mut field, cap, over_cap.clone()))
             .await;
-        if result.is_err() {
-            drain(&mut field).await;
-        }
+        // On error the rest of the form (this field included) is drained by
+        // the caller, in the background.
         // Inside a form, a broken body is a broken multipart framing.
         return result.map_err(|e| match e {
             MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
@@ -209,39 +267,59 @@ async fn ingest_form(
     }
 }
 
-/// How much of a refused upload is still read (and discarded) before answering.
-/// A proxy that streams request bodies (nginx with `proxy_request_buffering
-/// off`) fails with 502 when the daemon closes the connection while it is still
-/// sending; once the body is read, it passes our 413/415 on. Beyond these bounds
-/// the connection is closed instead.
+/// How much of a refused upload is still read (and discarded) after the
+/// answer went out. A proxy that streams request bodies (nginx with
+/// `proxy_request_buffering off`) fails with 502 when the daemon closes the
+/// connection while it is still sending; a client may miss the answer behind
+/// a reset. Beyond these bounds the connection is closed anyway.
 const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn drain<S, E>(body: &mut S)
+/// Starts discarding the rest of `body` in the background, bounded; returns
+/// whether any was left (the answer then closes the connection).
+fn drain_in_background<S, E>(mut body: S) -> bool
 where
-    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: Send + 'static,
 {
-    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
-    let mut left = DRAIN_BYTES;
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
-        left = left.saturating_sub(chunk.len() as u64);
-        if left == 0 {
-            break;
-        }
+    use futures_util::FutureExt as _;
+    if let Some(None | Some(Err(_))) = body.next().now_or_never() {
+        return false;
     }
-}
-
-async fn drain_form(form: &mut Multipart) {
-    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
-    let mut left = DRAIN_BYTES;
-    while let Ok(Ok(Some(mut field))) = tokio::time::timeout_at(deadline, form.next_field()).await {
-        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, field.chunk()).await {
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let mut left = DRAIN_BYTES;
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
             left = left.saturating_sub(chunk.len() as u64);
             if left == 0 {
-                return;
+                break;
             }
         }
+    });
+    true
+}
+
+/// [`drain_in_background`] for a multipart form (the current field's rest included).
+fn drain_form_in_background(mut form: Multipart) -> bool {
+    use futures_util::FutureExt as _;
+    if let Some(Ok(None) | Err(_)) = form.next_field().now_or_never() {
+        return false;
     }
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let mut left = DRAIN_BYTES;
+        while let Ok(Ok(Some(mut field))) =
+            tokio::time::timeout_at(deadline, form.next_field()).await
+        {
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, field.chunk()).await {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    return;
+                }
+            }
+        }
+    });
+    true
 }
 
 /// Ends `body` with an error (and sets `over`) once it passes `cap` bytes.
@@ -313,7 +391,7 @@ pub async fn get_media(
 
 #[derive(Deserialize)]
 pub struct ListParams {
-    uploader_id: Option<i64>,
+    uploader_id: Option<UploaderId>,
     #[serde(rename = "type")]
     file_type: Option<String>,
     since: Option<String>,
@@ -322,6 +400,18 @@ pub struct ListParams {
     cursor: Option<String>,
     /// `true`: only media found damaged; `false`: only healthy media.
     corrupt: Option<bool>,
+}
+
+impl QueryParams for ListParams {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        ("uploader_id", UPLOADER_ID_IS),
+        ("type", "a MIME type (image/png) or a family (image/*)"),
+        ("since", "RFC 3339 or Unix seconds"),
+        ("until", "RFC 3339 or Unix seconds"),
+        ("limit", "a whole number from 1 to 1000"),
+        ("cursor", "the `next_cursor` of a previous page"),
+        ("corrupt", "`true` or `false`"),
+    ];
 }
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -354,7 +444,7 @@ pub async fn list_media(
             .transpose()
     };
     let query = ListQuery {
-        uploader_id: p.uploader_id,
+        uploader_id: p.uploader_id.map(|UploaderId(id)| id),
         file_type,
         since_ms: instant("since", &p.since)?,
         until_ms: instant("until", &p.until)?,

@@ -27,7 +27,16 @@ pub async fn attach_media(
     ApiPath((message_id, media_id)): ApiPath<(i64, i64)>,
     body: Result<Json<AttachBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Attached>), ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad_request("bad_body", e.body_text()))?;
+    let Json(body) = body.map_err(|e| match e {
+        JsonRejection::MissingJsonContentType(_) => ApiError::bad_request(
+            "bad_body",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => ApiError::bad_request(
+            "bad_body",
+            "the body must be the JSON object `{\"group_id\": N}` with a whole number N",
+        ),
+    })?;
     let attached = state
         .refs()
         .attach(message_id, media_id, body.group_id)

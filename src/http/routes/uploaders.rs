@@ -25,6 +25,15 @@ pub async fn get_usage(
     State(state): State<HttpState>,
     ApiPath(uploader_id): ApiPath<i64>,
 ) -> Result<Json<UsageView>, ApiError> {
+    if uploader_id < 0 {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            format!(
+                "`{uploader_id}` in the path is not an uploader id: {}",
+                crate::http::extract::UPLOADER_ID_IS
+            ),
+        ));
+    }
     let usage = state.refs().usage(uploader_id).await?;
     let quota = state.media().quota();
     let limit = |v: u64| (v > 0).then_some(v);

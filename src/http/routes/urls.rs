@@ -8,9 +8,9 @@ use axum::http::{Method, StatusCode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiPath, ServiceAuth};
+use crate::http::extract::{ApiPath, ServiceAuth, UploaderId, parse_json};
 use crate::http::routes::files::VARIANTS;
-use crate::http::routes::media::{UploadTarget, ingest_request};
+use crate::http::routes::media::{Refused, UploadTarget, ingest_request};
 use crate::http::state::HttpState;
 use crate::http::views::{MediaView, UploadView};
 use crate::media::file_url;
@@ -41,7 +41,7 @@ fn json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiE
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
+    parse_json(body)
 }
 
 /// Signs a download URL for media `id`; also used by `media-store sign-url`.
@@ -121,7 +121,7 @@ pub async fn create_media_url(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadUrlRequest {
-    uploader_id: i64,
+    uploader_id: UploaderId,
     ttl_secs: Option<u64>,
     max_bytes: Option<u64>,
 }
@@ -140,8 +140,7 @@ pub async fn create_upload_url(
     State(state): State<HttpState>,
     body: Bytes,
 ) -> Result<Json<UploadUrlView>, ApiError> {
-    let req: UploadUrlRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    let req: UploadUrlRequest = parse_json(&body)?;
     let policy_max = state.media().policy().max_bytes();
     let max_bytes = req.max_bytes.unwrap_or(policy_max);
     if max_bytes == 0 || max_bytes > policy_max {
@@ -150,7 +149,7 @@ pub async fn create_upload_url(
             format!("max_bytes must be between 1 and {policy_max}"),
         ));
     }
-    let (uploader, max) = (req.uploader_id.to_string(), max_bytes.to_string());
+    let (uploader, max) = (req.uploader_id.0.to_string(), max_bytes.to_string());
     let signed = state.signer().sign(
         Target {
             method: "POST",
@@ -178,7 +177,7 @@ pub async fn upload_presigned(
     State(state): State<HttpState>,
     method: Method,
     request: Request,
-) -> Result<(StatusCode, Json<UploadView>), ApiError> {
+) -> Result<(StatusCode, Json<UploadView>), Refused> {
     debug_assert!(method == Method::POST || method == Method::PUT);
     let query = request.uri().query().unwrap_or("").to_owned();
     let verified = state.signer().verify(
