@@ -42,6 +42,9 @@ pub enum Command {
     },
     /// Print every configuration key with its environment variable.
     ConfigKeys,
+    /// Print the HTTP API's OpenAPI 3.1 description (what `GET /openapi.json`
+    /// serves; `docs/openapi.json` is this output).
+    Openapi,
     /// Apply the bundled MySQL migrations (media_files); idempotent.
     Migrate {
         /// MySQL URL (mysql://user:pass@host:port/db or ...?socket=/path); default: mysql.url.
@@ -125,6 +128,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             for (path, env) in Config::keys() {
                 println!("{path}\t{env}");
             }
+            Ok(0)
+        }
+        Command::Openapi => {
+            print!("{}", crate::http::openapi::spec_json());
             Ok(0)
         }
         Command::Migrate { mysql } => {

@@ -155,6 +155,20 @@ impl<'de> Deserialize<'de> for UploaderId {
     }
 }
 
+impl utoipa::PartialSchema for UploaderId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(0))
+            .description(Some("The chat backend's user id"))
+            .into()
+    }
+}
+impl utoipa::ToSchema for UploaderId {}
+
 /// What an uploader id must be, for messages.
 pub const UPLOADER_ID_IS: &str = "a whole number from 0 to 9223372036854775807";
 

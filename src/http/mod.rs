@@ -6,6 +6,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -75,6 +76,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/healthz", get(routes::health::healthz))
         .route("/metrics", get(routes::metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async {
             ApiError::new(
                 crate::error::ErrorKind::NotFound,

@@ -6,7 +6,7 @@ use crate::index::MediaRow;
 use crate::media::file_url;
 use crate::timefmt::rfc3339_ms;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MediaView {
     pub id: i64,
     pub uploader_id: i64,
@@ -43,14 +43,14 @@ impl MediaView {
 
 /// The stable, unsigned address of a media file; signed download URLs add a query to it.
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadView {
     #[serde(flatten)]
     pub media: MediaView,
     pub deduplicated: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MediaPage {
     pub items: Vec<MediaView>,
     pub next_cursor: Option<String>,

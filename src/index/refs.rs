@@ -22,7 +22,7 @@ pub enum AttachOutcome {
 }
 
 /// The outcome of attaching a media to a message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Attached {
     pub message_id: i64,
     pub media_id: i64,
@@ -33,7 +33,7 @@ pub struct Attached {
 
 /// Records that `message_id` (in `group_id`) carries `media_id`.
 /// What releasing references did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Released {
     /// Distinct messages whose references were removed.
     pub messages: u64,
@@ -44,7 +44,7 @@ pub struct Released {
 }
 
 /// One uploader's footprint.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Usage {
     pub uploader_id: i64,
     /// Number of media rows (uploads) the uploader has.

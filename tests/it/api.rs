@@ -313,3 +313,96 @@ async fn m4a_is_audio_mp4_and_text_is_served_with_a_charset() {
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-type"), "text/plain; charset=utf-8");
 }
+
+/// `docs/openapi.json` is what the code generates (`media-store openapi`).
+#[test]
+fn the_checked_in_openapi_description_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = media_store::http::openapi::spec_json();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json differs from the description the code generates; \
+         regenerate it with\n    cargo run -q -- openapi > docs/openapi.json\nand commit it"
+    );
+    let spec: Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+}
+
+/// Every route of the router is described, and every described operation is
+/// routed (a request to it never falls through to `no_route` or
+/// `method_not_allowed`); `/openapi.json` serves the description without a token.
+#[tokio::test]
+async fn the_openapi_description_covers_every_route() {
+    let app = TestApp::start().await;
+    let resp = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "application/json");
+    let spec: Value = resp.json().await.unwrap();
+    let generated: Value = serde_json::from_str(&media_store::http::openapi::spec_json()).unwrap();
+    assert_eq!(spec, generated);
+    let paths = spec["paths"].as_object().unwrap();
+
+    // The router's paths, from its source (axum cannot list its routes).
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/mod.rs"),
+    )
+    .unwrap();
+    let mut routed: Vec<String> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| {
+            let rest = rest.trim_start();
+            if let Some(lit) = rest.strip_prefix('"') {
+                lit.split('"').next().map(str::to_owned)
+            } else if rest.starts_with("routes::urls::UPLOAD_PATH") {
+                Some(media_store::http::routes::urls::UPLOAD_PATH.to_owned())
+            } else {
+                panic!("a route path that is neither a literal nor UPLOAD_PATH: {rest:.60}")
+            }
+        })
+        .collect();
+    routed.sort();
+    let mut described: Vec<String> = paths.keys().cloned().collect();
+    described.sort();
+    assert_eq!(
+        routed, described,
+        "routes in src/http/mod.rs vs the OpenAPI paths"
+    );
+
+    for (path, item) in paths {
+        let concrete = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "1" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            let Ok(m) = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()) else {
+                continue;
+            };
+            if !["get", "head", "post", "put", "delete", "options"].contains(&method.as_str()) {
+                continue;
+            }
+            let resp = app
+                .client
+                .request(m, app.url(&concrete))
+                .header("authorization", bearer())
+                .header("origin", "http://example.test")
+                .header("access-control-request-method", "GET")
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(
+                status != 405 && body["error"]["code"] != "no_route",
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+}

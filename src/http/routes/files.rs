@@ -154,6 +154,33 @@ impl DownloadCache {
 }
 
 /// `GET|HEAD /files/{id}`
+#[utoipa::path(
+    method(get, head),
+    path = "/files/{id}",
+    tag = "urls",
+    params(
+        ("id" = i64, Path, description = "Media id"),
+        ("exp" = i64, Query, description = "Expiry, Unix seconds (signed)"),
+        ("kid" = String, Query, description = "Signing key id"),
+        ("sig" = String, Query, description = "The signature"),
+        ("variant" = Option<String>, Query, description = "Signed option: `original` (the default)"),
+        ("dl" = Option<String>, Query, description = "Signed option: `1` for `Content-Disposition: attachment`"),
+        ("Range" = Option<String>, Header, description = "One byte range (`bytes=0-99`); an invalid header is ignored"),
+        ("If-None-Match" = Option<String>, Header, description = "ETag (the BLAKE3 hash, quoted)"),
+        ("If-Range" = Option<String>, Header, description = "ETag the Range applies to"),
+    ),
+    responses(
+        (status = 200, description = "The file, with its stored type", content_type = "application/octet-stream", body = crate::http::openapi::Binary),
+        (status = 206, description = "One range of the file", content_type = "application/octet-stream", body = crate::http::openapi::Binary),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "invalid_signature, missing_signature", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "media_not_found, variant_not_found", body = crate::http::openapi::ErrorBody),
+        (status = 410, description = "url_expired, media_corrupt", body = crate::http::openapi::ErrorBody),
+        (status = 416, description = "range_not_satisfiable", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn download_file(
     State(state): State<HttpState>,
     ApiPath(id): ApiPath<i64>,

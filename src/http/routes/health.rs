@@ -7,6 +7,15 @@ use serde_json::{Value, json};
 
 use crate::http::state::HttpState;
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Healthy", body = crate::http::openapi::Health),
+        (status = 503, description = "The index, data folder or archive is not usable", body = crate::http::openapi::Health),
+    ),
+)]
 pub async fn healthz(State(state): State<HttpState>) -> (StatusCode, Json<Value>) {
     let index_ok = state.media().index().read(|r| r.ping()).await.is_ok();
     let store = state.media().store().clone();

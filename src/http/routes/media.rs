@@ -26,10 +26,17 @@ use crate::timefmt::parse_instant_ms;
 /// Multipart framing (boundaries, part headers) allowed on top of the largest file.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadParams {
+    /// Required: who uploads.
+    #[param(required = true)]
     uploader_id: Option<UploaderId>,
+    /// The original file name of a raw upload (a form's part carries its own).
     filename: Option<String>,
+    /// The content's BLAKE3 hash (64 hex digits): content already stored is
+    /// then only hashed to check the claim, never written.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
     blake3: Option<String>,
 }
 
@@ -42,6 +49,30 @@ impl QueryParams for UploadParams {
 }
 
 /// `POST /v1/media?uploader_id=N`: a multipart form (field `file`) or the raw bytes.
+#[utoipa::path(
+    post,
+    path = "/v1/media",
+    tag = "media",
+    params(UploadParams),
+    request_body(
+        description = "The file's bytes, raw or as the field `file` of a form; \
+            `Content-Type` and the file name are hints only (the type is sniffed)",
+        content(
+            (crate::http::openapi::Binary = "application/octet-stream"),
+            (crate::http::openapi::UploadForm = "multipart/form-data"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Stored (or deduplicated)", body = UploadView),
+        (status = 400, description = "missing_uploader_id, bad_query, bad_header, bad_multipart, missing_file_field, bad_body, bad_hash, hash_mismatch, empty_upload", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "blob_gone", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "too_large", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "type_unrecognised, type_not_allowed", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_media(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -380,6 +411,20 @@ fn clean_filename(raw: &str) -> Option<String> {
 }
 
 /// `GET /v1/media/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/media/{id}",
+    tag = "media",
+    params(("id" = i64, Path, description = "Media id")),
+    responses(
+        (status = 200, description = "The media's metadata", body = MediaView),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "media_not_found", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_media(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -389,14 +434,22 @@ pub async fn get_media(
     Ok(Json(MediaView::new(&row, &state.public_base_url())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this uploader's media.
     uploader_id: Option<UploaderId>,
+    /// Exact type (`image/png`) or family (`image/*`).
     #[serde(rename = "type")]
     file_type: Option<String>,
+    /// Inclusive lower bound of `uploaded_at`: RFC 3339 or Unix seconds.
     since: Option<String>,
+    /// Exclusive upper bound of `uploaded_at`: RFC 3339 or Unix seconds.
     until: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
     /// `true`: only media found damaged; `false`: only healthy media.
     corrupt: Option<bool>,
@@ -418,6 +471,19 @@ pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 1000;
 
 /// `GET /v1/media?uploader_id=&type=&since=&until=&limit=&cursor=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/media",
+    tag = "media",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page, newest first", body = MediaPage),
+        (status = 400, description = "bad_query, bad_limit, bad_type, bad_time, bad_cursor", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_media(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -498,6 +564,20 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 }
 
 /// `DELETE /v1/media/{id}`: removes the row and drops the blob reference (204).
+#[utoipa::path(
+    delete,
+    path = "/v1/media/{id}",
+    tag = "media",
+    params(("id" = i64, Path, description = "Media id")),
+    responses(
+        (status = 204, description = "Deleted; the blob goes at the next GC"),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "media_not_found", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_media(
     _: ServiceAuth,
     State(state): State<HttpState>,

@@ -13,7 +13,7 @@ use crate::http::state::HttpState;
 use crate::http::views::MediaView;
 use crate::lifecycle::refs::{Attached, Released};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachBody {
     group_id: i64,
@@ -21,6 +21,26 @@ pub struct AttachBody {
 
 /// `PUT /v1/messages/{message_id}/media/{media_id}` with `{"group_id": G}`.
 /// Idempotent: 201 when the reference is new, 200 when it already existed.
+#[utoipa::path(
+    put,
+    path = "/v1/messages/{message_id}/media/{media_id}",
+    tag = "messages",
+    params(
+        ("message_id" = i64, Path, description = "The chat backend's message id"),
+        ("media_id" = i64, Path, description = "Media id"),
+    ),
+    request_body(content = AttachBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The reference is new", body = Attached),
+        (status = 200, description = "The reference already existed", body = Attached),
+        (status = 400, description = "bad_path, bad_body", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "media_not_found", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "group_mismatch", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn attach_media(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -49,7 +69,7 @@ pub async fn attach_media(
     Ok((status, Json(attached)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageReleased {
     message_id: i64,
     #[serde(flatten)]
@@ -58,6 +78,19 @@ pub struct MessageReleased {
 
 /// `DELETE /v1/messages/{message_id}`: releases the message's references;
 /// media left without any are deleted. Idempotent (an unknown message releases 0).
+#[utoipa::path(
+    delete,
+    path = "/v1/messages/{message_id}",
+    tag = "messages",
+    params(("message_id" = i64, Path, description = "The chat backend's message id")),
+    responses(
+        (status = 200, description = "Released (0 for an unknown message)", body = MessageReleased),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_message(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -76,7 +109,7 @@ pub async fn delete_message(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GroupReleased {
     group_id: i64,
     #[serde(flatten)]
@@ -85,6 +118,19 @@ pub struct GroupReleased {
 
 /// `DELETE /v1/groups/{group_id}`: releases every message of the group, in one
 /// set-based transaction.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{group_id}",
+    tag = "messages",
+    params(("group_id" = i64, Path, description = "The chat backend's group id")),
+    responses(
+        (status = 200, description = "Released", body = GroupReleased),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_group(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -101,7 +147,7 @@ pub async fn delete_group(
     Ok(Json(GroupReleased { group_id, released }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageMedia {
     message_id: i64,
     /// Null when the message carries no media.
@@ -111,6 +157,19 @@ pub struct MessageMedia {
 
 /// `GET /v1/messages/{message_id}/media`: the media a message carries (an empty
 /// list for a message that carries none).
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{message_id}/media",
+    tag = "messages",
+    params(("message_id" = i64, Path, description = "The chat backend's message id")),
+    responses(
+        (status = 200, description = "The media the message carries", body = MessageMedia),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_message_media(
     _: ServiceAuth,
     State(state): State<HttpState>,

@@ -9,7 +9,7 @@ use crate::http::extract::{ApiPath, ServiceAuth};
 use crate::http::state::HttpState;
 use crate::lifecycle::refs::Usage;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UsageView {
     #[serde(flatten)]
     usage: Usage,
@@ -20,6 +20,19 @@ pub struct UsageView {
 }
 
 /// `GET /v1/uploaders/{uploader_id}/usage`
+#[utoipa::path(
+    get,
+    path = "/v1/uploaders/{uploader_id}/usage",
+    tag = "media",
+    params(("uploader_id" = i64, Path, minimum = 0, description = "Uploader id")),
+    responses(
+        (status = 200, description = "Footprint and quota", body = UsageView),
+        (status = 400, description = "bad_path", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_usage(
     _: ServiceAuth,
     State(state): State<HttpState>,

@@ -20,7 +20,7 @@ use crate::timefmt::rfc3339_ms;
 /// Path of the presigned upload endpoint.
 pub const UPLOAD_PATH: &str = "/upload";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MediaUrlRequest {
     ttl_secs: Option<u64>,
@@ -29,7 +29,7 @@ pub struct MediaUrlRequest {
     disposition: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SignedUrlView {
     pub url: String,
     /// RFC 3339, like every time in the API.
@@ -88,6 +88,26 @@ pub fn sign_media_url(
 }
 
 /// `POST /v1/media/{id}/url` `{"ttl_secs", "variant", "disposition"}` -> `{"url", "expires_at"}`
+#[utoipa::path(
+    post,
+    path = "/v1/media/{id}/url",
+    tag = "urls",
+    params(("id" = i64, Path, description = "Media id")),
+    request_body(
+        content = Option<MediaUrlRequest>,
+        content_type = "application/json",
+        description = "All fields optional; an empty body takes the defaults"
+    ),
+    responses(
+        (status = 200, description = "A signed download URL", body = SignedUrlView),
+        (status = 400, description = "bad_path, bad_json, bad_ttl, bad_disposition, unknown_variant", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "media_not_found", body = crate::http::openapi::ErrorBody),
+        (status = 410, description = "media_corrupt", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_media_url(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -118,7 +138,7 @@ pub async fn create_media_url(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadUrlRequest {
     uploader_id: UploaderId,
@@ -126,7 +146,7 @@ pub struct UploadUrlRequest {
     max_bytes: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UploadUrlView {
     pub url: String,
     pub expires_at: String,
@@ -135,6 +155,19 @@ pub struct UploadUrlView {
 }
 
 /// `POST /v1/upload-urls` `{"uploader_id", "ttl_secs", "max_bytes"}` -> `{"url", "expires_at", "max_bytes"}`
+#[utoipa::path(
+    post,
+    path = "/v1/upload-urls",
+    tag = "urls",
+    request_body(content = UploadUrlRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A presigned upload URL", body = UploadUrlView),
+        (status = 400, description = "bad_json, bad_ttl, bad_max_bytes", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "unauthorized: missing or wrong bearer token", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_upload_url(
     _: ServiceAuth,
     State(state): State<HttpState>,
@@ -173,6 +206,36 @@ pub async fn create_upload_url(
 
 /// `POST|PUT /upload?uploader_id=&max_bytes=&exp=&kid=&sig=`: a presigned
 /// upload, raw body or multipart (field `file`), answered like `POST /v1/media`.
+#[utoipa::path(
+    method(post, put),
+    path = "/upload",
+    tag = "urls",
+    params(
+        ("exp" = i64, Query, description = "Expiry, Unix seconds (signed)"),
+        ("kid" = String, Query, description = "Signing key id"),
+        ("uploader_id" = i64, Query, description = "Bound by the signature"),
+        ("max_bytes" = u64, Query, description = "Bound by the signature"),
+        ("sig" = String, Query, description = "The signature"),
+        ("Content-Disposition" = Option<String>, Header, description = "A raw upload's file name: `attachment; filename=\"cat.jpg\"` (or `filename*=UTF-8''…`)"),
+    ),
+    request_body(
+        description = "The file's bytes, raw or as the field `file` of a form",
+        content(
+            (crate::http::openapi::Binary = "application/octet-stream"),
+            (crate::http::openapi::UploadForm = "multipart/form-data"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Stored, as for `POST /v1/media`", body = UploadView),
+        (status = 400, description = "bad_header, bad_multipart, missing_file_field, bad_body, empty_upload", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "invalid_signature, missing_signature", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "blob_gone", body = crate::http::openapi::ErrorBody),
+        (status = 410, description = "url_expired, url_used", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "too_large", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "type_unrecognised, type_not_allowed", body = crate::http::openapi::ErrorBody),
+        (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn upload_presigned(
     State(state): State<HttpState>,
     method: Method,
