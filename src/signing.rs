@@ -58,6 +58,12 @@ pub enum SignError {
     /// Authentic but past its expiry (410).
     #[error("the URL has expired")]
     Expired,
+    /// A single-use upload URL that was already used (410).
+    #[error(
+        "this upload URL was already used; ask the backend for a new one \
+         (`POST /v1/upload-urls`)"
+    )]
+    Used,
     #[error("ttl_secs must be between 1 and {max}")]
     BadTtl { max: u64 },
 }
@@ -66,7 +72,7 @@ impl Classify for SignError {
     fn kind(&self) -> ErrorKind {
         match self {
             SignError::Invalid | SignError::Missing => ErrorKind::Forbidden,
-            SignError::Expired => ErrorKind::Gone,
+            SignError::Expired | SignError::Used => ErrorKind::Gone,
             SignError::BadTtl { .. } => ErrorKind::BadRequest,
         }
     }
@@ -75,6 +81,7 @@ impl Classify for SignError {
             SignError::Invalid => "invalid_signature",
             SignError::Missing => "missing_signature",
             SignError::Expired => "url_expired",
+            SignError::Used => "url_used",
             SignError::BadTtl { .. } => "bad_ttl",
         }
     }
@@ -103,6 +110,8 @@ pub struct Signed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub expires_at: i64,
+    /// The MAC the URL carried (decoded): what identifies a used upload URL.
+    pub signature: Vec<u8>,
     pub options: Vec<(String, String)>,
 }
 
@@ -123,6 +132,8 @@ pub struct Signer {
     max_ttl: u64,
     default_ttl: u64,
     clock: Arc<dyn Clock>,
+    /// Presigned upload URLs work once (`signing.single_use_uploads`).
+    single_use_uploads: bool,
 }
 
 /// Checks the `[signing]` section without building a signer.
@@ -181,6 +192,11 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// A random 96-bit value, base64url-encoded: makes each issued URL distinct.
+pub fn generate_nonce() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
+}
+
 /// A new random secret, base64url-encoded.
 pub fn generate_secret() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
@@ -218,6 +234,7 @@ impl Signer {
             max_ttl,
             default_ttl,
             clock,
+            single_use_uploads: true,
         })
     }
 
@@ -238,7 +255,8 @@ impl Signer {
                 c.max_ttl_secs,
                 c.default_ttl_secs,
                 clock,
-            );
+            )
+            .map(|s| s.single_use_uploads(c.single_use_uploads));
         }
         let keys = c
             .keys
@@ -252,6 +270,17 @@ impl Signer {
             c.default_ttl_secs,
             clock,
         )
+        .map(|s| s.single_use_uploads(c.single_use_uploads))
+    }
+
+    /// Whether presigned upload URLs work only once (the default).
+    pub fn single_use_uploads(mut self, on: bool) -> Signer {
+        self.single_use_uploads = on;
+        self
+    }
+
+    pub fn uploads_are_single_use(&self) -> bool {
+        self.single_use_uploads
     }
 
     pub fn now(&self) -> i64 {
@@ -351,6 +380,7 @@ impl Signer {
             .collect();
         Ok(Verified {
             expires_at: exp,
+            signature: sig_bytes[..sig_len].to_vec(),
             options,
         })
     }
@@ -399,6 +429,10 @@ pub struct SigningConfig {
     pub max_ttl_secs: u64,
     /// Lifetime of a URL when the request names none.
     pub default_ttl_secs: u64,
+    /// A presigned upload URL works for one upload (a failed upload gives it
+    /// back); the index remembers used URLs until they expire. `false`: any
+    /// number of uploads until it expires.
+    pub single_use_uploads: bool,
 }
 
 impl Default for SigningConfig {
@@ -408,6 +442,7 @@ impl Default for SigningConfig {
             active_kid: String::new(),
             max_ttl_secs: 7 * 24 * 3600,
             default_ttl_secs: 3600,
+            single_use_uploads: true,
         }
     }
 }

@@ -15,7 +15,13 @@ use crate::http::state::HttpState;
 
 const ALLOW_METHODS: &str = "GET, HEAD, POST, PUT";
 /// Request headers a page may send (lower case, as preflights list them).
-const ALLOW_HEADERS: &[&str] = &["content-type", "range", "if-none-match", "if-range"];
+const ALLOW_HEADERS: &[&str] = &[
+    "content-type",
+    "content-disposition",
+    "range",
+    "if-none-match",
+    "if-range",
+];
 const EXPOSE_HEADERS: &str =
     "ETag, Content-Range, Content-Length, Accept-Ranges, Content-Disposition, Content-Type";
 

@@ -44,6 +44,41 @@ pub fn bearer_credentials(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The file name a raw upload carries in `Content-Disposition` (as a form part
+/// would): `filename*=UTF-8''…` (RFC 5987) when present, else `filename=`.
+/// Cleaning (path components, control characters) is the upload's business.
+pub fn disposition_filename(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::CONTENT_DISPOSITION)?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let mut plain = None;
+    for param in text.split(';').skip(1) {
+        let Some((name, v)) = param.split_once('=') else {
+            continue;
+        };
+        let (name, v) = (name.trim().to_ascii_lowercase(), v.trim());
+        if name == "filename*" {
+            let (charset, rest) = v.split_once('\'')?;
+            let encoded = rest.split_once('\'').map_or(rest, |(_, e)| e);
+            if charset.eq_ignore_ascii_case("utf-8") {
+                let decoded = percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8()
+                    .ok()?;
+                return Some(decoded.into_owned());
+            }
+        } else if name == "filename" {
+            let unquoted = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .map_or_else(
+                    || v.to_owned(),
+                    |v| v.replace("\\\"", "\"").replace("\\\\", "\\"),
+                );
+            plain = Some(unquoted);
+        }
+    }
+    plain
+}
+
 /// A query string's parameters: their names and, for the message when a value
 /// does not parse, what each must be.
 pub trait QueryParams: DeserializeOwned {
@@ -238,6 +273,28 @@ mod tests {
             ("uploader_id", UPLOADER_ID_IS),
             ("limit", "a whole number from 1 to 1000"),
         ];
+    }
+
+    #[test]
+    fn disposition_filenames() {
+        let name = |v: &'static str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(
+                axum::http::header::CONTENT_DISPOSITION,
+                axum::http::HeaderValue::from_static(v),
+            );
+            disposition_filename(&h)
+        };
+        assert_eq!(
+            name("attachment; filename=\"a b.png\"").as_deref(),
+            Some("a b.png")
+        );
+        assert_eq!(name("inline; filename=c.jpg").as_deref(), Some("c.jpg"));
+        assert_eq!(
+            name("attachment; filename=\"x\"; filename*=UTF-8''%C3%A9t%C3%A9.png").as_deref(),
+            Some("été.png")
+        );
+        assert_eq!(name("attachment").as_deref(), None);
     }
 
     #[test]

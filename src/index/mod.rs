@@ -30,6 +30,7 @@ pub mod media;
 mod outbox;
 pub mod refs;
 mod retention;
+mod upload_urls;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -126,6 +127,9 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!(
             "../../migrations/sqlite/0004_corrupt_media.sql"
+        )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0005_used_upload_urls.sql"
         )),
     ])
 }

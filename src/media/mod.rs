@@ -185,6 +185,24 @@ impl MediaService {
         self.clock.now_ms()
     }
 
+    /// Claims a single-use upload URL (by its MAC) until `expires_at` (Unix
+    /// seconds); false when it was already used.
+    pub async fn claim_upload_url(&self, signature: Vec<u8>, expires_at: i64) -> Result<bool> {
+        let now = self.clock.now_ms().div_euclid(1000);
+        self.index
+            .write(move |ctx| -> Result<bool> {
+                Ok(ctx.claim_upload_url(&signature, expires_at, now)?)
+            })
+            .await
+    }
+
+    /// Gives a claimed upload URL back (its upload failed).
+    pub async fn release_upload_url(&self, signature: Vec<u8>) -> Result<()> {
+        self.index
+            .write(move |ctx| -> Result<()> { Ok(ctx.release_upload_url(&signature)?) })
+            .await
+    }
+
     pub fn quota(&self) -> Quota {
         **self.quota.load()
     }

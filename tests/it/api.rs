@@ -406,3 +406,74 @@ async fn the_openapi_description_covers_every_route() {
         }
     }
 }
+
+/// A presigned upload URL works once by default (a failed upload gives it
+/// back); `signing.single_use_uploads = false` restores reuse until expiry.
+/// A raw PUT names its file in `Content-Disposition`.
+#[tokio::test]
+async fn presigned_upload_urls_are_single_use_and_carry_a_filename() {
+    let app = TestApp::start().await;
+    let url = presign_upload(&app.client, &app.base, json!({"uploader_id": 3})).await;
+    // A refused upload does not use the URL up.
+    let resp = app
+        .client
+        .put(&url)
+        .body(b"\x00\x01\x02\x03garbage\xff".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let resp = app
+        .client
+        .put(&url)
+        .header(
+            "content-disposition",
+            "attachment; filename*=UTF-8''Gr%C3%BC%C3%9Fe.png; filename=\"x.png\"",
+        )
+        .body(unique_png(30))
+        .send()
+        .await
+        .unwrap();
+    let (status, media) = status_and_json(resp).await;
+    assert_eq!(status, 201, "{media}");
+    assert_eq!(media["original_name"], "Grüße.png");
+    let resp = app
+        .client
+        .put(&url)
+        .body(unique_png(31))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_and_json(resp).await;
+    assert_error(status, &body, 410, "url_used");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POST /v1/upload-urls")
+    );
+    // The service upload takes the header too.
+    let (status, media) = send_json(
+        app.client
+            .post(app.url("/v1/media?uploader_id=3"))
+            .header("content-disposition", "attachment; filename=\"../cat.png\"")
+            .body(unique_png(32)),
+    )
+    .await;
+    assert_eq!(status, 201, "{media}");
+    assert_eq!(media["original_name"], "cat.png");
+    app.stop().await;
+
+    let app = TestApp::start_with("[signing]\nsingle_use_uploads = false\n").await;
+    let url = presign_upload(&app.client, &app.base, json!({"uploader_id": 3})).await;
+    for seed in 40..43 {
+        let resp = app
+            .client
+            .put(&url)
+            .body(unique_png(seed))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+}

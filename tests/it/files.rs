@@ -517,6 +517,13 @@ async fn presigned_uploads_take_raw_and_multipart_bodies_without_the_token() {
     assert_eq!(body["size"], png.len());
     assert_eq!(body["deduplicated"], false);
 
+    // URLs are single-use by default: another one for the form.
+    let url = presign_upload(
+        &app.client,
+        &app.base,
+        json!({"uploader_id": 7, "ttl_secs": 300, "max_bytes": 100000}),
+    )
+    .await;
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(unique_png(11)).file_name("holiday.png"),

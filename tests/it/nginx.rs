@@ -153,9 +153,19 @@ async fn presigned_uploads_stream_through_nginx() {
         "file",
         reqwest::multipart::Part::bytes(unique_png(1)).file_name("p.png"),
     );
+    // Upload URLs are single-use: a new one for each upload.
+    let presign = || {
+        presign_upload(
+            &app.client,
+            &nginx.base,
+            json!({"uploader_id": 7, "ttl_secs": 300, "max_bytes": 8_000_000}),
+        )
+    };
+    let url = presign().await;
     let resp = app.client.post(&url).multipart(form).send().await.unwrap();
     assert_eq!(resp.status(), 201);
-    // The URL's own limit still holds behind nginx.
+    // The URL's own limit still holds behind nginx (answered at once).
+    let url = presign().await;
     let resp = app
         .client
         .put(&url)

@@ -53,7 +53,10 @@ impl QueryParams for UploadParams {
     post,
     path = "/v1/media",
     tag = "media",
-    params(UploadParams),
+    params(
+        UploadParams,
+        ("Content-Disposition" = Option<String>, Header, description = "A raw upload's file name when `filename` is not given: `attachment; filename=\"cat.jpg\"` (or `filename*=UTF-8''…`)"),
+    ),
     request_body(
         description = "The file's bytes, raw or as the field `file` of a form; \
             `Content-Type` and the file name are hints only (the type is sniffed)",
@@ -93,11 +96,16 @@ pub async fn create_media(
                 .map_err(|_| ApiError::bad_request("bad_hash", "`blake3` must be 64 hex digits"))
         })
         .transpose()?;
+    // `?filename=`, else the raw body's own `Content-Disposition`.
+    let filename = params
+        .filename
+        .clone()
+        .or_else(|| crate::http::extract::disposition_filename(request.headers()));
     let ingested = ingest_request(
         &state,
         UploadTarget {
             uploader_id,
-            filename: params.filename.as_deref(),
+            filename: filename.as_deref(),
             claimed_hash,
         },
         request,

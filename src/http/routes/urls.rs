@@ -8,7 +8,7 @@ use axum::http::{Method, StatusCode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiPath, ServiceAuth, UploaderId, parse_json};
+use crate::http::extract::{ApiPath, ServiceAuth, UploaderId, disposition_filename, parse_json};
 use crate::http::routes::files::VARIANTS;
 use crate::http::routes::media::{Refused, UploadTarget, ingest_request};
 use crate::http::state::HttpState;
@@ -183,13 +183,20 @@ pub async fn create_upload_url(
         ));
     }
     let (uploader, max) = (req.uploader_id.0.to_string(), max_bytes.to_string());
+    // Each URL is distinct (two asked for in the same second would otherwise be
+    // equal), so each is used up on its own when uploads are single-use.
+    let nonce = crate::signing::generate_nonce();
     let signed = state.signer().sign(
         Target {
             method: "POST",
             path: UPLOAD_PATH,
             content: None,
         },
-        &[("uploader_id", &uploader), ("max_bytes", &max)],
+        &[
+            ("uploader_id", &uploader),
+            ("max_bytes", &max),
+            ("nonce", &nonce),
+        ],
         req.ttl_secs,
     )?;
     let base = state.public_base_url();
@@ -260,13 +267,35 @@ pub async fn upload_presigned(
     };
     let uploader_id = number("uploader_id")?;
     let max_bytes = u64::try_from(number("max_bytes")?).map_err(|_| SignError::Invalid)?;
+    // Single use: claimed before the body is read, given back if the upload fails.
+    let claim = if state.signer().uploads_are_single_use() {
+        let signature = verified.signature.clone();
+        if !state
+            .media()
+            .claim_upload_url(signature.clone(), verified.expires_at)
+            .await?
+        {
+            return Err(SignError::Used.into());
+        }
+        Some(signature)
+    } else {
+        None
+    };
+    // A raw upload names its file in `Content-Disposition`, as a form part does.
+    let filename = disposition_filename(request.headers());
     let target = UploadTarget {
         uploader_id,
-        filename: None,
+        filename: filename.as_deref(),
         // The URL's query is covered by its signature; a hash claim is not part of it.
         claimed_hash: None,
     };
-    let ingested = ingest_request(&state, target, request, Some(max_bytes)).await?;
+    let result = ingest_request(&state, target, request, Some(max_bytes)).await;
+    if let (Err(_), Some(signature)) = (&result, claim)
+        && let Err(e) = state.media().release_upload_url(signature).await
+    {
+        tracing::error!(error = %e, "cannot give back a used upload URL");
+    }
+    let ingested = result?;
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
         deduplicated: ingested.deduplicated,
