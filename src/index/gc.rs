@@ -25,6 +25,17 @@ impl Reader<'_> {
         )?)
     }
 
+    /// Zero-count blobs still inside the grace period (count 0 since after
+    /// `cutoff_ms`): how many, and their bytes.
+    pub fn zero_count_blobs_in_grace(&self, cutoff_ms: i64) -> Result<(u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+             WHERE refcount = 0 AND zero_since > ?1",
+            [cutoff_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
     /// The next `limit` zero-count blobs past `after` (in (zero_since, hash)
     /// order, over the partial index), stamped at or before `cutoff_ms`.
     /// Run inside the deleting transaction, it is also the re-check.

@@ -74,6 +74,10 @@ pub struct GcSummary {
     pub blobs_deleted: u64,
     /// Bytes of blob files unlinked (zero-count and unknown).
     pub bytes_freed: u64,
+    /// Unreferenced blobs still waiting out the grace period (`gc.grace`):
+    /// collected by a later run.
+    pub blobs_in_grace: u64,
+    pub bytes_in_grace: u64,
     /// Files under `blobs/` with no index row, deleted.
     pub unknown_files_deleted: u64,
     /// Staging files removed from `tmp/` (both roots).
@@ -138,6 +142,12 @@ impl GcSummary {
             },
             self.duration_ms,
         );
+        if self.blobs_in_grace > 0 {
+            s.push_str(&format!(
+                "{} unreferenced blobs ({} bytes) wait out the grace period (gc.grace); a later run collects them\n",
+                self.blobs_in_grace, self.bytes_in_grace
+            ));
+        }
         for p in &self.would_delete {
             s.push_str(&format!("would delete {p}\n"));
         }
@@ -228,6 +238,8 @@ fn collect_zero_count_blobs(
     summary: &mut GcSummary,
 ) -> anyhow::Result<()> {
     let cutoff = opts.now_ms.saturating_sub(millis(opts.grace));
+    (summary.blobs_in_grace, summary.bytes_in_grace) =
+        index.reader().zero_count_blobs_in_grace(cutoff)?;
     let total = index.reader().count_zero_count_blobs(cutoff)?;
     let bar = progress(total, "blobs", opts.progress);
     // Keyset cursor over the partial index (zero_since, hash) WHERE refcount = 0:

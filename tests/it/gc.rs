@@ -60,6 +60,18 @@ async fn gc_keeps_garbage_within_the_grace_period_and_deletes_it_after() {
     assert!(!blob_path(&data, &old_unknown).exists());
     assert!(blob_path(&data, &fresh_unknown).exists());
     assert!(!stale.exists());
+    // The blob waiting out the grace period is reported (#12), not just "0 blobs".
+    assert_eq!(v["blobs_in_grace"], 1, "{v}");
+    assert_eq!(v["bytes_in_grace"], a.len(), "{v}");
+    let (code, out, err) = run_cli(&data, "", &["gc", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "1 unreferenced blobs ({} bytes) wait out the grace period (gc.grace)",
+            a.len()
+        )),
+        "{out}"
+    );
 
     // Dry run with no grace: lists both, deletes nothing, exits 1.
     let (code, out, err) = run_cli(&data, "", &["gc", "--json", "--dry-run", "--grace", "0s"]);
