@@ -128,6 +128,16 @@ async fn nginx_serves_verified_downloads_with_x_accel_redirect() {
         "{}",
         nginx.access_log()
     );
+    // Downloads are logged as requested, not as the internal redirect (#12).
+    let log = nginx.access_log();
+    assert!(
+        log.contains(&format!("\"GET /files/{id} HTTP/1.1\" 200")),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains("/_blobs/") && l.contains("\" 200 ")),
+        "{log}"
+    );
 }
 
 #[tokio::test]
