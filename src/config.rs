@@ -177,7 +177,7 @@ impl Config {
         Ok(())
     }
 
-    /// For a reload: `self` with the restart-only keys taken from `running`.
+    /// For a reload: `self` with the restart-only keys ([`RESTART_KEYS`]) taken from `running`.
     /// Returns the restart-only keys whose new value was not applied.
     pub fn with_restart_keys_from(mut self, running: &Config) -> (Config, Vec<&'static str>) {
         let mut ignored = Vec::new();
@@ -231,6 +231,33 @@ impl Config {
         out
     }
 
+    /// Every key with its environment variable, its default (TOML) and when a
+    /// change applies (`live`, or `restart`): what `config-keys` prints.
+    pub fn keys_described() -> Vec<(String, String, String, &'static str)> {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        Config::keys()
+            .into_iter()
+            .map(|(path, env)| {
+                let mut value: Option<&toml::Value> = None;
+                let mut table = Some(&defaults);
+                for part in path.split('.') {
+                    value = table.and_then(|t| t.get(part));
+                    table = value.and_then(|v| v.as_table());
+                }
+                let default = value.map(|v| v.to_string()).unwrap_or_default();
+                let reload = if RESTART_KEYS
+                    .iter()
+                    .any(|k| path == *k || path.starts_with(&format!("{k}.")))
+                {
+                    "restart"
+                } else {
+                    "live"
+                };
+                (path, env, default, reload)
+            })
+            .collect()
+    }
+
     /// The process environment's `MEDIA_STORE_*` variables.
     pub fn process_env() -> BTreeMap<String, String> {
         std::env::vars()
@@ -238,6 +265,20 @@ impl Config {
             .collect()
     }
 }
+
+/// Keys (or sections) a reload does not apply: [`Config::with_restart_keys_from`]
+/// keeps their running values.
+pub const RESTART_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "log",
+    "index",
+    "archive.root",
+    "mysql",
+    "serve.unix_socket",
+    "serve.unix_socket_mode",
+    "serve.unix_socket_group",
+];
 
 fn env_name(path: &str) -> String {
     format!("{ENV_PREFIX}{}", path.replace('.', "_").to_uppercase())
@@ -440,6 +481,27 @@ mod tests {
                 "README's config table lacks {path} ({env})"
             );
         }
+    }
+
+    #[test]
+    fn config_keys_reload_column_matches_the_example() {
+        let example = include_str!("../media-store.example.toml");
+        for (path, env, _, reload) in Config::keys_described() {
+            let line = example
+                .lines()
+                .find(|l| l.contains(&format!("env {env}")))
+                .unwrap_or_else(|| panic!("no env line for {path}"));
+            assert!(
+                line.contains(&format!("reload: {reload}")),
+                "{path}: {line}"
+            );
+        }
+        let described = Config::keys_described();
+        let max_bytes = described
+            .iter()
+            .find(|k| k.0 == "upload.max_bytes")
+            .unwrap();
+        assert_eq!(max_bytes.2, "2147483648");
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Print every configuration key with its environment variable.
+    /// Print every configuration key: its environment variable, default
+    /// (TOML) and whether a change applies live or needs a restart.
     ConfigKeys,
     /// Print the HTTP API's OpenAPI 3.1 description (what `GET /openapi.json`
     /// serves; `docs/openapi.json` is this output).
@@ -125,8 +126,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::ConfigKeys => {
-            for (path, env) in Config::keys() {
-                println!("{path}\t{env}");
+            // Tab-separated: key, environment variable, default (TOML), reload.
+            for (path, env, default, reload) in Config::keys_described() {
+                println!("{path}\t{env}\t{default}\t{reload}");
             }
             Ok(0)
         }

@@ -135,7 +135,8 @@ async fn nginx_serves_verified_downloads_with_x_accel_redirect() {
         "{log}"
     );
     assert!(
-        !log.lines().any(|l| l.contains("/_blobs/") && l.contains("\" 200 ")),
+        !log.lines()
+            .any(|l| l.contains("/_blobs/") && l.contains("\" 200 ")),
         "{log}"
     );
 }
