@@ -6,6 +6,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod multipart;
 pub mod routes;
 pub mod server;
 pub mod state;

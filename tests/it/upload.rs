@@ -44,9 +44,8 @@ async fn multipart_upload_keeps_the_original_filename_but_sniffs_the_type() {
         .file_name("../Quarterly report.pdf")
         .mime_str("image/png")
         .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .text("note", "ignored")
-        .part("file", part);
+    // The form's only field (issue #14: other fields are refused, see security::).
+    let form = reqwest::multipart::Form::new().part("file", part);
     let resp = app
         .client
         .post(app.url("/v1/media?uploader_id=3"))
