@@ -291,3 +291,258 @@ async fn forms_with_other_or_extra_fields_are_refused() {
     assert_eq!(resp.status(), 201);
     assert_eq!(tmp_files(&app.data), 0);
 }
+
+/// Point 3: a presigned upload does not say whether the content was stored
+/// already (by anyone); the service API still does.
+#[tokio::test]
+async fn presigned_answers_do_not_tell_whether_others_stored_the_content() {
+    let app = TestApp::start().await;
+    let png = unique_png(1414);
+    let first = upload_ok(&app.client, &app.base, 1, png.clone()).await;
+    assert_eq!(first["deduplicated"], false);
+    let url = presign_upload(
+        &app.client,
+        &app.base,
+        json!({"uploader_id": 2, "ttl_secs": 300, "max_bytes": 100000}),
+    )
+    .await;
+    for body in [png.clone(), unique_png(1415)] {
+        let resp = app.client.put(&url).body(body).send().await.unwrap();
+        assert_eq!(resp.status(), 201);
+        let v: Value = resp.json().await.unwrap();
+        assert!(v.get("deduplicated").is_none(), "{v}");
+        assert_eq!(v["uploader_id"], 2);
+    }
+    let again = upload_ok(&app.client, &app.base, 1, png).await;
+    assert_eq!(again["deduplicated"], true);
+}
+
+/// Point 6: error answers are JSON that browsers must not sniff.
+#[tokio::test]
+async fn json_errors_carry_nosniff() {
+    let app = TestApp::start().await;
+    for resp in [
+        app.client.get(app.url("/v1/media/1")).send().await.unwrap(),
+        app.client.get(app.url("/nowhere")).send().await.unwrap(),
+        app.client
+            .get(app.url("/files/1?exp=1"))
+            .send()
+            .await
+            .unwrap(),
+        app.client
+            .post(app.url("/v1/media?uploader_id=1"))
+            .header("authorization", bearer())
+            .body(vec![0u8; 10])
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+        assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+        assert!(header(&resp, "content-type").starts_with("application/json"));
+    }
+}
+
+/// Point 6: a short service token is refused when the config loads, with a
+/// message that says why; an empty one still means the generated token.
+#[tokio::test]
+async fn short_api_tokens_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(TestDaemon::binary())
+        .arg("serve")
+        .arg("--listen=127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("MEDIA_STORE_API_TOKEN", "hunter2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api_token") && stderr.contains("at least 16"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").join("index.sqlite3").exists());
+}
+
+/// Point 6: debug-level request logs name the path, never a signed URL's query.
+#[tokio::test]
+async fn debug_logs_do_not_contain_signed_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(
+        &dir.path().join("data"),
+        &dir.path().join("logs"),
+        "log = \"debug\"\n",
+    );
+    let media = upload_ok(&daemon.client, &daemon.base, 1, unique_png(61)).await;
+    let path = sign(&daemon.client, &daemon.base, media["id"].as_i64().unwrap()).await;
+    let resp = daemon.client.get(daemon.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let upload = presign_upload(
+        &daemon.client,
+        &daemon.base,
+        json!({"uploader_id": 1, "ttl_secs": 300, "max_bytes": 100000}),
+    )
+    .await;
+    let resp = daemon
+        .client
+        .put(&upload)
+        .body(unique_png(62))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let sig = path.rsplit("sig=").next().unwrap().to_owned();
+    daemon.wait_for_log("/upload", Duration::from_secs(5)).await;
+    let logs = daemon.logs();
+    assert!(logs.contains("DEBUG"), "debug logging is on:\n{logs}");
+    assert!(logs.contains("/files/"), "the path is logged:\n{logs}");
+    for secret in [sig.as_str(), "sig=", "exp="] {
+        assert!(!logs.contains(secret), "{secret:?} in the logs:\n{logs}");
+    }
+}
+
+/// Point 4: `/healthz` shows the mirror's error text (which names internal
+/// hosts) only to callers with the service token.
+#[tokio::test]
+async fn healthz_hides_the_mirror_error_from_callers_without_the_token() {
+    let port = free_port();
+    let app = TestApp::start_with(&format!(
+        "[mysql]\nurl = \"mysql://media:pw@127.0.0.1:{port}/chat\"\nbackoff_max_ms = 200\n"
+    ))
+    .await;
+    let mut with_token = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let (_, h) = get_json(&app.client, &app.url("/healthz")).await;
+        if h["mysql"]["last_error"].is_string() {
+            with_token = h;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let detail = with_token["mysql"]["last_error"]
+        .as_str()
+        .expect("an error");
+    eprintln!("with the token: {detail}");
+    let anonymous: Value = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hidden = anonymous["mysql"]["last_error"].as_str().unwrap();
+    for secret in [port.to_string().as_str(), "127.0.0.1", "mysql://", "pw"] {
+        assert!(!hidden.contains(secret), "{secret:?} in {anonymous}");
+    }
+    assert_eq!(anonymous["mysql"]["connected"], false);
+    let wrong: Value = app
+        .client
+        .get(app.url("/healthz"))
+        .header("authorization", "Bearer wrong-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong["mysql"]["last_error"],
+        anonymous["mysql"]["last_error"]
+    );
+}
+
+/// Point 4 (and 3): through the shipped nginx site, a client from any other
+/// address reaches only signed downloads and presigned uploads; the backend's
+/// address (loopback, as shipped) reaches the API, `/healthz` and `/metrics`.
+/// Offloaded downloads carry no Last-Modified (the blob's first store time).
+#[tokio::test]
+async fn nginx_keeps_the_admin_surface_private() {
+    use crate::harness::nginx::Nginx;
+    let app = TestApp::start_with("[serve]\nnginx_accel = true\n").await;
+    let nginx = Nginx::start(
+        app.base.trim_start_matches("http://"),
+        &app.data.join("blobs"),
+    );
+    // The backend: 127.0.0.1, listed in the shipped `geo` block.
+    let backend = &app.client;
+    // Anyone else: another loopback address, not listed.
+    let public = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+
+    let png = unique_png(404);
+    let media = upload_ok(backend, &nginx.base, 3, png.clone()).await;
+    let id = media["id"].as_i64().unwrap();
+    let download = sign(backend, &nginx.base, id).await;
+    let upload = presign_upload(
+        backend,
+        &nginx.base,
+        json!({"uploader_id": 3, "ttl_secs": 300, "max_bytes": 100000}),
+    )
+    .await;
+    let (status, _) = get_json(backend, &nginx.url("/v1/media?uploader_id=3")).await;
+    assert_eq!(status, 200);
+    for path in ["/healthz", "/metrics"] {
+        let resp = backend.get(nginx.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+
+    // The public side: downloads and presigned uploads work...
+    let resp = public.get(nginx.url(&download)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", nginx.error_log());
+    assert!(
+        resp.headers().get("last-modified").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), png.as_slice());
+    let resp = public
+        .get(nginx.url(&download))
+        .header("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "If-Modified-Since is no oracle either");
+    let resp = public
+        .put(&upload)
+        .body(unique_png(405))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", nginx.error_log());
+    // ...and nothing else, with or without the token.
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/media?uploader_id=3"),
+        ("POST", "/v1/media?uploader_id=3"),
+        ("GET", &format!("/v1/media/{id}")),
+        ("POST", "/v1/upload-urls"),
+        ("DELETE", &format!("/v1/media/{id}")),
+        ("GET", "/"),
+        ("GET", "/v2/anything"),
+    ] {
+        let resp = public
+            .request(method.parse().unwrap(), nginx.url(path))
+            .header("authorization", bearer())
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path}");
+        assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+        assert_eq!(
+            error_code(resp).await,
+            (404, "no_route".to_owned()),
+            "{method} {path}"
+        );
+    }
+    // The media was not deleted by the refused DELETE.
+    let resp = public.get(nginx.url(&download)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -224,7 +224,7 @@ async fn large_upload_streams_without_buffering_and_hashes_right() {
 async fn second_daemon_on_the_same_data_folder_is_refused() {
     let app = TestApp::start().await;
     let env =
-        std::collections::BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), "x".to_string())]);
+        std::collections::BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), "x".repeat(16))]);
     let overrides = media_store::config::Overrides {
         data_dir: Some(app.data.clone()),
         listen: None,

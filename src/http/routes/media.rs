@@ -67,7 +67,7 @@ pub async fn create_media(
     .await?;
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
-        deduplicated: ingested.deduplicated,
+        deduplicated: Some(ingested.deduplicated),
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
