@@ -546,3 +546,67 @@ async fn nginx_keeps_the_admin_surface_private() {
     let resp = public.get(nginx.url(&download)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Point 5: a signed URL verifies only as it was issued; other spellings of
+/// the same parameters are refused (downloads and presigned uploads).
+#[tokio::test]
+async fn signed_urls_have_one_spelling() {
+    let app = TestApp::start().await;
+    let media = upload_ok(&app.client, &app.base, 1, unique_png(55)).await;
+    let path = sign(&app.client, &app.base, media["id"].as_i64().unwrap()).await;
+    let resp = app.client.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, query) = path.split_once('?').unwrap();
+    let exp = query
+        .strip_prefix("exp=")
+        .and_then(|q| q.split('&').next())
+        .unwrap();
+    let first = exp.as_bytes()[0];
+    let base = path.split('?').next().unwrap();
+    for respelled in [
+        format!("exp=%{first:X}{}", &query[5..]),
+        query.replacen("exp=", "%65xp=", 1),
+        query.replacen("kid=", "k%69d=", 1),
+        query.replacen('&', "&&", 1),
+        format!("{query}&"),
+        format!("&{query}"),
+    ] {
+        let resp = app
+            .client
+            .get(app.url(&format!("{base}?{respelled}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "invalid_signature".to_owned()),
+            "{respelled}"
+        );
+    }
+    let upload = presign_upload(
+        &app.client,
+        &app.base,
+        json!({"uploader_id": 4, "ttl_secs": 300, "max_bytes": 100000}),
+    )
+    .await;
+    let respelled = upload.replacen("max_bytes=100000", "max_bytes=%3100000", 1);
+    let resp = app
+        .client
+        .put(&respelled)
+        .body(unique_png(56))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (403, "invalid_signature".to_owned())
+    );
+    let resp = app
+        .client
+        .put(&upload)
+        .body(unique_png(56))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
