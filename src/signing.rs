@@ -350,7 +350,7 @@ impl Signer {
 /// every other byte as upper-case `%XX`) and decoding to valid UTF-8. Any other
 /// spelling of the same pairs (`exp=%31...`, `%65xp=`, `&&`, `%ff`, `%FF`
 /// decoding to U+FFFD) is refused, so one grant has one spelling.
-fn canonical_pairs(query: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, SignError> {
+fn canonical_pairs(query: &str) -> Result<Vec<Pair<'_>>, SignError> {
     query
         .split('&')
         .map(|piece| {
@@ -359,6 +359,9 @@ fn canonical_pairs(query: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, Sig
         })
         .collect()
 }
+
+/// A decoded query parameter, borrowed from the query when it needed no decoding.
+type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_')
