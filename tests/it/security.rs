@@ -610,3 +610,118 @@ async fn signed_urls_have_one_spelling() {
         .unwrap();
     assert_eq!(resp.status(), 201);
 }
+
+/// A stored (uncompressed) ZIP with `entries`; CRCs are not checked by sniffing.
+fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in entries {
+        out.extend_from_slice(b"PK\x03\x04\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+        out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+    }
+    out.extend_from_slice(b"PK\x05\x06");
+    out.extend_from_slice(&[0; 18]);
+    out
+}
+
+/// Point 2: the uploader's filename cannot make a download an executable:
+/// the served name's extension agrees with the stored type, format characters
+/// are gone, and JARs, macro-enabled Office files and scripts are refused.
+#[tokio::test]
+async fn download_names_cannot_turn_files_into_executables() {
+    let app = TestApp::start().await;
+    let jar = zip(&[
+        ("META-INF/", b""),
+        (
+            "META-INF/MANIFEST.MF",
+            b"Manifest-Version: 1.0\r\nMain-Class: Evil\r\n",
+        ),
+        ("Evil.class", b"\xca\xfe\xba\xbe\x00\x00\x00\x34"),
+    ]);
+    let plain_zip = zip(&[("readme.txt", b"hello")]);
+    let mut big_gifar = testdata("gif/animated.gif");
+    big_gifar.resize(80 * 1024, 0);
+    big_gifar.extend_from_slice(&jar);
+    // A 1x1 GIF, then the JAR.
+    let mut small_gifar = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b".to_vec();
+    small_gifar.extend_from_slice(&jar);
+    let docm = zip(&[
+        ("[Content_Types].xml", b"<Types/>"),
+        ("word/document.xml", b"<w:document/>"),
+        ("word/vbaProject.bin", b"\xd0\xcf\x11\xe0"),
+    ]);
+    let upload = |name: &'static str, body: Vec<u8>| {
+        app.client
+            .post(app.url(&format!("/v1/media?uploader_id=9&filename={name}")))
+            .header("authorization", bearer())
+            .body(body)
+            .send()
+    };
+    // Stored, under a name that agrees with the type.
+    for (name, body, file_type, served) in [
+        (
+            "evil.hta",
+            b"MsgBox 1".to_vec(),
+            "text/plain",
+            "evil.hta.txt",
+        ),
+        (
+            "evil.bat",
+            b"@echo off\r\nstart calc.exe\r\n".to_vec(),
+            "text/plain",
+            "evil.bat.txt",
+        ),
+        ("evil.js", b"alert(1)".to_vec(), "text/plain", "evil.js.txt"),
+        ("evil.jar", plain_zip, "application/zip", "evil.jar.zip"),
+        ("gifar.jar", big_gifar, "image/gif", "gifar.jar.gif"),
+        (
+            "invoice%E2%80%AEgnp.exe",
+            unique_png(77),
+            "image/png",
+            "invoicegnp.exe.png",
+        ),
+        ("holiday.png", unique_png(78), "image/png", "holiday.png"),
+    ] {
+        let resp = upload(name, body).await.unwrap();
+        assert_eq!(resp.status(), 201, "{name}");
+        let media: Value = resp.json().await.unwrap();
+        assert_eq!(media["file_type"], file_type, "{name}");
+        let stored = media["original_name"].as_str().unwrap();
+        assert!(!stored.contains('\u{202E}'), "{stored:?}");
+        let path = sign(&app.client, &app.base, media["id"].as_i64().unwrap()).await;
+        let resp = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let disposition = header(&resp, "content-disposition");
+        assert!(
+            disposition.contains(&format!("filename=\"{served}\""))
+                && disposition.ends_with(&format!("''{served}")),
+            "{name}: {disposition}"
+        );
+    }
+    // Refused: what the name would have made runnable is recognised by its bytes.
+    for (name, body) in [
+        ("evil.jar", jar),
+        ("gifar.jar", small_gifar),
+        ("invoice.docm", docm),
+        (
+            "evil.js",
+            b"var sh = new ActiveXObject(\"WScript.Shell\");\r\nsh.Run(\"calc\");\r\n".to_vec(),
+        ),
+        (
+            "evil.vbs",
+            b"Set sh = CreateObject(\"WScript.Shell\")\r\nsh.Run \"calc\"\r\n".to_vec(),
+        ),
+    ] {
+        let resp = upload(name, body).await.unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (415, "type_not_allowed".to_owned()),
+            "{name}"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use crate::http::state::HttpState;
 use crate::http::views::{MediaPage, MediaView, UploadView};
 use crate::index::{ListQuery, TypeFilter};
 use crate::media::{Ingested, MediaError, UploadMeta};
-use crate::policy::PolicyError;
+use crate::policy::{PolicyError, clean_filename};
 use crate::timefmt::parse_instant_ms;
 
 /// Multipart framing (boundaries, part headers) allowed on top of the largest file.
@@ -307,17 +307,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             })
         })
         .transpose()
-}
-
-/// Keeps only the last path component, without control characters, at most 255 bytes.
-fn clean_filename(raw: &str) -> Option<String> {
-    let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
-    let mut name: String = last.chars().filter(|c| !c.is_control()).collect();
-    while name.len() > 255 {
-        name.pop();
-    }
-    let name = name.trim().to_owned();
-    (!name.is_empty() && name != "." && name != "..").then_some(name)
 }
 
 /// `GET /v1/media/{id}`
