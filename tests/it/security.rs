@@ -725,3 +725,70 @@ async fn download_names_cannot_turn_files_into_executables() {
         );
     }
 }
+
+/// User and system CPU time of process `pid` so far (`/proc/<pid>/stat`).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Point 1 through the shipped nginx site (which streams upload bodies):
+/// the endless part header costs the daemon little CPU and memory and is
+/// refused at once.
+#[tokio::test]
+async fn endless_part_header_through_nginx_is_cheap() {
+    use crate::harness::nginx::Nginx;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(&dir.path().join("data"), &dir.path().join("logs"), "");
+    let nginx = Nginx::start(
+        daemon.base.trim_start_matches("http://"),
+        &daemon.data.join("blobs"),
+    );
+    let url = presign_upload(
+        &daemon.client,
+        &nginx.base,
+        json!({"uploader_id": 5, "ttl_secs": 300, "max_bytes": 100}),
+    )
+    .await;
+    let (idle, _) = daemon.memory_kib();
+    let cpu_before = cpu_time(daemon.child.id());
+    let mut peak = idle;
+    let seen = tokio::time::timeout(
+        Duration::from_secs(60),
+        stream_endless_header(&url, 100 + 64 * 1024, 1 << 30, || {
+            peak = peak.max(daemon.memory_kib().0);
+        }),
+    )
+    .await
+    .expect("answered within 60 s");
+    let cpu = cpu_time(daemon.child.id()) - cpu_before;
+    eprintln!(
+        "through nginx: sent {} bytes, answered {:?} after the cap: {:?}; daemon CPU {cpu:?}, \
+         memory +{} KiB",
+        seen.sent,
+        seen.after_cap,
+        seen.status_line,
+        peak.saturating_sub(idle)
+    );
+    // The daemon refuses at the header bound, then reads and discards up to
+    // 64 MiB (README, 413) so that nginx can pass its answer on; a client
+    // that goes on sending past that gets nginx's 502 when the daemon closes.
+    let status = seen.status_line.expect("an answer");
+    assert!(
+        [" 400 ", " 413 ", " 502 "]
+            .iter()
+            .any(|s| status.contains(s)),
+        "{status}"
+    );
+    assert!(seen.after_cap.expect("passed the cap") < Duration::from_secs(1));
+    assert!(cpu < Duration::from_secs(5), "the daemon spent {cpu:?}");
+    assert!(peak.saturating_sub(idle) < 64 * 1024);
+}
