@@ -348,14 +348,25 @@ async fn json_errors_carry_nosniff() {
 #[tokio::test]
 async fn short_api_tokens_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(TestDaemon::binary())
+    let mut child = std::process::Command::new(TestDaemon::binary())
         .arg("serve")
         .arg("--listen=127.0.0.1:0")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("MEDIA_STORE_API_TOKEN", "hunter2")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A daemon that accepted the token would serve until stopped.
+    let exited = poll_blocking(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "the daemon started with a 7-character token");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
