@@ -73,6 +73,10 @@ pub enum ErrorCode {
     IndexUnavailable,
     DiskFull,
     QuotaExceeded,
+    /// A data root is not the disk this store was created on (5xx).
+    WrongRoot,
+    /// The MySQL mirror cannot be reached (maintenance commands; 5xx).
+    MysqlUnavailable,
     Internal,
 }
 

@@ -296,9 +296,11 @@ pub async fn upload_presigned(
         tracing::error!(error = %e, "cannot give back a used upload URL");
     }
     let ingested = result?;
+    // No `deduplicated`: whoever holds an upload URL must not learn whether
+    // someone else stored the same content.
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
-        deduplicated: ingested.deduplicated,
+        deduplicated: None,
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
