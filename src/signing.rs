@@ -336,6 +336,10 @@ impl Signer {
         // Borrowed unless percent-decoding was needed: verification runs on every
         // download, so it allocates as little as it can. Only the one spelling
         // `sign` writes is accepted (issue #14).
+        // No signature at all (the bare `file_url`): said as such.
+        if !query.split('&').any(|p| p.split('=').next() == Some("sig")) {
+            return Err(SignError::Missing);
+        }
         let pairs = canonical_pairs(query)?;
         let single = |name: &str| {
             let mut it = pairs.iter().filter(|(k, _)| k == name);
@@ -344,9 +348,6 @@ impl Signer {
                 _ => Err(SignError::Invalid),
             }
         };
-        if !pairs.iter().any(|(k, _)| k == "sig") {
-            return Err(SignError::Missing);
-        }
         let sig = single("sig")?;
         let kid = single("kid")?;
         let exp: i64 = single("exp")?.parse().map_err(|_| SignError::Invalid)?;
