@@ -300,13 +300,14 @@ async fn presigned_answers_do_not_tell_whether_others_stored_the_content() {
     let png = unique_png(1414);
     let first = upload_ok(&app.client, &app.base, 1, png.clone()).await;
     assert_eq!(first["deduplicated"], false);
-    let url = presign_upload(
-        &app.client,
-        &app.base,
-        json!({"uploader_id": 2, "ttl_secs": 300, "max_bytes": 100000}),
-    )
-    .await;
     for body in [png.clone(), unique_png(1415)] {
+        // Upload URLs are single-use: one for each upload.
+        let url = presign_upload(
+            &app.client,
+            &app.base,
+            json!({"uploader_id": 2, "ttl_secs": 300, "max_bytes": 100000}),
+        )
+        .await;
         let resp = app.client.put(&url).body(body).send().await.unwrap();
         assert_eq!(resp.status(), 201);
         let v: Value = resp.json().await.unwrap();
