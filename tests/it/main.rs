@@ -14,6 +14,7 @@ mod lifecycle;
 mod listing;
 mod mysql;
 mod nginx;
+mod powercut;
 mod reload;
 mod socket;
 mod systemd;

@@ -164,7 +164,13 @@ pub fn read_stored_blob(
 
 /// [`assert_consistent`] for a data folder with an archive root.
 pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
-    let idx = index(data);
+    assert_consistent_index(&index(data), data, archive)
+}
+
+/// [`assert_consistent_with_archive`] with the index read through `idx` (the
+/// power-cut tests read a copy: SQLite in the test process must not map files
+/// of the file system that the same process serves).
+pub fn assert_consistent_index(idx: &rusqlite::Connection, data: &Path, archive: Option<&Path>) {
     let mut stmt = idx
         .prepare("SELECT b.hash, b.size, b.refcount, (SELECT count(*) FROM media m WHERE m.hash = b.hash) FROM blobs b")
         .unwrap();

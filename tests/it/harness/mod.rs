@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fixtures;
 pub mod mariadb;
 pub mod nginx;
+pub mod powercut;
 
 pub use daemon::{TestApp, TestDaemon};
 pub use fixtures::*;
