@@ -87,6 +87,13 @@ impl Root {
             fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
         }
+        // Those names, and the root's own (the daemon creates a missing data
+        // folder), must be durable before anything in them counts as stored.
+        // The parent is best effort: one we cannot read was not made by us.
+        fsync_dir(dir).map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
+        if let Some(parent) = dir.canonicalize().ok().as_deref().and_then(Path::parent) {
+            let _ = fsync_dir(parent);
+        }
         Ok(root)
     }
 }
@@ -441,9 +448,11 @@ impl StagingFile {
     /// Makes the staged bytes durable (fdatasync).
     pub fn sync(&mut self) -> Result<()> {
         if !self.synced {
-            self.file
-                .sync_data()
-                .map_err(|e| StoreError::io("fsync staging file", e))?;
+            if !skip_sync("staging-fdatasync") {
+                self.file
+                    .sync_data()
+                    .map_err(|e| StoreError::io("fsync staging file", e))?;
+            }
             self.synced = true;
         }
         Ok(())
@@ -465,6 +474,10 @@ const SYNCFS_FROM: usize = 4;
 /// Makes every staging file's bytes durable: `fdatasync` each of a few, one
 /// `syncfs` of their file system for many (all are in one `tmp/`).
 fn sync_all(files: &mut [StagingFile]) -> Result<()> {
+    if skip_sync("archive-copy-sync") {
+        files.iter_mut().for_each(|f| f.synced = true);
+        return Ok(());
+    }
     if files.len() >= SYNCFS_FROM {
         nix::unistd::syncfs(&files[0].file)
             .map_err(|e| StoreError::io("syncfs of staged copies", io::Error::from(e)))?;
@@ -485,6 +498,9 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// `syncfs` of the whole file system when many changed in the same batch
 /// (group commit: one flush then covers all of them).
 pub fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
+    if skip_sync("dir-barrier") {
+        return Ok(());
+    }
     let mut unique: Vec<&PathBuf> = dirs.iter().collect();
     unique.sort();
     unique.dedup();
@@ -494,6 +510,17 @@ pub fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
     } else {
         unique.into_iter().try_for_each(|d| fsync_dir(d))
     }
+}
+
+/// Test-only (cargo feature `fault-injection`): whether `MEDIA_STORE_FAULT_SKIP`
+/// names this sync, so tests/it/powercut.rs can show that it catches its absence.
+#[cfg(feature = "fault-injection")]
+fn skip_sync(name: &str) -> bool {
+    std::env::var("MEDIA_STORE_FAULT_SKIP").is_ok_and(|v| v == name)
+}
+#[cfg(not(feature = "fault-injection"))]
+fn skip_sync(_: &str) -> bool {
+    false
 }
 
 #[cfg(test)]

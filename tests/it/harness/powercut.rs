@@ -894,7 +894,13 @@ impl PowerCut {
     /// module doc): a seccomp filter turns each into a user notification that
     /// a thread of this process answers after making the volume durable.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
-        spawn_with_syncfs_notify(cmd, self.disks.iter().map(|d| d.volume.clone()).collect())
+        (self.spawner())(cmd)
+    }
+
+    /// [`PowerCut::spawn`] for another thread.
+    pub fn spawner(&self) -> impl Fn(&mut Command) -> io::Result<Child> + Send + 'static {
+        let volumes: Vec<Arc<Volume>> = self.disks.iter().map(|d| d.volume.clone()).collect();
+        move |cmd| spawn_with_syncfs_notify(cmd, volumes.clone())
     }
 }
 
