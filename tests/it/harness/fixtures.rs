@@ -190,7 +190,12 @@ pub fn assert_consistent_index(idx: &rusqlite::Connection, data: &Path, archive:
         if rc > 0 {
             let bytes = read_stored_blob(data, archive, &hash)
                 .unwrap_or_else(|e| panic!("blob {} missing: {e}", hash.to_hex()));
-            assert_eq!(bytes.len() as u64, size);
+            assert_eq!(
+                bytes.len() as u64,
+                size,
+                "blob {} is partial",
+                hash.to_hex()
+            );
             assert_eq!(
                 blake3::hash(&bytes),
                 hash,
