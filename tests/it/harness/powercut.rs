@@ -796,7 +796,7 @@ struct Mounted {
 /// One or more simulated disks that lose power together.
 pub struct PowerCut {
     disks: Vec<Mounted>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl PowerCut {
@@ -809,7 +809,7 @@ impl PowerCut {
             let mountpoint = dir.path().join(name);
             std::fs::create_dir(&mountpoint).unwrap();
             let mountpoint = mountpoint.canonicalize().unwrap();
-            let mut root = Inode {
+            let root = Inode {
                 body: Body::Dir {
                     current: BTreeMap::new(),
                     durable: BTreeMap::new(),
@@ -818,7 +818,6 @@ impl PowerCut {
                 mtime: SystemTime::now(),
                 page_cache: false,
             };
-            root.perm = 0o755;
             let volume = Arc::new(Volume {
                 state: Mutex::new(State {
                     powered: true,
@@ -846,7 +845,7 @@ impl PowerCut {
                 session: Some(session),
             });
         }
-        PowerCut { disks, _dir: dir }
+        PowerCut { disks, dir }
     }
 
     /// Where the `i`-th volume is mounted.
@@ -856,7 +855,7 @@ impl PowerCut {
 
     /// A folder for logs and configs, beside the mounts (on a real disk).
     pub fn scratch(&self) -> PathBuf {
-        self._dir.path().join("scratch")
+        self.dir.path().join("scratch")
     }
 
     pub fn syncs(&self, i: usize) -> Syncs {
