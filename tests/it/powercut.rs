@@ -571,15 +571,24 @@ async fn power_cut_segment(
         let l = std::mem::take(&mut *ledger.lock().unwrap());
         let doubt = in_doubt.lock().unwrap().clone();
         let syncs = rig.pc.syncs(0);
-        let archived = rig
+        // What the cut interrupted: staging files left (uploads, copies in
+        // flight) and blobs with a copy in both roots (a move's step 2 or 3).
+        let name = |p: PathBuf| p.file_name().unwrap().to_owned();
+        let primary: BTreeSet<_> = blob_files(&rig.data).into_iter().map(name).collect();
+        let archived: BTreeSet<_> = rig
             .archive
             .as_deref()
             .map(blob_files)
             .unwrap_or_default()
-            .len();
+            .into_iter()
+            .map(name)
+            .collect();
+        let both = primary.intersection(&archived).count();
+        let staged = tmp_files(&rig.data) + rig.archive.as_deref().map(tmp_files).unwrap_or(0);
         eprintln!(
             "round {round}: {clients} clients, {} uploads answered 201 so far, {} live, {} deleted; \
-             cut after {cut_after:?}{}{}; data disk saw fsync {} fsyncdir {} syncfs {}",
+             cut after {cut_after:?}{}{}, leaving {staged} staging files; \
+             data disk saw fsync {} fsyncdir {} syncfs {}",
             l.answered,
             l.acked.len(),
             l.deleted.len(),
@@ -589,7 +598,10 @@ async fn power_cut_segment(
                 ""
             },
             if gc {
-                format!(", {gc_runs} gc runs of batch {batch}, {archived} blobs in the archive")
+                format!(
+                    ", {gc_runs} gc runs of batch {batch}, {} blobs in the archive, {both} in both roots",
+                    archived.len()
+                )
             } else {
                 String::new()
             },
