@@ -260,6 +260,9 @@ fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(file, "{line}")?;
     file.sync_all()?;
+    // And its name: else a power cut brings a new secret at the next start.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    store::fsync_dir(dir.unwrap_or(Path::new(".")))?;
     Ok(())
 }
 

@@ -731,3 +731,27 @@ fn a_missing_sync_fails_the_power_cut_rounds() {
         );
     }
 }
+
+/// The secrets the daemon generates on first start (`signing-key`, and
+/// `api-token` when none is configured) are durable before they are used: a
+/// URL signed before a power cut still works after it.
+#[tokio::test]
+async fn a_url_signed_before_a_power_cut_still_works_after_it() {
+    if !powercut::available() {
+        return;
+    }
+    let mut rig = Rig::new(false, None);
+    let mut d = rig.start();
+    let (status, v) = upload_raw(&d.client, &d.base, 1, unique_png(2)).await;
+    assert_eq!(status, 201);
+    let url = crate::nginx::sign(&d.client, &d.base, v["id"].as_i64().unwrap()).await;
+    assert_eq!(
+        d.client.get(d.url(&url)).send().await.unwrap().status(),
+        200
+    );
+    rig.cut(&mut d, None);
+    rig.pc.power_on();
+    let d = rig.start();
+    let status = d.client.get(d.url(&url)).send().await.unwrap().status();
+    assert_eq!(status, 200, "the signing key did not survive the cut");
+}
