@@ -2,12 +2,21 @@
 //! on the power-cut file system of `harness::powercut`, which forgets whatever
 //! was not made durable when the test cuts the power.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::Value;
 
 use crate::harness::powercut::{self, PowerCut};
+use crate::harness::*;
 
 fn fsync_dir(dir: &Path) {
     File::open(dir).unwrap().sync_all().unwrap();
@@ -133,19 +142,8 @@ fn the_file_system_keeps_only_what_was_made_durable() {
 // ---------------------------------------------------------------------------
 // The daemon under power cuts.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use rand::rngs::StdRng;
-use rand::{Rng as _, SeedableRng as _};
-use serde_json::Value;
-
-use crate::harness::*;
-
-/// `POWERCUT_SEED` replays a run; else a fresh seed, printed.
+/// `POWERCUT_SEED` replays a run's random choices (not its timing); else a
+/// fresh seed, printed.
 fn seed() -> u64 {
     let seed = std::env::var("POWERCUT_SEED")
         .ok()
@@ -175,7 +173,8 @@ struct Ledger {
     answered: usize,
 }
 
-/// The rig of one test: the disks, the daemon's config, the current daemon.
+/// One data folder (and archive root) on power-cut disks, and how to run
+/// the binary on it.
 struct Rig {
     pc: PowerCut,
     data: PathBuf,
