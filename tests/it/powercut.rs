@@ -634,10 +634,12 @@ fn run_rounds(
     })
     .join()
     .map_err(|e| {
-        e.downcast_ref::<String>()
+        let message = e
+            .downcast_ref::<String>()
             .cloned()
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        format!("{message}\n(power-cut seed {seed}: POWERCUT_SEED={seed} replays its choices)")
     })
 }
 
