@@ -393,10 +393,10 @@ fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(file, "{line}")?;
     file.sync_all()?;
-    // The folder entry too: a lost signing key invalidates every issued URL.
-    if let Some(folder) = path.parent() {
-        fs::File::open(folder)?.sync_all()?;
-    }
+    // The folder entry too: without it a power cut loses the file, the next
+    // start generates a new secret, and every URL signed before fails.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
     Ok(())
 }
 
