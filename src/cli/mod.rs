@@ -148,12 +148,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 &crate::clock::SystemClock,
             )?;
             println!(
-                "reconcile: index_rows={} mysql_rows={} missing={} extra={} differing={}",
+                "reconcile: index_rows={} mysql_rows={} missing={} extra={} differing={} foreign={} conflicting={}",
                 report.index_rows,
                 report.mysql_rows,
                 report.missing,
                 report.extra,
-                report.differing
+                report.differing,
+                report.foreign,
+                report.conflicting
             );
             use crate::mirror::reconcile::Applied;
             match applied {

@@ -73,6 +73,37 @@ impl Tx<'_> {
             .execute("DELETE FROM mysql_outbox WHERE seq <= ?1", [up_to_seq])?)
     }
 
+    /// Makes the next media id greater than `floor` (the largest id in the
+    /// mirrored MySQL table), so new uploads never take an id the chat backend
+    /// already used. Moves `sqlite_sequence` (AUTOINCREMENT's counter) up only,
+    /// never down. Returns whether it moved.
+    pub fn media_id_floor(&self, floor: i64) -> Result<bool> {
+        let conn = self.conn();
+        let current: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'media'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let highest: i64 =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM media", [], |r| r.get(0))?;
+        if current.unwrap_or(0).max(highest) >= floor {
+            return Ok(false);
+        }
+        match current {
+            Some(_) => conn.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'media'",
+                [floor],
+            )?,
+            None => conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('media', ?1)",
+                [floor],
+            )?,
+        };
+        Ok(true)
+    }
+
     /// Queues ids explicitly (reconcile repairs).
     pub fn outbox_enqueue(&self, ids: &[i64], now_ms: i64) -> Result<()> {
         let mut stmt = self
@@ -230,6 +261,53 @@ mod tests {
             "changes while off were missed"
         );
         assert!(tx(&c).reconcile_owed("db1").unwrap());
+    }
+
+    #[test]
+    fn media_id_floor_moves_the_next_id_up_only() {
+        let c = conn();
+        // Before any upload (no sqlite_sequence row yet).
+        assert!(tx(&c).media_id_floor(100).unwrap());
+        assert_eq!(upload(&c, 1), 101);
+        assert!(!tx(&c).media_id_floor(50).unwrap(), "never down");
+        assert!(!tx(&c).media_id_floor(101).unwrap());
+        assert!(tx(&c).media_id_floor(500).unwrap());
+        assert_eq!(upload(&c, 2), 501);
+    }
+
+    #[test]
+    fn adopted_rows_keep_their_id_and_time_and_respect_time_order() {
+        use crate::index::AdoptConflict;
+        let c = conn();
+        tx(&c).media_id_floor(10).unwrap();
+        let ours = upload(&c, 1); // id 11 at t=1000
+        let n = NewMedia {
+            uploader_id: 3,
+            file_type: "image/png".into(),
+            hash: blake3::hash(b"old"),
+            size: 3,
+            original_name: None,
+        };
+        tx(&c).add_blob_ref(&n.hash, 3, 0).unwrap();
+        let row = tx(&c).insert_media_as(&n, 4, 900).unwrap().unwrap();
+        assert_eq!((row.id, row.uploaded_at_ms), (4, 900));
+        assert_eq!(tx(&c).get_media(4).unwrap().unwrap(), row);
+        assert!(matches!(
+            tx(&c).insert_media_as(&n, 4, 900).unwrap(),
+            Err(AdoptConflict::IdTaken(_))
+        ));
+        // Between id 4 (t=900) and id 11 (t=1000): 950 fits, 1500 and 100 do not.
+        assert!(tx(&c).adoption_conflict(7, 950).unwrap().is_none());
+        assert!(matches!(
+            tx(&c).adoption_conflict(7, 1500).unwrap(),
+            Some(AdoptConflict::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            tx(&c).adoption_conflict(7, 100).unwrap(),
+            Some(AdoptConflict::OutOfOrder { .. })
+        ));
+        // New uploads still go above everything.
+        assert!(upload(&c, 2) > ours);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod mysql;
 pub mod reconcile;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 pub use self::config::MysqlConfig;
 pub use self::mysql::{MysqlReferences, mirror_file_type};
-pub use self::worker::{Drained, ack, drain_batch};
+pub use self::worker::{Drained, ack, drain_all, drain_batch, raise_id_floor};
 use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
 use crate::index::{Index, IndexError, Maintenance};
@@ -82,6 +82,9 @@ struct Status {
     last_error: Option<String>,
     /// Unix ms of the last batch MySQL committed.
     last_sync_ms: Option<i64>,
+    /// Changes not mirrored since start because `media_files` holds a row of
+    /// the chat backend under the same id (M6).
+    foreign_conflicts: u64,
 }
 
 /// State shared by the daemon and its worker thread.
@@ -96,6 +99,9 @@ struct Shared {
     base_url: ArcSwap<String>,
     /// The base URL changed at runtime: every file_url must be rewritten.
     reconcile_requested: AtomicBool,
+    /// Unix ms (the injected clock) of the last full reconcile, or of the start:
+    /// the periodic reconcile (`mysql.reconcile_interval`) counts from it.
+    last_reconcile_ms: AtomicI64,
 }
 
 impl Shared {
@@ -161,6 +167,7 @@ impl MysqlSync {
             wake: Condvar::new(),
             base_url: ArcSwap::from_pointee(public_base_url.to_owned()),
             reconcile_requested: AtomicBool::new(false),
+            last_reconcile_ms: AtomicI64::new(clock.now_ms()),
         });
         let worker = worker::Worker {
             index: index.clone(),
@@ -214,6 +221,7 @@ impl MysqlSync {
             "backlog": backlog,
             "last_error": s.last_error,
             "last_sync_at": s.last_sync_ms.map(crate::timefmt::rfc3339_ms),
+            "foreign_conflicts": s.foreign_conflicts,
         })
     }
 }
@@ -239,4 +247,7 @@ pub mod metric {
     pub const ERRORS: &str = "media_store_mysql_sync_errors_total";
     /// Seconds from a media change's commit to its MySQL commit (histogram).
     pub const LAG: &str = "media_store_mysql_sync_lag_seconds";
+    /// Changes not mirrored because `media_files` holds a row of the chat
+    /// backend under the same id (counter; the row is never overwritten).
+    pub const FOREIGN_CONFLICTS: &str = "media_store_mysql_foreign_conflicts_total";
 }

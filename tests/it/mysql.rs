@@ -370,11 +370,14 @@ fn corrupt(conn: &mut mysql::Conn, ids: &[i64]) {
         (ids[0], ids[1], ids[2]),
     )
     .unwrap();
+    // Extra rows media-store wrote (listed as its own) that the index no longer has.
     conn.query_drop(
         "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at, size, blake3) VALUES \
          (900001, 1, 'x', 'image/png', NOW(), 1, 'ab'), (900002, 1, 'y', 'image/png', NOW(), 1, 'cd')",
     )
     .unwrap();
+    conn.query_drop("INSERT INTO media_store_rows (id) VALUES (900001), (900002)")
+        .unwrap();
     conn.exec_drop(
         "UPDATE media_files SET file_type = 'video/mp4' WHERE id = ?",
         (ids[3],),
