@@ -15,11 +15,18 @@
 //!   queues every difference into the outbox (so repairs take the same path).
 //! - `mysql`: connection options, the MySQL migrations, statements, and
 //!   [`MysqlReferences`] (the `ExternalReferences` implementation).
+//! - `import`: `media-store import`, which adopts the chat backend's own
+//!   `media_files` rows (fetches each file, stores it under the same id).
 //!
-//! Writes to SQLite only to ack or queue outbox entries. Invariants upheld:
-//! storage-layout.md, "MySQL mirror" (M1–M4).
+//! Only rows media-store wrote (`media_store_rows`) are ever changed or
+//! deleted in MySQL; new media ids start above MySQL's `max(id)` (M6, M7).
+//!
+//! Writes to SQLite only to ack or queue outbox entries, to raise the media id
+//! floor, and (import) to record adopted media. Invariants upheld:
+//! storage-layout.md, "MySQL mirror" (M1–M7).
 
 pub mod config;
+pub mod import;
 pub mod mysql;
 pub mod reconcile;
 mod worker;
