@@ -13,6 +13,9 @@ const STATE_KEY: &str = "mysql_outbox";
 const PENDING_KEY: &str = "mysql_reconcile_pending";
 /// `meta` key: the target (server, database, base URL) of the last full reconcile.
 const TARGET_KEY: &str = "mysql_reconciled_target";
+/// `meta` key: the MySQL target (server, database) whose `max(id)` the media
+/// id floor has been raised above at least once.
+const FLOOR_KEY: &str = "mysql_id_floor_target";
 
 /// One queued change: "media `media_id` may differ from MySQL".
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +107,11 @@ impl Tx<'_> {
         Ok(true)
     }
 
+    /// Records that the id floor was raised above `target`'s `max(id)`.
+    pub fn mark_id_floor_checked(&self, target: &str) -> Result<()> {
+        set_meta(self.conn(), FLOOR_KEY, target)
+    }
+
     /// Queues ids explicitly (reconcile repairs).
     pub fn outbox_enqueue(&self, ids: &[i64], now_ms: i64) -> Result<()> {
         let mut stmt = self
@@ -122,6 +130,11 @@ impl Reader<'_> {
     pub fn reconcile_owed(&self, target: &str) -> Result<bool> {
         Ok(get_meta(self.conn, PENDING_KEY)?.as_deref() == Some("1")
             || get_meta(self.conn, TARGET_KEY)?.as_deref() != Some(target))
+    }
+
+    /// Whether the media id floor was ever raised above `target`'s `max(id)`.
+    pub fn id_floor_checked(&self, target: &str) -> Result<bool> {
+        Ok(get_meta(self.conn, FLOOR_KEY)?.as_deref() == Some(target))
     }
 
     /// The oldest `limit` entries after `after_seq`, in commit order.

@@ -335,7 +335,7 @@ pub async fn run(
         }
         if !opts.dry_run {
             // Later uploads must not take the ids of rows not adopted.
-            worker::raise_id_floor(media.index(), &mut conn)?;
+            worker::raise_id_floor(media.index(), &mut conn, &my::describe(&mysql_opts))?;
         }
         Ok(())
     })?;

@@ -167,6 +167,25 @@ impl MysqlSync {
         if conn.immediate(|tx| tx.outbox_enable())? {
             tracing::info!("MySQL mirror enabled: a full reconcile will run once connected");
         }
+        // M7: the first time this database is mirrored, raise the id floor
+        // before serving, so no upload takes an id the chat backend used. Later
+        // starts leave it to the worker's connect (the floor only ever rises).
+        let place = mysql::describe(&opts);
+        if !conn.reader().id_floor_checked(&place)? {
+            match mysql::connect(&opts).and_then(|mut c| mysql::max_id(&mut c)) {
+                Ok(max) => {
+                    conn.immediate(|tx| {
+                        tx.media_id_floor(max)?;
+                        tx.mark_id_floor_checked(&place)
+                    })?;
+                }
+                Err(e) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    mysql = %place,
+                    "MySQL unreachable at the first start with this database: media ids are raised above media_files' largest once the worker connects; uploads meanwhile may collide with the chat backend's ids (such rows are never overwritten, only reported)"
+                ),
+            }
+        }
         drop(conn);
         let shared = Arc::new(Shared {
             status: Mutex::new(Status::default()),

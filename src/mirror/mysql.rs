@@ -306,10 +306,16 @@ pub fn apply(conn: &mut Conn, rows: &[MirrorRow], deleted: &[i64]) -> Result<Ski
     Ok(skipped)
 }
 
-/// The largest id in `media_files` (0 when empty): the index's next media id
-/// must be above it.
+/// The largest id in `media_files` (0 when empty or absent): the index's next
+/// media id must be above it.
 pub fn max_id(conn: &mut Conn) -> Result<i64> {
-    let max: Option<Option<i64>> = conn.query_first("SELECT MAX(id) FROM media_files")?;
+    let max: Option<Option<i64>> = conn
+        .query_first("SELECT MAX(id) FROM media_files")
+        .or_else(|e| match &e {
+            // 1146: no table yet, so no id to stay above.
+            mysql::Error::MySqlError(m) if m.code == 1146 => Ok(None),
+            _ => Err(e),
+        })?;
     Ok(max.flatten().unwrap_or(0))
 }
 

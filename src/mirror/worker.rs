@@ -107,9 +107,15 @@ pub fn drain_all(index: &Index, conn: &mut Conn, batch_size: usize, base_url: &s
 /// (the chat backend's rows included), so uploads never collide with them.
 /// Run at each connect: a backend that still writes rows meanwhile moves the
 /// floor up again at the next one.
-pub fn raise_id_floor(index: &Index, conn: &mut Conn) -> Result<()> {
+pub fn raise_id_floor(index: &Index, conn: &mut Conn, place: &str) -> Result<()> {
     let max = my::max_id(conn)?;
-    if index.write_blocking(move |ctx| ctx.media_id_floor(max))? {
+    let place = place.to_owned();
+    let raised = index.write_blocking(move |ctx| {
+        let raised = ctx.media_id_floor(max)?;
+        ctx.mark_id_floor_checked(&place)?;
+        Ok::<_, crate::index::IndexError>(raised)
+    })?;
+    if raised {
         tracing::info!(
             above = max,
             "new media ids now start above the largest id in media_files"
@@ -236,7 +242,7 @@ impl Worker {
                 if !my::try_lock_mirror(&mut c)? {
                     return Err(MirrorError::Locked);
                 }
-                raise_id_floor(&self.index, &mut c)?;
+                raise_id_floor(&self.index, &mut c, place)?;
                 tracing::info!(mysql = %place, "connected to MySQL");
                 self.shared.set_status(|s| s.connected = true);
                 metrics::gauge!(metric::CONNECTED).set(1.0);
