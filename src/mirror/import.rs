@@ -2,23 +2,27 @@
 //! media before media-store (storage-layout.md, "MySQL mirror", M6).
 //!
 //! For each `media_files` row media-store does not own, in id order:
-//! 1. the index already has that id from an earlier, interrupted import (same
-//!    uploader and time): only steps 4–5 remain;
-//! 2. fetch the bytes from `file_url`: a path under `--from-root` (confined by
+//! 1. mark the id as being adopted in MySQL (`media_store_rows.adopting`): the
+//!    mirror may now overwrite the row, but never delete it;
+//! 2. the index already has that id from an earlier, interrupted import (same
+//!    uploader and time): go to 5;
+//! 3. fetch the bytes from `file_url`: a path under `--from-root` (confined by
 //!    the kernel, see `store::external`), or an http(s) URL on an
 //!    `--allow-host` host (redirects only to allowed hosts, a timeout, the
 //!    upload policy's size limit);
-//! 3. store them through the upload path (`media::MediaService::adopt`: type
+//! 4. store them through the upload path (`media::MediaService::adopt`: type
 //!    sniffing, policy, write protocol) as a media row with the row's own id
-//!    and upload time;
-//! 4. mark the id as media-store's in MySQL (`media_store_rows`);
-//! 5. queue the id in the outbox, so the mirror then rewrites the row with the
-//!    index's values (`file_url` becomes media-store's URL).
+//!    and upload time; on failure, drop the mark of step 1;
+//! 5. queue the id in the outbox: the mirror rewrites the row with the index's
+//!    values (`file_url` becomes media-store's URL) and, in the same MySQL
+//!    transaction, makes it media-store's (`adopting = 0`).
 //!
-//! Step 4 comes after 3: an owned id is one the index has, so reconcile never
-//! sees an owned row that is "extra" and deletes the backend's file entry.
-//! A crash between 3 and 4 is finished by the next run (case 1). Rows already
-//! owned are not listed again, so running import twice changes nothing.
+//! The mark comes first so that the trigger's outbox entry for the new media
+//! row is not skipped as a collision by a running daemon's mirror; it never
+//! allows a delete, so a crash anywhere leaves the backend's row in place, and
+//! the next run (which lists rows still being adopted) finishes the job. Rows
+//! already media-store's are not listed again, so running import twice
+//! changes nothing.
 //! It may run while the daemon runs: both use SQLite's write lock and the
 //! blob store's protocol, as `media-store gc` does.
 
@@ -184,10 +188,13 @@ struct Importer<'a> {
 }
 
 impl Importer<'_> {
-    async fn adopt(&self, row: &ForeignRow) -> Result<Outcome, String> {
+    /// What the index says about the row's id: already stored by an earlier
+    /// run (`Resumed`), free (`None`), or a collision (an error). Checked
+    /// before the row is marked, so a collision is never marked.
+    async fn check(&self, row: &ForeignRow) -> Result<Option<Outcome>, String> {
         let uploader_id = row.uploader_id.ok_or("uploader_id is NULL")?;
         let at_s = row.uploaded_at_s.ok_or("uploaded_at is NULL")?;
-        let file_url = row.file_url.as_deref().ok_or("file_url is NULL")?;
+        row.file_url.as_deref().ok_or("file_url is NULL")?;
         let id = row.id;
         if id <= 0 {
             return Err("not a valid media id".into());
@@ -198,16 +205,28 @@ impl Importer<'_> {
             .read(move |r| r.get_media(id))
             .await
             .map_err(chain)?;
-        if let Some(m) = existing {
-            // Stored by an earlier run that stopped before marking it.
-            if m.uploader_id == uploader_id && m.uploaded_at_ms.div_euclid(1000) == at_s {
-                return Ok(Outcome::Resumed);
+        match existing {
+            None => Ok(None),
+            // Stored by an earlier run that stopped before the mirror wrote it.
+            Some(m)
+                if m.uploader_id == uploader_id && m.uploaded_at_ms.div_euclid(1000) == at_s =>
+            {
+                Ok(Some(Outcome::Resumed))
             }
-            return Err(format!(
+            Some(m) => Err(format!(
                 "media-store already has a different media {id} (uploader {}): an id collision; this row stays the chat backend's",
                 m.uploader_id
-            ));
+            )),
         }
+    }
+
+    /// Fetches the row's file and stores it under the row's id and time
+    /// (dry run: only checks that the source is there and allowed).
+    async fn store(&self, row: &ForeignRow) -> Result<Outcome, String> {
+        let uploader_id = row.uploader_id.ok_or("uploader_id is NULL")?;
+        let at_s = row.uploaded_at_s.ok_or("uploaded_at is NULL")?;
+        let file_url = row.file_url.as_deref().ok_or("file_url is NULL")?;
+        let id = row.id;
         let adoption = Adoption {
             id,
             uploaded_at_ms: at_s * 1000,
@@ -353,7 +372,29 @@ pub async fn run(
         };
         for row in &rows {
             report.rows += 1;
-            let outcome = importer.adopt(row).await;
+            let id = row.id;
+            let outcome = match importer.check(row).await {
+                Ok(Some(resumed)) => {
+                    if !opts.dry_run {
+                        blocking(|| my::mark_adopting(&mut conn, id))?;
+                    }
+                    Ok(resumed)
+                }
+                Ok(None) => {
+                    if !opts.dry_run {
+                        // Before the index has the id: from now on the mirror
+                        // may overwrite this row (once the index has it), never
+                        // delete it.
+                        blocking(|| my::mark_adopting(&mut conn, id))?;
+                    }
+                    let stored = importer.store(row).await;
+                    if stored.is_err() && !opts.dry_run {
+                        blocking(|| my::unmark_adopting(&mut conn, id))?;
+                    }
+                    stored
+                }
+                Err(reason) => Err(reason),
+            };
             let outcome = match outcome {
                 Ok(o) => o,
                 Err(reason) => {
@@ -376,10 +417,9 @@ pub async fn run(
             if opts.dry_run {
                 continue;
             }
-            // Owned only once the index has it (M6), then queued so the mirror
-            // rewrites the row with the index's values.
-            let id = row.id;
-            blocking(|| my::mark_owned(&mut conn, &[id]))?;
+            // Queued (the trigger also did, while the mirror is enabled) so the
+            // mirror rewrites the row with the index's values, which completes
+            // the adoption.
             let now = clock.now_ms();
             media
                 .index()

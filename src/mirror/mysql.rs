@@ -9,7 +9,9 @@
 //! backend wrote. The ids media-store wrote are listed in `media_store_rows`
 //! (migration 0003), added in the same transaction as the first upsert. Every
 //! write here touches only those: an upsert of an id that exists and is not
-//! listed is skipped and reported, a delete of such an id does nothing.
+//! listed is skipped and reported, a delete of such an id does nothing. Ids
+//! listed with `adopting = 1` (import is taking them over) may be upserted,
+//! which makes them owned, but are never deleted.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -275,10 +277,11 @@ pub fn apply(conn: &mut Conn, rows: &[MirrorRow], deleted: &[i64]) -> Result<Ski
                  blake3 = VALUES(blake3)",
             );
             tx.exec_drop(sql, params)?;
+            // Owned from now on; an adopted row's takeover is complete.
             let owned: Vec<i64> = ours.iter().map(|r| r.id).collect();
             tx.exec_drop(
                 format!(
-                    "INSERT IGNORE INTO media_store_rows (id) VALUES {}",
+                    "INSERT INTO media_store_rows (id) VALUES {} ON DUPLICATE KEY UPDATE adopting = 0",
                     vec!["(?)"; owned.len()].join(",")
                 ),
                 owned,
@@ -286,17 +289,19 @@ pub fn apply(conn: &mut Conn, rows: &[MirrorRow], deleted: &[i64]) -> Result<Ski
         }
     }
     if !deleted.is_empty() {
-        // Only rows media-store owns; a foreign row under that id stays.
+        // Only rows media-store owns; a foreign row under that id stays, and
+        // so does one an import is still adopting (the index lacks it yet).
         tx.exec_drop(
             format!(
-                "DELETE f FROM media_files f JOIN media_store_rows o ON o.id = f.id WHERE f.id IN ({})",
+                "DELETE f FROM media_files f JOIN media_store_rows o ON o.id = f.id \
+                 WHERE o.adopting = 0 AND f.id IN ({})",
                 marks(deleted.len())
             ),
             deleted.to_vec(),
         )?;
         tx.exec_drop(
             format!(
-                "DELETE FROM media_store_rows WHERE id IN ({})",
+                "DELETE FROM media_store_rows WHERE adopting = 0 AND id IN ({})",
                 marks(deleted.len())
             ),
             deleted.to_vec(),
@@ -319,7 +324,8 @@ pub fn max_id(conn: &mut Conn) -> Result<i64> {
     Ok(max.flatten().unwrap_or(0))
 }
 
-/// A `media_files` row media-store does not own, as `media-store import` reads it.
+/// A `media_files` row media-store does not own (or is still adopting), as
+/// `media-store import` reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForeignRow {
     pub id: i64,
@@ -330,7 +336,8 @@ pub struct ForeignRow {
     pub uploaded_at_s: Option<i64>,
 }
 
-/// Up to `limit` rows not owned by media-store with `id >= from`, by id.
+/// Up to `limit` rows not owned by media-store (or still being adopted) with
+/// `id >= from`, by id.
 pub fn foreign_rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<ForeignRow>> {
     type Raw = (
         i64,
@@ -342,7 +349,7 @@ pub fn foreign_rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec
     Ok(conn.exec_map(
         "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED)
          FROM media_files f LEFT JOIN media_store_rows o ON o.id = f.id
-         WHERE o.id IS NULL AND f.id >= ? ORDER BY f.id LIMIT ?",
+         WHERE (o.id IS NULL OR o.adopting <> 0) AND f.id >= ? ORDER BY f.id LIMIT ?",
         (from, limit as u64),
         |(id, uploader_id, file_url, file_type, uploaded_at_s): Raw| ForeignRow {
             id,
@@ -354,28 +361,43 @@ pub fn foreign_rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec
     )?)
 }
 
-/// Records that media-store owns these ids from now on (an adopted row: the
-/// next upsert of each overwrites the backend's values with the index's).
-pub fn mark_owned(conn: &mut Conn, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
+/// Marks a backend row as being adopted (before import stores its file): the
+/// mirror may then overwrite it once the index holds the id, which makes it
+/// media-store's, but never deletes it. Idempotent.
+pub fn mark_adopting(conn: &mut Conn, id: i64) -> Result<()> {
     conn.exec_drop(
-        format!(
-            "INSERT IGNORE INTO media_store_rows (id) VALUES {}",
-            vec!["(?)"; ids.len()].join(",")
-        ),
-        ids.to_vec(),
+        "INSERT IGNORE INTO media_store_rows (id, adopting) VALUES (?, 1)",
+        (id,),
     )?;
     Ok(())
 }
 
-/// A `media_files` row as reconcile reads it: its values and whether
-/// media-store owns it.
+/// Drops an adoption mark (the file could not be stored): the row is the
+/// backend's again. A completed adoption (`adopting = 0`) is left alone.
+pub fn unmark_adopting(conn: &mut Conn, id: i64) -> Result<()> {
+    conn.exec_drop(
+        "DELETE FROM media_store_rows WHERE id = ? AND adopting <> 0",
+        (id,),
+    )?;
+    Ok(())
+}
+
+/// Who a `media_files` row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The chat backend's (not in `media_store_rows`).
+    Backend,
+    /// The backend's, being adopted by `media-store import`: media-store's once
+    /// the index holds the id, never deleted before.
+    Adopting,
+    MediaStore,
+}
+
+/// A `media_files` row as reconcile reads it: its values and its owner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetRow {
     pub row: MirrorRow,
-    pub owned: bool,
+    pub owner: Owner,
 }
 
 /// Up to `limit` rows with `id >= from`, by id. Columns the chat backend may
@@ -389,15 +411,15 @@ pub fn rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<TargetR
         Option<i64>,
         u64,
         String,
-        bool,
+        Option<i64>,
     );
     let rows = conn.exec_map(
         "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED),
-                f.size, f.blake3, o.id IS NOT NULL
+                f.size, f.blake3, o.adopting
          FROM media_files f LEFT JOIN media_store_rows o ON o.id = f.id
          WHERE f.id >= ? ORDER BY f.id LIMIT ?",
         (from, limit as u64),
-        |(id, uploader_id, file_url, file_type, uploaded_at_s, size, blake3, owned): Raw| {
+        |(id, uploader_id, file_url, file_type, uploaded_at_s, size, blake3, adopting): Raw| {
             TargetRow {
                 row: MirrorRow {
                     id,
@@ -408,7 +430,11 @@ pub fn rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<TargetR
                     size,
                     blake3,
                 },
-                owned,
+                owner: match adopting {
+                    None => Owner::Backend,
+                    Some(0) => Owner::MediaStore,
+                    Some(_) => Owner::Adopting,
+                },
             }
         },
     )?;

@@ -16,7 +16,7 @@ use std::cmp::Ordering;
 use mysql::Conn;
 use serde::Serialize;
 
-use super::mysql::{self as my, MirrorRow};
+use super::mysql::{self as my, MirrorRow, Owner};
 use super::{MysqlConfig, Result, worker};
 use crate::clock::Clock;
 use crate::index::{DurabilityBarrier, Index, IndexConfig};
@@ -60,6 +60,8 @@ pub fn compare(
     clock: &dyn Clock,
 ) -> Result<Report> {
     let mut report = Report::default();
+    // The first few collisions, for one warning at the end.
+    let mut conflicts: Vec<i64> = Vec::new();
     let mut from = i64::MIN;
     loop {
         let ours = index.read_blocking(move |r| r.media_from(from, chunk))?;
@@ -102,7 +104,9 @@ pub fn compare(
                     i += 1;
                 }
                 Ordering::Greater => {
-                    if theirs[j].owned {
+                    // Only media-store's own rows are "extra"; one being
+                    // adopted is not deleted before the index has it.
+                    if theirs[j].owner == Owner::MediaStore {
                         report.extra += 1;
                         repair.push(theirs[j].row.id);
                     } else {
@@ -111,12 +115,11 @@ pub fn compare(
                     j += 1;
                 }
                 Ordering::Equal => {
-                    if !theirs[j].owned {
+                    if theirs[j].owner == Owner::Backend {
                         report.conflicting += 1;
-                        tracing::warn!(
-                            media.id = ours[i].id,
-                            "media_files holds a row of the chat backend under a media-store id; left untouched"
-                        );
+                        if conflicts.len() < 10 {
+                            conflicts.push(ours[i].id);
+                        }
                     } else if ours[i] != theirs[j].row {
                         report.differing += 1;
                         repair.push(ours[i].id);
@@ -134,6 +137,13 @@ pub fn compare(
             Some(e) => from = e,
             None => break,
         }
+    }
+    if report.conflicting > 0 {
+        tracing::warn!(
+            count = report.conflicting,
+            first_ids = ?conflicts,
+            "media_files holds rows of the chat backend under media-store ids; they are left untouched and these media are not mirrored"
+        );
     }
     Ok(report)
 }

@@ -1180,15 +1180,52 @@ async fn import_adopts_local_and_http_rows_under_their_ids_and_reports_the_rest(
     assert_eq!(expected_rows(&data, "https://m.example"), index_before);
     assert_eq!(unowned(&mut conn), failed_rows);
 
+    let adopting: i64 = conn
+        .query_first("SELECT COUNT(*) FROM media_store_rows WHERE adopting <> 0")
+        .unwrap()
+        .unwrap();
+    assert_eq!(adopting, 0, "every adoption completed");
+
     // The daemon serves the adopted files under their ids, and its new uploads
     // go above every id in media_files.
+    let d = unique_png(1304);
+    std::fs::write(root.join("uploads/d.png"), &d).unwrap();
+    conn.query_drop(
+        "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
+         VALUES (20, 120, '/uploads/d.png', 'image/png', FROM_UNIXTIME(1700000020))",
+    )
+    .unwrap();
     let app = TestApp::start_in(&data, &mysql_toml(&url, "https://m.example")).await;
     let (status, media) = get_json(&app.client, &app.url("/v1/media/12")).await;
     assert_eq!(status, 200, "{media}");
     assert_eq!(media["blake3"], hex(&c));
     let (_, new) = upload_raw(&app.client, &app.base, 1, unique_png(1303)).await;
-    assert!(new["id"].as_i64() > Some(18), "{new}");
+    assert!(new["id"].as_i64() > Some(20), "{new}");
+    wait_mirrored_beside(db, &name, &data, "https://m.example", &[]).await;
+    assert_eq!(
+        unowned(&mut conn),
+        [
+            failed_rows.clone(),
+            vec![(
+                20,
+                120,
+                "/uploads/d.png".into(),
+                "image/png".into(),
+                1_700_000_020
+            )]
+        ]
+        .concat()
+    );
+
+    // Beside the running daemon: its mirror writes the adopted row, and the
+    // new media row's own outbox entry is not taken for a collision.
+    let (code, report, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(ids(&report["adopted"]), vec![20], "{text}");
+    assert_eq!(report["mirror"], "queued", "{text}");
     wait_mirrored_beside(db, &name, &data, "https://m.example", &[]).await;
     assert_eq!(unowned(&mut conn), failed_rows);
+    let (_, h) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(h["mysql"]["foreign_conflicts"], 0, "{h}");
     app.stop().await;
 }
