@@ -16,6 +16,12 @@ pub struct MediaView {
     pub blake3: String,
     pub uploaded_at: String,
     pub original_name: Option<String>,
+    /// The stored bytes were found damaged or missing: downloads answer
+    /// `410 media_corrupt` until the same content is uploaded again.
+    pub corrupt: bool,
+    /// When the damage was found (RFC 3339), while `corrupt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt_since: Option<String>,
 }
 
 impl MediaView {
@@ -29,6 +35,8 @@ impl MediaView {
             blake3: row.hash.to_hex().to_string(),
             uploaded_at: rfc3339_ms(row.uploaded_at_ms),
             original_name: row.original_name.clone(),
+            corrupt: row.corrupt_since_ms.is_some(),
+            corrupt_since: row.corrupt_since_ms.map(rfc3339_ms),
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct MediaRow {
     pub size: u64,
     pub original_name: Option<String>,
     pub uploaded_at_ms: i64,
+    /// When the media's bytes were found damaged or missing (Unix ms); a later
+    /// upload of the same content clears it.
+    pub corrupt_since_ms: Option<i64>,
 }
 
 /// A media row to insert; the id and time are assigned by [`insert_media`].
@@ -45,7 +48,7 @@ pub enum AdoptConflict {
 
 /// The `media` columns that [`from_row`] reads, in its order.
 pub(super) const COLUMNS: &str =
-    "id, uploader_id, file_type, hash, size, original_name, uploaded_at";
+    "id, uploader_id, file_type, hash, size, original_name, uploaded_at, corrupt_since";
 
 /// Maps a row selected with [`COLUMNS`].
 pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
@@ -58,6 +61,7 @@ pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
         size: r.get(4)?,
         original_name: r.get(5)?,
         uploaded_at_ms: r.get(6)?,
+        corrupt_since_ms: r.get(7)?,
     })
 }
 
@@ -159,6 +163,7 @@ impl Tx<'_> {
             size: new.size,
             original_name: new.original_name.clone(),
             uploaded_at_ms,
+            corrupt_since_ms: None,
         })
     }
 
@@ -222,6 +227,7 @@ impl Tx<'_> {
             size: new.size,
             original_name: new.original_name.clone(),
             uploaded_at_ms,
+            corrupt_since_ms: None,
         }))
     }
 
@@ -254,6 +260,8 @@ pub struct ListQuery {
     pub until_ms: Option<i64>,
     /// Only rows with an id below this (the keyset cursor).
     pub before_id: Option<i64>,
+    /// Only damaged (`true`) or only healthy (`false`) media.
+    pub corrupt: Option<bool>,
     pub limit: u32,
 }
 
@@ -278,6 +286,11 @@ impl Reader<'_> {
                 sql.push_str(" AND family = ?");
                 args.push(f.clone().into());
             }
+            None => {}
+        }
+        match q.corrupt {
+            Some(true) => sql.push_str(" AND corrupt_since IS NOT NULL"),
+            Some(false) => sql.push_str(" AND corrupt_since IS NULL"),
             None => {}
         }
         // SQLite uses one lower and one upper bound on `id` per index search, so

@@ -124,6 +124,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0003_mysql_outbox.sql"
         )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0004_corrupt_media.sql"
+        )),
     ])
 }
 

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::gc::{GcOptions, GcSummary, in_write_tx, millis};
 use super::report::progress;
 use crate::index::Maintenance;
-use crate::store::{ArchiveCopy, BlobStore, Pending, Tier, Unlinked};
+use crate::store::{ArchiveCopy, BlobStore, Pending, Tier, Unlinked, Verdict};
 
 /// One archival pass (a GC phase). Does nothing when the store has no archive root.
 pub fn run(
@@ -94,6 +94,15 @@ fn move_batch(
                 copied.push((*hash, *size));
             }
             Ok(ArchiveCopy::AlreadyThere) => {
+                // Left by an interrupted move: its size is right, but only a
+                // verified hash lets it replace the primary copy (A2).
+                if store.verify_copy(Tier::Archive, hash, *size) != Verdict::Ok {
+                    summary.errors.push(format!(
+                        "the archived copy of blob {} is damaged; the primary copy stays (run `media-store fsck --repair`)",
+                        hash.to_hex()
+                    ));
+                    continue;
+                }
                 // Its folder entry may predate a crash of the mover: sync it too.
                 pending.merge(store.archive_entry(hash));
                 copied.push((*hash, *size));

@@ -45,6 +45,9 @@ pub struct FsckSummary {
     pub known_lost: Vec<String>,
     /// Blobs whose file has the wrong size or hash.
     pub corrupt: Vec<String>,
+    /// Damaged copies of blobs that have another, whole copy (in the other
+    /// root): the media are fine; repair moves the damaged copy aside.
+    pub corrupt_copies: Vec<String>,
     /// Counts (or tombstones) that disagree with the media rows.
     pub count_mismatches: Vec<CountMismatch>,
     /// Files under `blobs/` that the index does not know (GC removes them).
@@ -64,7 +67,10 @@ pub struct FsckSummary {
 impl FsckSummary {
     /// Problems: data missing or corrupt, or counts wrong. Orphans are not.
     pub fn problems(&self) -> u64 {
-        (self.missing.len() + self.corrupt.len() + self.count_mismatches.len()) as u64
+        (self.missing.len()
+            + self.corrupt.len()
+            + self.corrupt_copies.len()
+            + self.count_mismatches.len()) as u64
     }
 
     pub fn to_text(&self) -> String {
@@ -87,6 +93,9 @@ impl FsckSummary {
         }
         for h in &self.corrupt {
             s.push_str(&format!("corrupt blob {h}\n"));
+        }
+        for p in &self.corrupt_copies {
+            s.push_str(&format!("corrupt copy {p} (another copy is whole)\n"));
         }
         for m in &self.count_mismatches {
             s.push_str(&format!(
@@ -133,50 +142,62 @@ pub fn run(
     let total = reader.count_blobs()?;
     let marked = reader.corrupt_marked_hashes()?;
 
-    // 1. Every blob row against its file, in chunks, files hashed in parallel.
+    // 1. Every blob row against its files (both copies where there are two),
+    // in chunks, files hashed in parallel.
     let bar = progress(total, "blobs", opts.progress);
     let mut after: Option<blake3::Hash> = None;
-    let mut to_quarantine = Vec::new();
-    let mut to_mark = Vec::new();
-    let mut healthy_marked = Vec::new();
+    let mut suspects = Suspects::default();
     loop {
         let rows = reader.blobs_after(after.as_ref(), CHUNK)?;
         let Some(last) = rows.last() else { break };
         after = Some(last.0);
-        let verdicts: Vec<(Verdict, Option<Tier>)> = rows
+        let copies: Vec<Vec<(Tier, Verdict, u64)>> = rows
             .par_iter()
-            .map(|(hash, size, _)| store.verify(hash, *size))
+            .map(|(hash, size, _)| store.verify_copies(hash, *size))
             .collect();
-        for ((hash, size, refcount), (verdict, tier)) in rows.iter().zip(verdicts) {
+        for ((hash, size, refcount), copies) in rows.iter().zip(copies) {
             let hex = hash.to_hex().to_string();
             summary.blobs_checked += 1;
-            if tier == Some(Tier::Archive) {
+            let whole: Vec<Tier> = copies
+                .iter()
+                .filter(|c| c.1 == Verdict::Ok)
+                .map(|c| c.0)
+                .collect();
+            let damaged: Vec<(Tier, u64)> = copies
+                .iter()
+                .filter(|c| c.1 != Verdict::Ok)
+                .map(|c| (c.0, c.2))
+                .collect();
+            if copies.is_empty() {
+                if *refcount == 0 {
+                    summary.orphan_rows.push(hex);
+                } else if reader.still_referenced(hash)? {
+                    // GC may have removed it since this chunk was read (its
+                    // count fell to 0 meanwhile): only a referenced row counts.
+                    if reader.all_marked_corrupt(hash)? {
+                        summary.known_lost.push(hex);
+                    } else {
+                        summary.missing.push(hex);
+                        suspects.missing.push(*hash);
+                    }
+                }
+                continue;
+            }
+            if whole.is_empty() {
+                summary.corrupt.push(hex);
+                suspects.corrupt.push((*hash, damaged));
+                continue;
+            }
+            summary.bytes_checked += size;
+            if whole == [Tier::Archive] && damaged.is_empty() {
                 summary.blobs_archived += 1;
             }
-            match verdict {
-                Verdict::Ok => {
-                    summary.bytes_checked += size;
-                    if marked.contains(hash) {
-                        healthy_marked.push(*hash);
-                    }
-                }
-                Verdict::Missing if *refcount == 0 => summary.orphan_rows.push(hex),
-                Verdict::Missing => {
-                    // GC may have removed it since this chunk was read (its count
-                    // fell to 0 meanwhile): only a still-referenced row counts.
-                    if reader.still_referenced(hash)? {
-                        if reader.all_marked_corrupt(hash)? {
-                            summary.known_lost.push(hex);
-                        } else {
-                            summary.missing.push(hex);
-                            to_mark.push(*hash);
-                        }
-                    }
-                }
-                Verdict::Corrupt => {
-                    summary.corrupt.push(hex);
-                    to_quarantine.push(*hash);
-                }
+            for (tier, ino) in damaged {
+                summary.corrupt_copies.push(store.describe(tier, hash));
+                suspects.corrupt_copies.push((*hash, tier, ino));
+            }
+            if marked.contains(hash) {
+                suspects.healthy_marked.push(*hash);
             }
         }
         bar.inc(rows.len() as u64);
@@ -193,15 +214,7 @@ pub fn run(
     }
 
     if opts.repair {
-        repair(
-            index,
-            store,
-            opts.now_ms,
-            &to_quarantine,
-            &to_mark,
-            &healthy_marked,
-            &mut summary,
-        )?;
+        repair(index, store, opts.now_ms, &suspects, &mut summary)?;
     }
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
@@ -259,37 +272,65 @@ fn orphan_files(
     Ok(())
 }
 
+/// What the scan found wrong, with the inode of each damaged file: repair
+/// acts on a file only if it is still the one judged.
+#[derive(Default)]
+struct Suspects {
+    /// Referenced blobs with no file in any root.
+    missing: Vec<blake3::Hash>,
+    /// Blobs all of whose copies are damaged.
+    corrupt: Vec<(blake3::Hash, Vec<(Tier, u64)>)>,
+    /// Damaged copies of blobs that have another, whole copy.
+    corrupt_copies: Vec<(blake3::Hash, Tier, u64)>,
+    /// Blobs found whole whose media are marked corrupt.
+    healthy_marked: Vec<blake3::Hash>,
+}
+
+/// Applies the scan's verdicts under the write lock, like GC: no upload
+/// decides "deduplicated" on a file being moved, and the recount sees every
+/// committed row. Nothing is re-hashed under the lock: each verdict was
+/// reached outside it, and is applied only if the same file is still there
+/// (an upload may have replaced a damaged copy, an archive move may have
+/// raced the scan). A blob found missing is marked only if it is still
+/// missing and still referenced.
 fn repair(
     index: &mut Maintenance,
     store: &BlobStore,
     now_ms: i64,
-    to_quarantine: &[blake3::Hash],
-    to_mark: &[blake3::Hash],
-    healthy_marked: &[blake3::Hash],
+    suspects: &Suspects,
     summary: &mut FsckSummary,
 ) -> anyhow::Result<()> {
-    // Under the write lock, like GC: no upload decides "deduplicated" on a
-    // file we are moving, and the recount sees every committed row.
+    let same_file =
+        |tier: Tier, hash: &blake3::Hash, ino: u64| store.copy_fingerprint(tier, hash) == Some(ino);
     index.immediate(|tx| -> anyhow::Result<()> {
         summary.counts_fixed = tx.recount_mismatches(now_ms)?;
-        for hash in to_quarantine {
-            // Re-verify under the lock: an upload may have replaced a missing file.
-            if let Some(size) = tx.blob_size(hash)?
-                && store.verify(hash, size).0 == Verdict::Ok
+        for (hash, damaged) in &suspects.corrupt {
+            if !damaged
+                .iter()
+                .all(|(tier, ino)| same_file(*tier, hash, *ino))
             {
                 continue;
             }
-            // Gone meanwhile: nothing to move; whatever media still use the
-            // hash have lost their data and are marked.
-            if let Some(moved) = store.quarantine(hash, now_ms)? {
-                summary.quarantined.push(moved);
+            for (tier, _) in damaged {
+                if let Some(moved) = store.quarantine_copy(*tier, hash, now_ms)? {
+                    summary.quarantined.push(moved);
+                }
             }
             summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
         }
-        for hash in to_mark {
-            summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
+        for (hash, tier, ino) in &suspects.corrupt_copies {
+            if same_file(*tier, hash, *ino)
+                && let Some(moved) = store.quarantine_copy(*tier, hash, now_ms)?
+            {
+                summary.quarantined.push(moved);
+            }
         }
-        for hash in healthy_marked {
+        for hash in &suspects.missing {
+            if !store.contains(hash) && tx.still_referenced(hash)? {
+                summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
+            }
+        }
+        for hash in &suspects.healthy_marked {
             summary.media_unmarked += tx.unmark_corrupt(hash)?;
         }
         Ok(())

@@ -22,7 +22,7 @@ use super::report::progress;
 use super::retention::{self, RetentionSummary};
 use super::{ArchiveConfig, ExternalReferences, GcConfig, RetentionConfig};
 use crate::index::{Maintenance, Tx, ZeroCountBlob};
-use crate::store::{BlobEntry, BlobStore, Tier, Unlinked};
+use crate::store::{BlobEntry, BlobStore, Tier, Unlinked, Verdict};
 
 /// What one GC run is told.
 #[derive(Debug, Clone)]
@@ -210,7 +210,7 @@ pub fn open_existing(
     archive_root: Option<&std::path::Path>,
 ) -> anyhow::Result<(Maintenance, BlobStore)> {
     let index = Maintenance::open_existing(data_dir)?;
-    let store = BlobStore::open(data_dir)?.with_archive(archive_root)?;
+    let store = BlobStore::open_existing(data_dir)?.with_archive(archive_root)?;
     Ok((index, store))
 }
 
@@ -344,9 +344,12 @@ fn collect_unknown_files(
     Ok(())
 }
 
-/// Deletes primary copies of blobs whose archive copy is whole, under the
-/// write lock, after making the archive copy's folder entry durable (its
-/// mover may not have synced it yet).
+/// Deletes primary copies of blobs whose archive copy is whole (A3). The
+/// long work happens before the write lock is taken: each archive copy's hash
+/// is verified (a copy of the right size may still be damaged, and must never
+/// replace a good primary) and its folder entry made durable (its mover may
+/// not have synced it). Under the lock only the cheap re-check (the copy is
+/// still there, with its size) and the unlink remain.
 fn delete_redundant(
     index: &mut Maintenance,
     store: &BlobStore,
@@ -357,12 +360,41 @@ fn delete_redundant(
     if pending.is_empty() {
         return Ok(());
     }
-    in_write_tx(index, opts, |tx| {
-        for hash in pending.drain(..) {
-            let Some(size) = tx.blob_size(&hash)? else {
+    let reader = index.reader();
+    let mut verified: Vec<(blake3::Hash, u64)> = Vec::with_capacity(pending.len());
+    let mut entries = crate::store::Pending::default();
+    for hash in pending.drain(..) {
+        let Some(size) = reader.blob_size(&hash)? else {
+            continue;
+        };
+        match store.verify_copy(Tier::Archive, &hash, size) {
+            Verdict::Ok => {}
+            Verdict::Missing => continue,
+            Verdict::Corrupt => {
+                summary.errors.push(format!(
+                    "the archived copy of blob {} is damaged; the primary copy stays (run `media-store fsck --repair`)",
+                    hash.to_hex()
+                ));
                 continue;
-            };
-            if !store.archived_whole(&hash, size) {
+            }
+        }
+        entries.merge(store.archive_entry(&hash));
+        verified.push((hash, size));
+    }
+    if verified.is_empty() {
+        return Ok(());
+    }
+    if !opts.dry_run
+        && let Err(e) = store.make_durable(entries)
+    {
+        summary
+            .errors
+            .push(format!("cannot sync the archive's folders: {e}"));
+        return Ok(());
+    }
+    in_write_tx(index, opts, |tx| {
+        for (hash, size) in verified {
+            if tx.blob_size(&hash)? != Some(size) || !store.archived_whole(&hash, size) {
                 continue;
             }
             if opts.dry_run {
@@ -370,13 +402,6 @@ fn delete_redundant(
                     .would_delete
                     .push(store.describe(Tier::Primary, &hash));
                 summary.redundant_copies_deleted += 1;
-                continue;
-            }
-            if let Err(e) = store.make_durable(store.archive_entry(&hash)) {
-                summary.errors.push(format!(
-                    "cannot sync the folder of {}: {e}",
-                    store.describe(Tier::Archive, &hash)
-                ));
                 continue;
             }
             match store.delete_primary_copy(&hash) {

@@ -74,6 +74,24 @@ pub fn expire(
                 0
             } else {
                 super::gc::in_write_tx(index, opts, |tx| {
+                    // Asked again right before deleting, inside the deleting
+                    // transaction: a message that came to reference one of
+                    // them since the first answer keeps it. What remains is
+                    // the window between MySQL's answer and this commit
+                    // (docs/lifecycle.md, "Retention").
+                    let doomed = match external {
+                        Some(ext) => {
+                            let now_kept = ext.referenced(&doomed).map_err(|e| {
+                                e.context("external reference check failed; deleted none")
+                            })?;
+                            doomed
+                                .iter()
+                                .copied()
+                                .filter(|id| !now_kept.contains(id))
+                                .collect()
+                        }
+                        None => doomed.clone(),
+                    };
                     Ok(tx.expire_media(&rule, &doomed, cutoff, now_ms)?)
                 })?
             };
@@ -233,5 +251,26 @@ mod tests {
         let s = expire(&mut c, &cfg(&[]), &opts(2 * DAY, 10, true), None).unwrap();
         assert_eq!(s.would_delete, vec![a]);
         assert!(exists(&c, a));
+    }
+
+    /// The chat backend answers "not referenced" first, then a message comes
+    /// to reference the media before the delete: the second question, asked
+    /// inside the deleting transaction, keeps it.
+    #[test]
+    fn external_references_are_asked_again_right_before_deleting() {
+        struct ReferencedOnSecondAsk(std::sync::atomic::AtomicU32);
+        impl ExternalReferences for ReferencedOnSecondAsk {
+            fn referenced(&self, ids: &[i64]) -> anyhow::Result<Vec<i64>> {
+                let asked = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(if asked == 0 { Vec::new() } else { ids.to_vec() })
+            }
+        }
+        let (_d, mut c) = setup();
+        let id = upload(&mut c, "image/png", 0, 1);
+        let ext = ReferencedOnSecondAsk(Default::default());
+        let s = expire(&mut c, &cfg(&[]), &opts(2 * DAY, 10, false), Some(&ext)).unwrap();
+        assert_eq!(s.orphans_expired, 0);
+        assert!(exists(&c, id));
+        assert_eq!(ext.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -40,6 +40,8 @@ pub enum MediaError {
     HashMismatch,
     #[error("{0}")]
     QuotaExceeded(String),
+    #[error("media {id} was found damaged at {since}; upload the same content again to repair it")]
+    Corrupt { id: i64, since: String },
     #[error("the stored content was removed while uploading; send it again without `blake3`")]
     BlobGone,
     #[error("background task failed")]
@@ -61,6 +63,7 @@ impl Classify for MediaError {
             MediaError::Body(_) | MediaError::HashMismatch => ErrorKind::BadRequest,
             MediaError::NotFound(_) => ErrorKind::NotFound,
             MediaError::QuotaExceeded(_) => ErrorKind::InsufficientStorage,
+            MediaError::Corrupt { .. } => ErrorKind::Gone,
             MediaError::BlobGone | MediaError::Adopt { .. } => ErrorKind::Conflict,
             MediaError::Task(_) => ErrorKind::Internal,
         }
@@ -74,6 +77,7 @@ impl Classify for MediaError {
             MediaError::NotFound(_) => "media_not_found",
             MediaError::HashMismatch => "hash_mismatch",
             MediaError::QuotaExceeded(_) => "quota_exceeded",
+            MediaError::Corrupt { .. } => "media_corrupt",
             MediaError::BlobGone => "blob_gone",
             MediaError::Adopt { .. } => "id_conflict",
             MediaError::Task(_) => "internal",
@@ -85,6 +89,27 @@ impl Classify for MediaError {
 /// MySQL mirror stores it as `file_url`).
 pub fn file_url(public_base_url: &str, id: i64) -> String {
     format!("{}/files/{id}", public_base_url.trim_end_matches('/'))
+}
+
+/// Refuses media whose bytes were found damaged or missing: nothing may be
+/// served or signed for them until an upload of the same content repairs them.
+pub fn ensure_whole(row: &MediaRow) -> std::result::Result<(), MediaError> {
+    match row.corrupt_since_ms {
+        None => Ok(()),
+        Some(ms) => Err(MediaError::Corrupt {
+            id: row.id,
+            since: crate::timefmt::rfc3339_ms(ms),
+        }),
+    }
+}
+
+/// Metric names (Prometheus text on `GET /metrics`).
+pub mod metric {
+    /// Stored copies found damaged by an upload of the same content and
+    /// replaced by it (counter).
+    pub const BLOBS_HEALED: &str = "media_store_blobs_healed_total";
+    /// Downloads whose bytes did not hash to the media's content (counter).
+    pub const CORRUPT_READS: &str = "media_store_corrupt_reads_total";
 }
 
 type Result<T, E = MediaError> = std::result::Result<T, E>;
@@ -164,6 +189,11 @@ impl MediaService {
 
     pub fn set_quota(&self, quota: Quota) {
         self.quota.store(Arc::new(quota));
+    }
+
+    /// The clock uploads and damage reports are stamped with.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn quota(&self) -> Quota {
@@ -276,15 +306,14 @@ impl MediaService {
         }
     }
 
-    /// Whether the index has the blob and its file exists.
+    /// Whether the index has the blob and a file of its recorded size exists.
     async fn holds(&self, hash: blake3::Hash) -> Result<bool> {
-        let known = self
-            .index
-            .read(move |r| r.blob_refcount(&hash))
-            .await?
-            .is_some();
+        let Some(size) = self.index.read(move |r| r.blob_size(&hash)).await? else {
+            return Ok(false);
+        };
         let store = self.store.clone();
-        Ok(known && crate::tasks::blocking(move || store.contains(&hash)).await?)
+        let stored = crate::tasks::blocking(move || store.stat(&hash)).await?;
+        Ok(stored.is_some_and(|(_, s)| s == size))
     }
 
     /// Records an upload whose content was already stored when it began (only
@@ -304,7 +333,11 @@ impl MediaService {
             .index
             .write(move |ctx| -> Result<MediaRow> {
                 let now = clock.now_ms();
-                if ctx.blob_refcount(&hash)?.is_none() || !store.contains(&hash) {
+                // Only hashed, never staged: a damaged or vanished copy cannot
+                // be healed from this upload, so the client sends the bytes.
+                let recorded = ctx.blob_size(&hash)?;
+                let stored = store.stat(&hash).map(|(_, s)| s);
+                if recorded.is_none() || stored != recorded {
                     return Err(MediaError::BlobGone);
                 }
                 ctx.add_blob_ref(&hash, size, now)?;
@@ -360,8 +393,28 @@ impl MediaService {
                 }
                 // Under the writer (and SQLite's write lock, which `gc` also takes),
                 // "row and file exist" cannot change before this transaction ends.
-                let deduplicated = ctx.blob_refcount(&hash)?.is_some() && store.contains(&hash);
+                let count = ctx.blob_refcount(&hash)?;
+                let deduplicated = match (count, store.stat(&hash)) {
+                    (Some(_), Some((_, stored))) if stored == size => true,
+                    (Some(_), Some((tier, stored))) => {
+                        // "Exists" is not "whole": keep the new, verified bytes
+                        // in place of the damaged copy, which is kept aside.
+                        tracing::error!(
+                            blob.hash = %hash.to_hex(), ?tier, stored, expected = size,
+                            "stored blob has the wrong size; quarantined and replaced by this upload"
+                        );
+                        metrics::counter!(metric::BLOBS_HEALED).increment(1);
+                        store.quarantine(&hash, now)?;
+                        false
+                    }
+                    _ => false,
+                };
                 if deduplicated {
+                    if count == Some(0) {
+                        // No live row vouched for this file: make sure its
+                        // folder entry is durable before one does.
+                        ctx.require_durable(store.entry(&hash));
+                    }
                     drop(staged);
                 } else {
                     let mut staged = staged;
@@ -376,6 +429,13 @@ impl MediaService {
                         .insert_media_as(&new, a.id, a.uploaded_at_ms)?
                         .map_err(|conflict| MediaError::Adopt { id: a.id, conflict })?,
                 };
+                if !deduplicated {
+                    // Media whose copy was lost or damaged are whole again.
+                    let healed = ctx.unmark_corrupt(&hash)?;
+                    if healed > 0 {
+                        tracing::info!(blob.hash = %hash.to_hex(), media = healed, "upload repaired damaged media");
+                    }
+                }
                 Ok((row, deduplicated))
             })
             .await?;
@@ -399,6 +459,44 @@ impl MediaService {
 
     pub async fn list(&self, query: ListQuery) -> Result<Vec<MediaRow>> {
         Ok(self.index.read(move |r| r.list_media(&query)).await?)
+    }
+
+    /// A download found the blob's bytes not hashing to its content, or no
+    /// file at all. Checks the stored copy again (off the request path); if
+    /// it is damaged it moves to quarantine, and if damaged or missing the
+    /// media using it are marked corrupt, so that they answer
+    /// `410 media_corrupt` until an upload of the same content repairs them.
+    /// A copy replaced meanwhile (by such an upload) is left alone.
+    pub async fn report_damaged(&self, hash: blake3::Hash) -> Result<()> {
+        metrics::counter!(metric::CORRUPT_READS).increment(1);
+        let Some(size) = self.index.read(move |r| r.blob_size(&hash)).await? else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let (seen, verdict) = crate::tasks::blocking(move || {
+            let seen = store.fingerprint(&hash);
+            (seen, store.verify(&hash, size).0)
+        })
+        .await?;
+        if verdict == crate::store::Verdict::Ok {
+            return Ok(());
+        }
+        let (store, clock) = (self.store.clone(), self.clock.clone());
+        let marked = self
+            .index
+            .write(move |ctx| -> Result<u64> {
+                if store.fingerprint(&hash) != seen {
+                    return Ok(0);
+                }
+                let now = clock.now_ms();
+                if verdict == crate::store::Verdict::Corrupt {
+                    store.quarantine(&hash, now)?;
+                }
+                Ok(ctx.mark_corrupt(&hash, now)?)
+            })
+            .await?;
+        tracing::error!(blob.hash = %hash.to_hex(), media_marked = marked, ?verdict, "a download found a damaged or missing blob; its media are marked corrupt");
+        Ok(())
     }
 
     /// Deletes the media row and drops its blob reference. The blob file stays

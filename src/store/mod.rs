@@ -66,6 +66,10 @@ pub enum StoreError {
     },
     #[error("the data disk is full")]
     DiskFull(#[source] io::Error),
+    /// A root that is not this store's (missing or foreign marker): never
+    /// written to, so an unmounted disk's empty mount point is not filled.
+    #[error("{0}")]
+    WrongRoot(String),
 }
 
 impl StoreError {
@@ -88,13 +92,14 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::DiskFull(_) => ErrorKind::InsufficientStorage,
-            StoreError::Io { .. } => ErrorKind::Internal,
+            StoreError::Io { .. } | StoreError::WrongRoot(_) => ErrorKind::Internal,
         }
     }
     fn code(&self) -> &'static str {
         match self {
             StoreError::DiskFull(_) => "disk_full",
             StoreError::Io { .. } => "internal",
+            StoreError::WrongRoot(_) => "wrong_root",
         }
     }
 }
@@ -173,8 +178,49 @@ pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + S
 /// Handle on the blob roots of one data folder. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
+    /// The store's id, from the primary root's marker; every root of the
+    /// store carries the same one (storage-layout.md, "Folders").
+    id: String,
     primary: Root,
     archive: Option<Root>,
+}
+
+/// The file in each root naming the store it belongs to (as Garage's node
+/// id): `<32 hex>` and a newline.
+const MARKER: &str = "store-id";
+
+/// A root's store id, if it has a marker.
+fn read_marker(dir: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(dir.join(MARKER)) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(
+            format!("read {}", dir.join(MARKER).display()),
+            e,
+        )),
+    }
+}
+
+/// Writes a root's marker durably (a new file, its folder synced): a marker
+/// lost to a power cut would make the root look foreign at the next start.
+fn write_marker(dir: &Path, id: &str) -> Result<()> {
+    let io = |what: &str, e| StoreError::io(format!("{what} {}", dir.join(MARKER).display()), e);
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
+    use std::io::Write as _;
+    writeln!(file, "{id}").map_err(|e| io("write", e))?;
+    file.sync_all().map_err(|e| io("sync", e))?;
+    fs::rename(&tmp, dir.join(MARKER)).map_err(|e| io("install", e))?;
+    fsync_dir(dir).map_err(|e| io("sync the folder of", e))
+}
+
+/// What [`BlobStore::init_archive`] did.
+#[derive(Debug, PartialEq)]
+pub enum ArchiveInit {
+    /// The marker was written.
+    Initialised,
+    /// The root already belonged to this store.
+    AlreadyThis,
 }
 
 /// `blobs/`, `tmp/` and `quarantine/` of one root (the data folder, or the
@@ -262,31 +308,121 @@ impl Root {
 
 impl BlobStore {
     /// Opens (creating if needed) `blobs/` and `tmp/` under `data_dir`.
+    /// A new data folder (or one from before store ids) gets its marker here.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        let primary = Root::open(data_dir)?;
+        let id = match read_marker(data_dir)? {
+            Some(id) => id,
+            None => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                write_marker(data_dir, &id)?;
+                id
+            }
+        };
         Ok(BlobStore {
+            id,
+            primary,
+            archive: None,
+        })
+    }
+
+    /// Opens the primary root of an existing store (for `gc`, `fsck`): it
+    /// must carry its marker already; nothing is created.
+    pub fn open_existing(data_dir: &Path) -> Result<Self> {
+        let Some(id) = read_marker(data_dir)? else {
+            return Err(StoreError::WrongRoot(format!(
+                "{} has no {MARKER} marker: it is not a media-store data folder (a wrong or \
+                 unmounted path?), or one last used before store ids; start the daemon on it \
+                 once to give it one",
+                data_dir.display()
+            )));
+        };
+        Ok(BlobStore {
+            id,
             primary: Root::open(data_dir)?,
             archive: None,
         })
     }
 
-    /// Adds the archive root, which must exist (`blobs/` and `tmp/` under it
-    /// are created if needed); `None` leaves archival off.
+    /// This store's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Adds the archive root; `None` leaves archival off. The root must
+    /// exist and carry this store's marker ([`BlobStore::init_archive`] puts
+    /// it there on purpose): an unmounted disk's mount point is an empty
+    /// folder that would otherwise be filled, and then hidden by the disk.
     pub fn with_archive(mut self, root: Option<&Path>) -> Result<Self> {
-        if let Some(root) = root
-            && !root.is_dir()
-        {
+        let Some(root) = root else {
+            self.archive = None;
+            return Ok(self);
+        };
+        if !root.is_dir() {
             // Not created on demand: a typo or an unmounted disk would
             // otherwise silently fill the wrong file system.
-            return Err(StoreError::io(
-                format!(
-                    "archive root {} (is the archive disk mounted?)",
-                    root.display()
-                ),
-                io::ErrorKind::NotFound.into(),
-            ));
+            return Err(StoreError::WrongRoot(format!(
+                "archive root {} does not exist (is the archive disk mounted?)",
+                root.display()
+            )));
         }
-        self.archive = root.map(Root::open).transpose()?;
+        match read_marker(root)? {
+            Some(id) if id == self.id => {}
+            Some(other) => {
+                return Err(StoreError::WrongRoot(format!(
+                    "archive root {} belongs to another store (store-id {other}; this store is \
+                     {}): is the right disk mounted there?",
+                    root.display(),
+                    self.id
+                )));
+            }
+            None => {
+                return Err(StoreError::WrongRoot(format!(
+                    "archive root {} has no {MARKER} marker, so it is not this store's archive \
+                     (is the archive disk mounted?). To start a new, empty archive there on \
+                     purpose, run `media-store init-archive`",
+                    root.display()
+                )));
+            }
+        }
+        self.archive = Some(Root::open(root)?);
         Ok(self)
+    }
+
+    /// Makes `root` this store's archive root on purpose, by writing its
+    /// marker. Refused when the root belongs to another store, or when it
+    /// already holds files but `adopt_existing` is not given (an archive
+    /// written before store ids: adopt it knowingly).
+    pub fn init_archive(&self, root: &Path, adopt_existing: bool) -> Result<ArchiveInit> {
+        if !root.is_dir() {
+            return Err(StoreError::WrongRoot(format!(
+                "archive root {} does not exist: create it (on the mounted archive disk) first",
+                root.display()
+            )));
+        }
+        match read_marker(root)? {
+            Some(id) if id == self.id => return Ok(ArchiveInit::AlreadyThis),
+            Some(other) => {
+                return Err(StoreError::WrongRoot(format!(
+                    "{} belongs to another store (store-id {other}); refusing to take it over",
+                    root.display()
+                )));
+            }
+            None => {}
+        }
+        let has_files = fs::read_dir(root)
+            .map_err(|e| StoreError::io(format!("list {}", root.display()), e))?
+            .next()
+            .is_some();
+        if has_files && !adopt_existing {
+            return Err(StoreError::WrongRoot(format!(
+                "{} is not empty; if it is this store's archive from before store ids, run \
+                 `media-store init-archive --adopt-existing`",
+                root.display()
+            )));
+        }
+        write_marker(root, &self.id)?;
+        Ok(ArchiveInit::Initialised)
     }
 
     pub fn has_archive(&self) -> bool {
@@ -384,6 +520,42 @@ impl BlobStore {
         self.locate(hash).is_some()
     }
 
+    /// The root holding this blob (primary first) and the size of its file
+    /// there. A size other than the recorded one means the copy is damaged.
+    pub fn stat(&self, hash: &blake3::Hash) -> Option<(Tier, u64)> {
+        [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
+            let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
+            meta.is_file().then_some((t, meta.len()))
+        })
+    }
+
+    /// The folder entry of the blob's file (in whichever root holds it), as
+    /// pending durability work: a blob file found without a live row may have
+    /// been installed by a batch that never committed, whose barrier may not
+    /// have run. Empty when no root holds the blob.
+    pub fn entry(&self, hash: &blake3::Hash) -> Pending {
+        let dirs = self
+            .locate(hash)
+            .and_then(|t| self.root(t))
+            .map(|root| {
+                let path = root.blob(hash);
+                vec![path.parent().expect("blob paths have a shard").to_owned()]
+            })
+            .unwrap_or_default();
+        Pending { dirs }
+    }
+
+    /// Identifies the file now holding the blob (root, inode, size): a
+    /// verdict reached on one file is applied only if the same file is still
+    /// there (an upload may have replaced a damaged copy meanwhile).
+    pub fn fingerprint(&self, hash: &blake3::Hash) -> Option<(Tier, u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
+            let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
+            meta.is_file().then_some((t, meta.ino(), meta.len()))
+        })
+    }
+
     /// Whether the primary root holds a file for this blob.
     pub fn in_primary(&self, hash: &blake3::Hash) -> bool {
         self.primary.blob(hash).is_file()
@@ -426,6 +598,29 @@ impl BlobStore {
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
             file, chunk,
         )))
+    }
+
+    /// The whole blob as a stream that is checked against its hash as it
+    /// goes: the last chunk is held back until the hash is known, and on a
+    /// mismatch the stream ends with an error instead (the client sees a
+    /// failed transfer, never a clean wrong body) and `on_mismatch` runs.
+    /// BLAKE3 hashes faster than the disk reads, so this costs little.
+    pub fn open_verified(
+        &self,
+        hash: &blake3::Hash,
+        size: u64,
+        chunk: usize,
+        on_mismatch: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<BlobStream> {
+        let inner = self.open_range(hash, 0, size, chunk)?;
+        Ok(Box::pin(VerifiedStream {
+            inner,
+            hasher: blake3::Hasher::new(),
+            expected: *hash,
+            held: None,
+            done: false,
+            on_mismatch: Some(on_mismatch),
+        }))
     }
 
     /// Where nginx finds the blob below the internal location that aliases
@@ -514,10 +709,23 @@ impl BlobStore {
     /// durable. Returns the quarantined file's path; `None` if the blob was
     /// already gone.
     pub fn quarantine(&self, hash: &blake3::Hash, now_ms: i64) -> Result<Option<String>> {
-        let Some(tier) = self.locate(hash) else {
+        match self.locate(hash) {
+            Some(tier) => self.quarantine_copy(tier, hash, now_ms),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves one root's copy of a blob to that root's `quarantine/`, as
+    /// [`BlobStore::quarantine`] does. `None` if that root has no copy.
+    pub fn quarantine_copy(
+        &self,
+        tier: Tier,
+        hash: &blake3::Hash,
+        now_ms: i64,
+    ) -> Result<Option<String>> {
+        let Some(root) = self.root(tier) else {
             return Ok(None);
         };
-        let root = self.root(tier).expect("located in an existing root");
         let from = root.blob(hash);
         let folder = root.dir.join("quarantine");
         fs::create_dir_all(&folder)
@@ -536,6 +744,35 @@ impl BlobStore {
         let shard = from.parent().expect("blob paths have a shard");
         fsync_dir(shard).map_err(|e| StoreError::io(format!("sync {}", shard.display()), e))?;
         Ok(Some(to.display().to_string()))
+    }
+
+    /// Checks the size and hash of the blob's copy in one root.
+    pub fn verify_copy(&self, tier: Tier, hash: &blake3::Hash, size: u64) -> Verdict {
+        match self.root(tier) {
+            Some(root) => verify_file(&root.blob(hash), size, hash),
+            None => Verdict::Missing,
+        }
+    }
+
+    /// Checks every copy of the blob (both roots), each with the inode of
+    /// its file ([`BlobStore::copy_fingerprint`]); roots without a copy are
+    /// left out.
+    pub fn verify_copies(&self, hash: &blake3::Hash, size: u64) -> Vec<(Tier, Verdict, u64)> {
+        [Tier::Primary, Tier::Archive]
+            .into_iter()
+            .filter_map(|tier| {
+                let ino = self.copy_fingerprint(tier, hash)?;
+                Some((tier, self.verify_copy(tier, hash, size), ino))
+            })
+            .collect()
+    }
+
+    /// The inode of the blob's copy in one root: a verdict reached on a file
+    /// is applied only while the same file is there.
+    pub fn copy_fingerprint(&self, tier: Tier, hash: &blake3::Hash) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(self.root(tier)?.blob(hash)).ok()?;
+        meta.is_file().then_some(meta.ino())
     }
 
     // ---- archive tier ------------------------------------------------
@@ -580,19 +817,19 @@ impl BlobStore {
             // Never spread a damaged copy; fsck reports and quarantines it.
             return Ok(ArchiveCopy::SourceCorrupt);
         }
+        // Each copy's own fdatasync: a writeback error on this file is seen
+        // on this descriptor (one `syncfs` on another could miss it).
+        staged.sync()?;
         Ok(ArchiveCopy::Staged(Box::new(staged)))
     }
 
-    /// Step 1b: makes staged archive copies durable (one `syncfs` of the
-    /// archive file system for a batch, as group commit does for uploads) and
-    /// renames each to its content address. The result must be made durable
-    /// before a primary copy goes.
+    /// Step 1b: renames staged archive copies (each already made durable by
+    /// its own `fdatasync` in step 1a) to their content addresses. The result
+    /// must be made durable before a primary copy goes.
     pub fn install_archive_copies(&self, staged: Vec<Box<StagingFile>>) -> Result<Pending> {
         let archive = self.archive_root();
-        let mut staged: Vec<StagingFile> = staged.into_iter().map(|b| *b).collect();
-        sync_all(&mut staged)?;
         let mut pending = Pending::default();
-        for copy in staged {
+        for copy in staged.into_iter().map(|b| *b) {
             let hash = copy.hash();
             pending.merge(archive.install(copy, &hash)?);
         }
@@ -633,23 +870,63 @@ pub fn roots_overlap(a: &Path, b: &Path) -> bool {
     a == b || a.starts_with(b.join("blobs")) || b.starts_with(a.join("blobs"))
 }
 
+/// See [`BlobStore::open_verified`].
+struct VerifiedStream {
+    inner: BlobStream,
+    hasher: blake3::Hasher,
+    expected: blake3::Hash,
+    /// The latest chunk, sent once the next one arrives or the hash is right.
+    held: Option<Bytes>,
+    done: bool,
+    on_mismatch: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Stream for VerifiedStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.hasher.update(&chunk);
+                    if let Some(previous) = this.held.replace(chunk) {
+                        return Poll::Ready(Some(Ok(previous)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if this.hasher.finalize() == this.expected {
+                        return Poll::Ready(this.held.take().map(Ok));
+                    }
+                    if let Some(report) = this.on_mismatch.take() {
+                        report();
+                    }
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "blob bytes do not match their hash",
+                    ))));
+                }
+            }
+        }
+    }
+}
+
 /// From this many files or folders to flush, one `syncfs` is cheaper than an
 /// fsync of each.
 const SYNCFS_FROM: usize = 4;
-
-/// Makes every staging file's bytes durable: `fdatasync` each of a few, one
-/// `syncfs` of their file system for many (all are in one `tmp/`).
-fn sync_all(files: &mut [StagingFile]) -> Result<()> {
-    if files.len() >= SYNCFS_FROM {
-        nix::unistd::syncfs(&files[0].file)
-            .map_err(|e| StoreError::io("syncfs of staged copies", io::Error::from(e)))?;
-        for file in files.iter_mut() {
-            file.synced = true;
-        }
-        return Ok(());
-    }
-    files.iter_mut().try_for_each(StagingFile::sync)
-}
 
 /// Makes a directory's entries durable.
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -773,21 +1050,25 @@ mod tests {
     #[test]
     fn local_disk_with_an_archive_passes_the_blob_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("archive")).unwrap();
-        let store = BlobStore::open(&dir.path().join("data"))
-            .unwrap()
-            .with_archive(Some(&dir.path().join("archive")))
-            .unwrap();
+        let store = store_with_archive(dir.path());
         contract::run(&store);
+    }
+
+    /// A store in `dir/data` with an archive root `dir/archive`, initialised.
+    fn store_with_archive(dir: &Path) -> BlobStore {
+        let archive = dir.join("archive");
+        fs::create_dir(&archive).unwrap();
+        let store = BlobStore::open(&dir.join("data")).unwrap();
+        assert_eq!(
+            store.init_archive(&archive, false).unwrap(),
+            ArchiveInit::Initialised
+        );
+        store.with_archive(Some(&archive)).unwrap()
     }
 
     fn store_with_blob(content: &[u8]) -> (tempfile::TempDir, BlobStore, blake3::Hash) {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("archive")).unwrap();
-        let store = BlobStore::open(&dir.path().join("data"))
-            .unwrap()
-            .with_archive(Some(&dir.path().join("archive")))
-            .unwrap();
+        let store = store_with_archive(dir.path());
         let hash = contract::put(&store, content);
         (dir, store, hash)
     }
@@ -856,6 +1137,57 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("not-mounted"), "{err}");
         assert!(!missing.exists());
+    }
+
+    /// Issue #10, point 5: an archive root is used only if it carries this
+    /// store's marker; an empty folder (an unmounted disk's mount point) or
+    /// another store's disk is refused, and the refusal says how to
+    /// initialise a new root on purpose.
+    #[test]
+    fn only_this_stores_archive_root_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mount_point = dir.path().join("archive");
+        fs::create_dir(&mount_point).unwrap();
+        let store = BlobStore::open(&data).unwrap();
+        let err = store.clone().with_archive(Some(&mount_point)).unwrap_err();
+        assert!(
+            err.to_string().contains("media-store init-archive"),
+            "{err}"
+        );
+        assert!(
+            fs::read_dir(&mount_point).unwrap().next().is_none(),
+            "nothing is written into a root that is not ours"
+        );
+        store.init_archive(&mount_point, false).unwrap();
+        assert_eq!(
+            store.init_archive(&mount_point, false).unwrap(),
+            ArchiveInit::AlreadyThis
+        );
+        store.clone().with_archive(Some(&mount_point)).unwrap();
+        // The same store reopened keeps its id.
+        assert_eq!(BlobStore::open(&data).unwrap().id(), store.id());
+        assert_eq!(BlobStore::open_existing(&data).unwrap().id(), store.id());
+
+        // Another store's disk.
+        let other = BlobStore::open(&dir.path().join("other-data")).unwrap();
+        let err = other.clone().with_archive(Some(&mount_point)).unwrap_err();
+        assert!(err.to_string().contains("another store"), "{err}");
+        assert!(other.init_archive(&mount_point, true).is_err());
+
+        // A root with files but no marker is adopted only on request.
+        let old = dir.path().join("old-archive");
+        fs::create_dir_all(old.join("blobs")).unwrap();
+        assert!(store.init_archive(&old, false).is_err());
+        store.init_archive(&old, true).unwrap();
+    }
+
+    #[test]
+    fn commands_refuse_a_data_folder_without_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = BlobStore::open_existing(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("store-id"), "{err}");
+        assert!(!dir.path().join("blobs").exists(), "nothing created");
     }
 
     #[test]

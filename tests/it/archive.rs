@@ -222,6 +222,74 @@ async fn an_interrupted_move_leaves_two_whole_copies_and_gc_finishes_it() {
     assert_eq!(resp.bytes().await.unwrap(), content);
 }
 
+/// An archive copy of the right size but damaged bytes (left by an
+/// interrupted move on a failing disk) must never replace the good primary
+/// copy: neither GC's redundant-copy sweep nor the archive move trusts it
+/// before its hash is verified; fsck checks both copies and repair moves the
+/// damaged one aside (issue #10, point 4).
+#[tokio::test]
+async fn a_damaged_archive_copy_of_the_right_size_never_replaces_the_primary() {
+    let a = start("").await;
+    let app = &a.app;
+    let content = unique_png(4343);
+    let v = upload_attached(app, content.clone(), 3).await;
+    let (id, hex) = (v["id"].as_i64().unwrap(), v["blake3"].as_str().unwrap());
+    let copy = a.archived(hex);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let mut damaged = content.clone();
+    damaged[40] ^= 0x55;
+    std::fs::write(&copy, &damaged).unwrap();
+
+    for args in [
+        // The sweep of primary copies whose archive copy "is whole".
+        vec!["gc", "--json", "--grace", "0s", "--no-retention"],
+        // Run twice: the first run's move finds the copy already there.
+        vec!["gc", "--json", "--grace", "0s", "--no-retention"],
+    ] {
+        let (code, out, err) = run_cli(&app.data, &a.config, &args);
+        assert_eq!(
+            code, 2,
+            "the damaged copy is an error to report: {out}{err}"
+        );
+        let summary = json_of(&out);
+        assert_eq!(summary["redundant_copies_deleted"], 0, "{summary}");
+        assert_eq!(summary["blobs_archived"], 0, "{summary}");
+        assert!(
+            summary["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("archived copy"),
+            "{summary}"
+        );
+        assert_eq!(std::fs::read(a.primary(hex)).unwrap(), content);
+    }
+
+    let (code, fsck) = a.fsck();
+    assert_eq!(code, 1, "{fsck}");
+    assert_eq!(fsck["corrupt"], json!([]), "the media are fine: {fsck}");
+    assert_eq!(
+        fsck["corrupt_copies"].as_array().unwrap().len(),
+        1,
+        "{fsck}"
+    );
+    let (code, out, err) = run_cli(&app.data, &a.config, &["fsck", "--repair", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let repaired = json_of(&out);
+    assert_eq!(repaired["media_marked"], 0, "{repaired}");
+    assert_eq!(repaired["quarantined"].as_array().unwrap().len(), 1);
+    assert!(!copy.exists());
+    let (code, fsck) = a.fsck();
+    assert_eq!(code, 0, "{fsck}");
+
+    // Now the move goes through, with a copy it made and verified itself.
+    let summary = a.gc(&["--no-retention"]);
+    assert_eq!(summary["blobs_archived"], 1, "{summary}");
+    assert_eq!(std::fs::read(&copy).unwrap(), content);
+    let url = app.url(&sign(&app.client, &app.base, id).await);
+    let resp = app.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.bytes().await.unwrap(), content);
+}
+
 /// Files in the archive root that the index does not know (a move that lost
 /// the race with GC deleting the blob) are swept after the grace period; a
 /// corrupt archived blob is quarantined on the archive disk, never deleted.
@@ -451,4 +519,77 @@ async fn kill_9_of_gc_while_it_archives_loses_nothing() {
         "primary copies left after the final run"
     );
     assert_eq!(blob_files(&a.root).len(), 150);
+}
+
+/// Issue #10, point 5: the daemon, `gc` and `fsck` refuse an archive root
+/// that is not this store's (an unmounted disk's empty mount point), so GC
+/// never archives blobs onto the root file system; `init-archive` makes a
+/// new, empty root the store's on purpose.
+#[tokio::test]
+async fn an_archive_root_without_this_stores_marker_is_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mount_point = dir.path().join("archive");
+    std::fs::create_dir(&mount_point).unwrap();
+    let config = format!(
+        "[archive]\nroot = {:?}\nafter_days = 0\n",
+        mount_point.display().to_string()
+    );
+    // A store that has been running without archival.
+    let app = TestApp::start_in(&data, "").await;
+    upload_attached(&app, unique_png(77), 1).await;
+    app.stop().await;
+
+    for args in [&["gc", "--json"][..], &["fsck", "--json"][..]] {
+        let (code, out, err) = run_cli(&data, &config, args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("media-store init-archive"), "{err}");
+    }
+    let config_file = dir.path().join("config.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    let mut serve = std::process::Command::new(TestDaemon::binary())
+        .args(["serve", "--listen=127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config_file)
+        .env("MEDIA_STORE_API_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let exited = poll_blocking(Duration::from_secs(20), || {
+        status = serve.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = serve.kill();
+        panic!("the daemon started on a foreign archive root");
+    }
+    assert_eq!(
+        status.unwrap().code(),
+        Some(2),
+        "the daemon must refuse to start"
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("init-archive"), "{err}");
+    assert!(
+        std::fs::read_dir(&mount_point).unwrap().next().is_none(),
+        "nothing was written to the mount point"
+    );
+
+    let (code, out, err) = run_cli(&data, &config, &["init-archive"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is now the archive root"), "{out}");
+    let (code, out, err) = run_cli(&data, &config, &["gc", "--json", "--grace", "0s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json_of(&out)["blobs_archived"], 1, "{out}");
+
+    // Another store cannot take this disk over.
+    let other = dir.path().join("other");
+    let (code, _, err) = run_cli(&other, &config, &["init-archive", "--adopt-existing"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another store"), "{err}");
 }

@@ -100,14 +100,17 @@ async fn fsck_finds_corruption_loss_and_bad_counts_and_repair_quarantines_withou
     assert_eq!(code, 0, "{out}");
     assert_eq!(json_of(&out)["known_lost"].as_array().unwrap().len(), 2);
 
-    // A new upload of the lost content re-installs the blob; repair clears its marks.
+    // A new upload of the lost content re-installs the blob and clears its
+    // media's marks at once (issue #10: an upload heals); repair finds
+    // nothing left to unmark.
     let mut app = TestApp::start_in(&data, "").await;
     app.accept_damage("`lost` stays lost: a known loss, marked corrupt");
     let (s, v) = upload_raw(&app.client, &app.base, 2, bad.clone()).await;
     assert_eq!((s, v["deduplicated"].as_bool()), (201, Some(false)), "{v}");
+    assert_eq!(corrupt_marks(&data), 1, "only `lost` stays marked");
     let (code, out, _) = run_cli(&data, "", &["fsck", "--repair", "--json"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(json_of(&out)["media_unmarked"], 2);
+    assert_eq!(json_of(&out)["media_unmarked"], 0);
     assert_eq!(corrupt_marks(&data), 1);
     app.stop().await;
 }

@@ -11,6 +11,7 @@ mod errors;
 mod files;
 mod fsck;
 mod gc;
+mod integrity;
 mod lifecycle;
 mod listing;
 mod mysql;

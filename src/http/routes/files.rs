@@ -183,8 +183,22 @@ pub async fn download_file(
         Plan::Bytes { start, len } => {
             let store = state.media().store().clone();
             let hash = row.hash;
+            let whole = start == 0 && len == row.size;
+            let media = state.media().clone();
             let stream = match crate::tasks::blocking(move || {
-                store.open_range(&hash, start, len, STREAM_CHUNK)
+                if whole {
+                    // Verified as it streams (storage-layout.md, "Serving").
+                    let report = Box::new(move || {
+                        tokio::spawn(async move {
+                            if let Err(e) = media.report_damaged(hash).await {
+                                tracing::error!(error = %e, "cannot record a damaged blob");
+                            }
+                        });
+                    });
+                    store.open_verified(&hash, len, STREAM_CHUNK, report)
+                } else {
+                    store.open_range(&hash, start, len, STREAM_CHUNK)
+                }
             })
             .await
             .map_err(|e| internal("blob open task failed", e))?
@@ -245,18 +259,37 @@ async fn small_body(state: &HttpState, row: &MediaRow) -> Result<Bytes, ApiError
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => return Err(unreadable_blob(state, row.id, e).await),
     };
+    // Only verified bytes are served and cached (storage-layout.md, "Serving").
+    if blake3::hash(&bytes) != row.hash {
+        return Err(damaged_blob(state, row).await);
+    }
     cache.put_body(row.hash, bytes.clone());
     Ok(bytes)
 }
 
 /// A blob that cannot be read: if its media row is gone meanwhile (deleted by
 /// another process within the row cache's 1 s), the answer is the 404 a fresh
-/// lookup gives; a live row without its file breaks I2 and is a 500.
+/// lookup gives; a live row whose file is gone has lost its data (I2 broken
+/// from outside): its media are marked corrupt and the answer is
+/// `410 media_corrupt`, as for damaged bytes.
 async fn unreadable_blob(state: &HttpState, id: i64, e: std::io::Error) -> ApiError {
     match state.media().get(id).await {
         Err(gone) => ApiError::from(gone),
+        Ok(row) if e.kind() == std::io::ErrorKind::NotFound => damaged_blob(state, &row).await,
         Ok(_) => internal("blob file of a live media row cannot be read", e),
     }
+}
+
+/// Records a damaged or missing blob and answers `410 media_corrupt`.
+async fn damaged_blob(state: &HttpState, row: &MediaRow) -> ApiError {
+    if let Err(e) = state.media().report_damaged(row.hash).await {
+        tracing::error!(error = %e, "cannot record a damaged blob");
+    }
+    let since = state.media().now_ms();
+    ApiError::from(crate::media::MediaError::Corrupt {
+        id: row.id,
+        since: crate::timefmt::rfc3339_ms(since),
+    })
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -279,6 +312,8 @@ fn prepare(
         },
         query,
     )?;
+    // After the signature: only a holder of a valid URL learns of the damage.
+    crate::media::ensure_whole(row)?;
     let variant = verified.option("variant").unwrap_or("original");
     if !VARIANTS.contains(&variant) {
         return Err(ApiError::new(
@@ -498,6 +533,7 @@ mod tests {
             size: 0,
             original_name: name.map(str::to_owned),
             uploaded_at_ms: 0,
+            corrupt_since_ms: None,
         }
     }
 

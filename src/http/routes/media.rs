@@ -320,6 +320,8 @@ pub struct ListParams {
     until: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+    /// `true`: only media found damaged; `false`: only healthy media.
+    corrupt: Option<bool>,
 }
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -357,6 +359,7 @@ pub async fn list_media(
         since_ms: instant("since", &p.since)?,
         until_ms: instant("until", &p.until)?,
         before_id: p.cursor.as_deref().map(decode_cursor).transpose()?,
+        corrupt: p.corrupt,
         limit,
     };
     let rows = state.media().list(query).await?;

@@ -106,6 +106,7 @@ pub async fn create_media_url(
         }
     };
     let row = state.media().get(id).await?;
+    crate::media::ensure_whole(&row)?;
     let view = sign_media_url(
         &state.signer(),
         &state.public_base_url(),
