@@ -1,5 +1,7 @@
 //! The MySQL mirror against a real MariaDB (issue 5): sync, deletes, outages,
-//! daemon crashes, reconcile, migrations and the GC safety belt.
+//! daemon crashes, reconcile, migrations and the GC safety belt; and (issue
+//! 10, point 8) the chat backend's own rows: never deleted or overwritten, ids
+//! above theirs, `media-store import`, the periodic reconcile.
 
 use std::path::Path;
 use std::process::Command;
@@ -830,14 +832,22 @@ async fn backend_rows_survive_enabling_the_mirror_and_are_never_overwritten() {
     );
 
     let app = TestApp::start_in(&data, &mysql_toml(&url, base)).await;
-    wait_until(CONVERGE, "the mirror connects", || {
-        outbox_len(&data) == 0
-            && conn
-                .query_first::<i64, _>("SELECT COUNT(*) FROM media_store_rows")
-                .ok()
-                .flatten()
-                == Some(0)
-    })
+    // At once, before the worker may have connected: the first start with this
+    // database raised the id floor before serving.
+    let (_, a) = upload_raw(&app.client, &app.base, 9, unique_png(1101)).await;
+    assert_eq!(a["id"], 1001, "{a}");
+    wait_until(
+        CONVERGE,
+        "the mirror connects and writes media 1001",
+        || {
+            outbox_len(&data) == 0
+                && conn
+                    .query_first::<i64, _>("SELECT COUNT(*) FROM media_store_rows")
+                    .ok()
+                    .flatten()
+                    == Some(1)
+        },
+    )
     .await;
     let deadline = Instant::now() + CONVERGE;
     loop {
@@ -852,9 +862,6 @@ async fn backend_rows_survive_enabling_the_mirror_and_are_never_overwritten() {
     // overwritten; the full reconcile of the first connect deleted nothing.
     assert_eq!(backend_rows(&mut conn), before);
 
-    // New uploads get ids above the backend's largest.
-    let (_, a) = upload_raw(&app.client, &app.base, 9, unique_png(1101)).await;
-    assert_eq!(a["id"], 1001, "{a}");
     // The backend writes another row, under the id media-store will use next.
     conn.query_drop(
         "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
