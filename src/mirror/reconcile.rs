@@ -120,7 +120,10 @@ pub fn compare(
                         if conflicts.len() < 10 {
                             conflicts.push(ours[i].id);
                         }
-                    } else if ours[i] != theirs[j].row {
+                    } else if ours[i] != theirs[j].row || theirs[j].owner == Owner::Adopting {
+                        // An adoption the index has stored but the mirror has
+                        // not written yet counts as differing: the write
+                        // completes it.
                         report.differing += 1;
                         repair.push(ours[i].id);
                     }

@@ -1187,6 +1187,28 @@ async fn import_adopts_local_and_http_rows_under_their_ids_and_reports_the_rest(
     assert_eq!(expected_rows(&data, "https://m.example"), index_before);
     assert_eq!(unowned(&mut conn), failed_rows);
 
+    // A run that stopped after storing a file, before the mirror wrote the
+    // row (the row still the backend's values, marked as being adopted): the
+    // next run only finishes it.
+    conn.query_drop(
+        "UPDATE media_files SET file_url = '/uploads/b.pdf', file_type = 'application/pdf', size = 0, blake3 = '' \
+         WHERE id = 11",
+    )
+    .unwrap();
+    conn.query_drop("UPDATE media_store_rows SET adopting = 1 WHERE id = 11")
+        .unwrap();
+    let (code, report, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(ids(&report["adopted"]), Vec::<i64>::new(), "{text}");
+    assert_eq!(ids(&report["resumed"]), vec![11], "{text}");
+    assert_eq!(expected_rows(&data, "https://m.example"), index_before);
+    let mirrored_again: Vec<Row> = conn
+        .query(
+            "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED), f.size, f.blake3 \
+             FROM media_files f JOIN media_store_rows o ON o.id = f.id ORDER BY f.id",
+        )
+        .unwrap();
+    assert_eq!(mirrored_again, index_before);
     let adopting: i64 = conn
         .query_first("SELECT COUNT(*) FROM media_store_rows WHERE adopting <> 0")
         .unwrap()
