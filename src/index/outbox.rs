@@ -16,6 +16,9 @@ const TARGET_KEY: &str = "mysql_reconciled_target";
 /// `meta` key: the MySQL target (server, database) whose `max(id)` the media
 /// id floor has been raised above at least once.
 const FLOOR_KEY: &str = "mysql_id_floor_target";
+/// `meta` key: when (Unix ms) the last full reconcile finished queueing; the
+/// periodic reconcile counts from it, across restarts.
+const RECONCILED_AT_KEY: &str = "mysql_reconciled_at";
 
 /// One queued change: "media `media_id` may differ from MySQL".
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +65,11 @@ impl Tx<'_> {
         Ok(get_meta(conn, PENDING_KEY)?.as_deref() == Some("1"))
     }
 
-    /// Records that a full reconcile towards `target` has queued every difference.
-    pub fn mark_reconciled(&self, target: &str) -> Result<()> {
+    /// Records that a full reconcile towards `target` has queued every
+    /// difference, at `now_ms`.
+    pub fn mark_reconciled(&self, target: &str, now_ms: i64) -> Result<()> {
         set_meta(self.conn(), PENDING_KEY, "0")?;
+        set_meta(self.conn(), RECONCILED_AT_KEY, &now_ms.to_string())?;
         set_meta(self.conn(), TARGET_KEY, target)
     }
 
@@ -130,6 +135,11 @@ impl Reader<'_> {
     pub fn reconcile_owed(&self, target: &str) -> Result<bool> {
         Ok(get_meta(self.conn, PENDING_KEY)?.as_deref() == Some("1")
             || get_meta(self.conn, TARGET_KEY)?.as_deref() != Some(target))
+    }
+
+    /// When (Unix ms) the last full reconcile finished, if one ever did.
+    pub fn last_reconcile_ms(&self) -> Result<Option<i64>> {
+        Ok(get_meta(self.conn, RECONCILED_AT_KEY)?.and_then(|v| v.parse().ok()))
     }
 
     /// Whether the media id floor was ever raised above `target`'s `max(id)`.
@@ -264,7 +274,9 @@ mod tests {
         let c = conn();
         assert!(tx(&c).outbox_enable().unwrap());
         assert!(tx(&c).reconcile_owed("db1").unwrap());
-        tx(&c).mark_reconciled("db1").unwrap();
+        assert_eq!(tx(&c).last_reconcile_ms().unwrap(), None);
+        tx(&c).mark_reconciled("db1", 1234).unwrap();
+        assert_eq!(tx(&c).last_reconcile_ms().unwrap(), Some(1234));
         assert!(!tx(&c).reconcile_owed("db1").unwrap());
         assert!(!tx(&c).outbox_enable().unwrap(), "still on: nothing missed");
         assert!(tx(&c).reconcile_owed("db2").unwrap());

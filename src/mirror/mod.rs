@@ -106,8 +106,9 @@ struct Shared {
     base_url: ArcSwap<String>,
     /// The base URL changed at runtime: every file_url must be rewritten.
     reconcile_requested: AtomicBool,
-    /// Unix ms (the injected clock) of the last full reconcile, or of the start:
-    /// the periodic reconcile (`mysql.reconcile_interval`) counts from it.
+    /// Unix ms (the injected clock) of the last full reconcile (kept in the
+    /// index's `meta`): the periodic reconcile (`mysql.reconcile_interval`)
+    /// counts from it.
     last_reconcile_ms: AtomicI64,
 }
 
@@ -186,6 +187,9 @@ impl MysqlSync {
                 ),
             }
         }
+        // The periodic reconcile counts from the last one, across restarts (a
+        // daemon restarted daily must still reconcile); never one: due now.
+        let last_reconcile_ms = conn.reader().last_reconcile_ms()?.unwrap_or(0);
         drop(conn);
         let shared = Arc::new(Shared {
             status: Mutex::new(Status::default()),
@@ -193,7 +197,7 @@ impl MysqlSync {
             wake: Condvar::new(),
             base_url: ArcSwap::from_pointee(public_base_url.to_owned()),
             reconcile_requested: AtomicBool::new(false),
-            last_reconcile_ms: AtomicI64::new(clock.now_ms()),
+            last_reconcile_ms: AtomicI64::new(last_reconcile_ms),
         });
         let worker = worker::Worker {
             index: index.clone(),

@@ -293,12 +293,11 @@ impl Worker {
                     conflicting = report.conflicting,
                     "full reconcile done; differences are queued for sync"
                 );
-                self.shared
-                    .last_reconcile_ms
-                    .store(self.clock.now_ms(), Ordering::SeqCst);
                 let t = target.clone();
+                let now = self.clock.now_ms();
                 self.index
-                    .write_blocking(move |ctx| ctx.mark_reconciled(&t))?;
+                    .write_blocking(move |ctx| ctx.mark_reconciled(&t, now))?;
+                self.shared.last_reconcile_ms.store(now, Ordering::SeqCst);
             }
             *reconciled = Some(target);
         }
