@@ -1258,3 +1258,41 @@ async fn import_adopts_local_and_http_rows_under_their_ids_and_reports_the_rest(
     assert_eq!(h["mysql"]["foreign_conflicts"], 0, "{h}");
     app.stop().await;
 }
+
+/// The interval counts from the last full reconcile, kept in the index: a
+/// daemon restarted more often than the interval still reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_reconcile_is_not_postponed_by_restarts() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let base = "https://m.example";
+    let url = db.socket_url(&name);
+    let toml = mysql_toml(&url, base) + "reconcile_interval = \"1h\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let app = TestApp::start_in(&data, &toml).await;
+    let (_, body) = upload_raw(&app.client, &app.base, 5, unique_png(1400)).await;
+    let id = body["id"].as_i64().unwrap();
+    wait_mirrored(db, &name, &data, base, CONVERGE).await;
+    app.stop().await;
+    wait_mirror_unlocked(db, &name);
+    let mut conn = db.conn(&name);
+    conn.exec_drop(
+        "UPDATE media_files SET file_url = 'https://stale/x' WHERE id = ?",
+        (id,),
+    )
+    .unwrap();
+    // The last full reconcile was two hours ago.
+    let two_hours_ago =
+        media_store::clock::Clock::now_ms(&media_store::clock::SystemClock) - 2 * 3600 * 1000;
+    rusqlite::Connection::open(data.join("index.sqlite3"))
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'mysql_reconciled_at'",
+            [two_hours_ago.to_string()],
+        )
+        .unwrap();
+    let app = TestApp::start_in(&data, &toml).await;
+    wait_mirrored(db, &name, &data, base, CONVERGE).await;
+    app.stop().await;
+}
