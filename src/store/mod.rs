@@ -183,6 +183,26 @@ pub struct BlobStore {
     id: String,
     primary: Root,
     archive: Option<Root>,
+    durable: DurableFolders,
+}
+
+/// Shard folders whose own entries (in their parents) this process has made
+/// durable: a folder found on disk but not in here gets its parents synced
+/// with the next install into it.
+#[derive(Debug, Clone, Default)]
+struct DurableFolders(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>);
+
+impl DurableFolders {
+    fn contains(&self, dir: &Path) -> bool {
+        self.0.lock().expect("durable folders lock").contains(dir)
+    }
+
+    fn extend(&self, dirs: &[PathBuf]) {
+        self.0
+            .lock()
+            .expect("durable folders lock")
+            .extend(dirs.iter().cloned());
+    }
 }
 
 /// The file in each root naming the store it belongs to (as Garage's node
@@ -250,6 +270,16 @@ impl Root {
         self.blobs.join(blob_relative_path(hash))
     }
 
+    /// A blob's shard folder and its parents up to `blobs/`: syncing all of
+    /// them makes the blob's file reachable after a power cut, whoever
+    /// created the folders.
+    fn entry_chain(&self, hash: &blake3::Hash) -> Vec<PathBuf> {
+        let path = self.blob(hash);
+        let shard = path.parent().expect("blob paths have a shard");
+        let outer = shard.parent().expect("shard has a parent");
+        vec![self.blobs.clone(), outer.to_owned(), shard.to_owned()]
+    }
+
     /// Whether this root's blobs/ and tmp/ can be written (health checks).
     fn writable(&self) -> bool {
         [&self.blobs, &self.tmp].iter().all(|d| {
@@ -280,23 +310,34 @@ impl Root {
 
     /// Renames a synced staging file to its content address; returns the
     /// folders whose entries changed.
-    fn install(&self, mut staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
+    fn install(
+        &self,
+        mut staged: StagingFile,
+        hash: &blake3::Hash,
+        durable: &DurableFolders,
+    ) -> Result<Pending> {
         debug_assert!(
             staged.synced,
             "is a bug: blobs are installed only after fsync"
         );
         let target = self.blob(hash);
         let shard = target.parent().expect("blob paths have a shard folder");
+        let outer = shard.parent().expect("shard has a parent");
         let mut changed = Vec::with_capacity(3);
         if !shard.is_dir() {
             // New shard folders are new entries in their parents too.
-            let outer = shard.parent().expect("shard has a parent");
-            if !outer.is_dir() {
+            if !outer.is_dir() || !durable.contains(outer) {
                 changed.push(self.blobs.clone());
             }
             fs::create_dir_all(shard)
                 .map_err(|e| StoreError::io(format!("create {}", shard.display()), e))?;
             changed.push(outer.to_owned());
+        } else if !durable.contains(shard) {
+            // Whoever created this shard folder (a batch that failed, another
+            // process, a run that crashed) may not have made its entry in
+            // its parents durable: this process syncs them once.
+            changed.push(outer.to_owned());
+            changed.push(self.blobs.clone());
         }
         fs::rename(&staged.path, &target)
             .map_err(|e| StoreError::io(format!("install blob {}", hash.to_hex()), e))?;
@@ -323,6 +364,7 @@ impl BlobStore {
             id,
             primary,
             archive: None,
+            durable: DurableFolders::default(),
         })
     }
 
@@ -341,6 +383,7 @@ impl BlobStore {
             id,
             primary: Root::open(data_dir)?,
             archive: None,
+            durable: DurableFolders::default(),
         })
     }
 
@@ -456,14 +499,21 @@ impl BlobStore {
     /// the whole blob. The result must be made durable
     /// ([`BlobStore::make_durable`]) before the blob is recorded as present.
     pub fn install(&self, staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
-        self.primary.install(staged, hash)
+        self.primary.install(staged, hash, &self.durable)
     }
 
     /// Makes pending writes durable: one fsync per folder for a few, one
     /// `syncfs` of the file system when many changed in the same batch
     /// (group commit: one flush then covers all of them).
     pub fn make_durable(&self, pending: Pending) -> io::Result<()> {
-        make_dirs_durable(pending.dirs)
+        let mut dirs = pending.dirs;
+        dirs.sort();
+        dirs.dedup();
+        make_dirs_durable(&dirs)?;
+        // Every folder in here had its own entries synced: a shard among
+        // them was installed into, so its parents were in this set too.
+        self.durable.extend(&dirs);
+        Ok(())
     }
 
     /// Removes staging files last modified before `older_than` ago (all of them
@@ -537,10 +587,7 @@ impl BlobStore {
         let dirs = self
             .locate(hash)
             .and_then(|t| self.root(t))
-            .map(|root| {
-                let path = root.blob(hash);
-                vec![path.parent().expect("blob paths have a shard").to_owned()]
-            })
+            .map(|root| root.entry_chain(hash))
             .unwrap_or_default();
         Pending { dirs }
     }
@@ -831,7 +878,7 @@ impl BlobStore {
         let mut pending = Pending::default();
         for copy in staged.into_iter().map(|b| *b) {
             let hash = copy.hash();
-            pending.merge(archive.install(copy, &hash)?);
+            pending.merge(archive.install(copy, &hash, &self.durable)?);
         }
         Ok(pending)
     }
@@ -842,10 +889,7 @@ impl BlobStore {
         let dirs = self
             .archive
             .as_ref()
-            .map(|a| {
-                let path = a.blob(hash);
-                vec![path.parent().expect("blob paths have a shard").to_owned()]
-            })
+            .map(|a| a.entry_chain(hash))
             .unwrap_or_default();
         Pending { dirs }
     }
@@ -933,9 +977,7 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn make_dirs_durable(mut dirs: Vec<PathBuf>) -> io::Result<()> {
-    dirs.sort();
-    dirs.dedup();
+fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
     if dirs.len() >= SYNCFS_FROM {
         let fd = File::open(&dirs[0])?;
         nix::unistd::syncfs(&fd).map_err(io::Error::from)
@@ -1188,6 +1230,51 @@ mod tests {
         let err = BlobStore::open_existing(dir.path()).unwrap_err();
         assert!(err.to_string().contains("store-id"), "{err}");
         assert!(!dir.path().join("blobs").exists(), "nothing created");
+    }
+
+    /// Issue #10, point 6: a shard folder this process did not make durable
+    /// (created by a failed batch, another process, a crashed run) gets its
+    /// parents synced with the next install into it; once durable, an
+    /// install syncs only its own folder.
+    #[test]
+    fn parents_of_shard_folders_are_synced_whoever_created_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = b"shard parents";
+        let hash = blake3::hash(content);
+        let relative = blob_relative_path(&hash);
+        let shard = dir.path().join("blobs").join(relative.parent().unwrap());
+        fs::create_dir_all(&shard).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let stage = |content: &[u8]| {
+            let mut staged = store.stage().unwrap();
+            staged.write_chunk(content).unwrap();
+            staged.sync().unwrap();
+            staged
+        };
+        let pending = store.install(stage(content), &hash).unwrap();
+        let mut dirs = pending.dirs.clone();
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            vec![
+                dir.path().join("blobs"),
+                shard.parent().unwrap().to_owned(),
+                shard.clone()
+            ]
+        );
+        store.make_durable(pending).unwrap();
+        // Same shard, another blob: only its own folder now.
+        let mut other = None;
+        for i in 0u32.. {
+            let c = i.to_le_bytes();
+            if blob_relative_path(&blake3::hash(&c)).parent() == relative.parent() {
+                other = Some(c);
+                break;
+            }
+        }
+        let other = other.unwrap();
+        let pending = store.install(stage(&other), &blake3::hash(&other)).unwrap();
+        assert_eq!(pending.dirs, vec![shard]);
     }
 
     #[test]
