@@ -238,7 +238,7 @@ impl MysqlSync {
     /// when the index could not be read).
     pub fn health(&self, backlog: Option<i64>) -> Value {
         let Some(shared) = &self.shared else {
-            return json!({ "enabled": false, "connected": false, "backlog": 0, "last_error": null, "last_sync_at": null });
+            return json!({ "enabled": false, "connected": false, "backlog": 0, "last_error": null, "last_sync_at": null, "foreign_conflicts": 0 });
         };
         let s = shared
             .status

@@ -17,6 +17,7 @@ mod listing;
 mod mysql;
 mod nginx;
 mod reload;
+mod security;
 mod socket;
 mod systemd;
 mod upload;
