@@ -36,6 +36,7 @@
 //! - **Serve hint** ([`BlobStore::accel_path`]): where nginx finds the blob
 //!   below its internal location, for `X-Accel-Redirect`.
 
+pub mod external;
 mod layout;
 mod staging;
 
