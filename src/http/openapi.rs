@@ -77,6 +77,8 @@ pub enum ErrorCode {
     WrongRoot,
     /// The MySQL mirror cannot be reached (maintenance commands; 5xx).
     MysqlUnavailable,
+    /// `media-store import`: the id is taken by other content.
+    IdConflict,
     Internal,
 }
 

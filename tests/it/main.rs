@@ -17,6 +17,7 @@ mod lifecycle;
 mod listing;
 mod mysql;
 mod nginx;
+mod powercut;
 mod reload;
 mod security;
 mod socket;
