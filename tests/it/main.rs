@@ -16,6 +16,7 @@ mod lifecycle;
 mod listing;
 mod mysql;
 mod nginx;
+mod previews;
 mod reload;
 mod socket;
 mod systemd;
