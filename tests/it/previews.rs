@@ -550,3 +550,141 @@ async fn lists_filter_by_probed_width() {
     assert_eq!(dup["width"], 1800, "{dup}");
     assert!(dup["thumbhash"].is_string());
 }
+
+#[tokio::test]
+async fn nginx_sends_renditions_through_x_accel_redirect() {
+    let app = TestApp::start_with("[serve]\nnginx_accel = true\n").await;
+    let nginx = crate::harness::nginx::Nginx::start(
+        app.base.trim_start_matches("http://"),
+        &app.data.join("blobs"),
+    );
+    let media = upload_ok(
+        &app.client,
+        &app.base,
+        1,
+        engine_data("exif-orientation/Landscape_1.jpg"),
+    )
+    .await;
+    let id = media["id"].as_i64().unwrap();
+    let path = sign_with(&app.client, &app.base, id, json!({"variant": "thumb"})).await;
+    // The daemon renders, then only redirects to the rendition's blob.
+    let direct = app.client.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(direct.status(), 200);
+    let accel = header(&direct, "x-accel-redirect").to_owned();
+    assert!(direct.bytes().await.unwrap().is_empty());
+    let hex = accel.rsplit('/').next().unwrap().to_owned();
+    assert_ne!(hex, media["blake3"].as_str().unwrap());
+    let resp = app.client.get(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", nginx.error_log());
+    assert_eq!(header(&resp, "content-type"), "image/webp");
+    assert_eq!(header(&resp, "etag"), format!("\"{hex}\""));
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), hex);
+    assert_eq!(decode(&bytes).dimensions(), (320, 213));
+}
+
+#[tokio::test]
+async fn a_video_gets_a_poster_and_a_slow_tool_answers_503_with_retry_after() {
+    let app = TestApp::start().await;
+    let video = upload_ok(
+        &app.client,
+        &app.base,
+        1,
+        testdata("video/h264_aac_faststart.mp4"),
+    )
+    .await;
+    let id = video["id"].as_i64().unwrap();
+    let resp = app
+        .client
+        .get(variant_url(&app, id, "thumb").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "image/webp");
+    decode(&resp.bytes().await.unwrap());
+    let v = probed(&app, id, "duration_ms").await;
+    assert!(
+        v["width"].as_u64().is_some() && v["height"].as_u64().is_some(),
+        "{v}"
+    );
+    drop(app);
+
+    // ffmpeg killed at a 1 ms deadline: 503, Retry-After, and remembered.
+    let app = TestApp::start_with("[preview]\ntimeout = \"1ms\"\nprobe = false\n").await;
+    let video = upload_ok(&app.client, &app.base, 1, testdata("video/vp9_opus.webm")).await;
+    let id = video["id"].as_i64().unwrap();
+    let url = variant_url(&app, id, "preview").await;
+    for _ in 0..2 {
+        let resp = app.client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(header(&resp, "retry-after"), "30");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "timed_out");
+    }
+}
+
+#[tokio::test]
+async fn eager_variants_are_rendered_after_upload_and_a_changed_spec_renders_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let eager = "[preview.variants.thumb]\neager = true\n";
+    let app = TestApp::start_in(dir.path(), eager).await;
+    let media = upload_ok(
+        &app.client,
+        &app.base,
+        1,
+        engine_data("exif-orientation/Landscape_1.jpg"),
+    )
+    .await;
+    let hash = blake3::Hash::from_hex(media["blake3"].as_str().unwrap()).unwrap();
+    let rendition = |data: &Path| -> Option<Vec<u8>> {
+        index(data)
+            .query_row(
+                "SELECT hash FROM renditions WHERE source_hash = ?1 AND variant = 'thumb'",
+                [hash.as_bytes()],
+                |r| r.get(0),
+            )
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rendition(&app.data).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the eager thumb was never rendered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = rendition(&app.data).unwrap();
+    let id = media["id"].as_i64().unwrap();
+    app.stop().await;
+
+    // Same data folder, thumb now JPEG at 160: rendered again on request,
+    // the old rendition blob released for GC.
+    let app = TestApp::start_in(
+        dir.path(),
+        "[preview.variants.thumb]\nwidth = 160\nheight = 160\nformat = \"jpeg\"\n",
+    )
+    .await;
+    let resp = app
+        .client
+        .get(variant_url(&app, id, "thumb").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "image/jpeg");
+    assert!(header(&resp, "content-disposition").contains(".thumb.jpg"));
+    assert_eq!(
+        decode(&resp.bytes().await.unwrap()).dimensions(),
+        (160, 107)
+    );
+    let second = rendition(&app.data).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(
+        refcount(
+            &app.data,
+            &blake3::Hash::from_bytes(first.try_into().unwrap()).to_hex()
+        ),
+        Some(0)
+    );
+}
