@@ -40,6 +40,8 @@ pub mod metric {
     pub const RENDER_SECONDS: &str = "media_store_rendition_render_seconds";
     /// Probes of uploads for width, height, duration and ThumbHash (counter).
     pub const PROBES: &str = "media_store_media_probed_total";
+    /// Probe time (histogram, seconds).
+    pub const PROBE_SECONDS: &str = "media_store_media_probe_seconds";
 }
 
 /// `[preview]`: renditions and upload metadata.
@@ -591,9 +593,12 @@ impl PreviewService {
             let path = store
                 .read_path(&hash)
                 .map_err(|e| PreviewError::Storage(e.to_string()))?;
+            let started = Instant::now();
+            let info = media_preview::probe(media_preview::Input::Path(&path), &mime, &limits)
+                .map_err(|e| PreviewError::engine(&e));
             metrics::counter!(metric::PROBES).increment(1);
-            media_preview::probe(media_preview::Input::Path(&path), &mime, &limits)
-                .map_err(|e| PreviewError::engine(&e))
+            metrics::histogram!(metric::PROBE_SECONDS).record(started.elapsed().as_secs_f64());
+            info
         })
         .await
         .map_err(|e| PreviewError::Storage(e.to_string()))??;
