@@ -688,3 +688,57 @@ async fn eager_variants_are_rendered_after_upload_and_a_changed_spec_renders_aga
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn strip_exif_removes_identifying_metadata_losslessly_and_dedups_the_stripped_bytes() {
+    let app = TestApp::start_with("[upload]\nstrip_exif = true\n").await;
+    let original = engine_data("jpeg/metadata_gps_exif_xmp_iptc.jpg");
+    let a = upload_ok(&app.client, &app.base, 1, original.clone()).await;
+    let b = upload_ok(&app.client, &app.base, 2, original.clone()).await;
+    assert_eq!(b["deduplicated"], true, "the same photo is stored once");
+    assert_ne!(
+        a["blake3"].as_str().unwrap(),
+        blake3::hash(&original).to_hex().as_str()
+    );
+    let id = a["id"].as_i64().unwrap();
+    let resp = app
+        .client
+        .get(signed_url(&app.client, &app.base, id, json!({})).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stored = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(stored.len() as u64, a["size"].as_u64().unwrap());
+    assert!(stored.len() < original.len());
+    for marker in [&b"http://ns.adobe.com/xap"[..], b"Photoshop 3.0"] {
+        assert!(!stored.windows(marker.len()).any(|w| w == marker));
+    }
+    assert!(!stored.windows(4).any(|w| w == b"Exif") || stored.len() < original.len() - 1000);
+    // Lossless: the same pixels.
+    assert_eq!(decode(&stored), decode(&original));
+    // The stripped bytes themselves deduplicate too.
+    let c = upload_ok(&app.client, &app.base, 3, stored.clone()).await;
+    assert_eq!(c["blake3"], a["blake3"]);
+    // Orientation survives: a rotated photo still gets an upright thumb.
+    let rotated = upload_ok(
+        &app.client,
+        &app.base,
+        1,
+        engine_data("exif-orientation/Landscape_6.jpg"),
+    )
+    .await;
+    let id = rotated["id"].as_i64().unwrap();
+    let resp = app
+        .client
+        .get(variant_url(&app, id, "thumb").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        decode(&resp.bytes().await.unwrap()).dimensions(),
+        (320, 213)
+    );
+    let v = probed(&app, id, "width").await;
+    assert_eq!(v["width"], 1800);
+}
