@@ -91,7 +91,7 @@ rate=() alone=() busy=() probe_ms=() render_during=()
 for r in $(seq "$ROUNDS"); do
     # 1. thumbnails/s over the corpus, every request a first one.
     rm -rf "$tmp/d1"; start_daemon "$tmp/d1"
-    ids=$("$LOADGEN" upload-files "$URL" "$TOKEN" "${corpus[@]}" | tr -d '[],' )
+    ids=$("$LOADGEN" upload-files "$URL" "$TOKEN" "${corpus[@]}" | tr ',[]' '   ')
     wait_probes "$ncorpus"
     psum=$(metric media_store_media_probe_seconds_sum); pcount=$(metric media_store_media_probe_seconds_count)
     probe_ms+=("$(echo "1000*$psum/$pcount" | bc -l)")
@@ -102,7 +102,7 @@ for r in $(seq "$ROUNDS"); do
 
     # 2. upload p99 alone and while previews render (order alternates).
     rm -rf "$tmp/d2"; start_daemon "$tmp/d2"
-    ids=$("$LOADGEN" upload-files "$URL" "$TOKEN" "${photos[@]}" | tr -d '[],' )
+    ids=$("$LOADGEN" upload-files "$URL" "$TOKEN" "${photos[@]}" | tr ',[]' '   ')
     wait_probes "${#photos[@]}"
     run_alone() { out=$("$LOADGEN" small "$URL" "$TOKEN" 32 3200 4096); echo "round $r alone: $out"; alone+=("$(echo "$out" | field p99_ms)"); }
     run_busy() {

@@ -303,6 +303,9 @@ struct Inner {
     config: ArcSwap<PreviewConfig>,
     /// Renders and probes at once.
     workers: Arc<Semaphore>,
+    /// The threads they run on, at a lower CPU priority than the daemon's
+    /// other threads, so that uploads and downloads keep their share.
+    pool: rayon::ThreadPool,
     /// Renders in flight, one per (source, variant): later askers wait for it.
     flights: Mutex<HashMap<Key, Flight>>,
     /// Failed renders, with when they failed and under which spec.
@@ -312,11 +315,18 @@ struct Inner {
 impl PreviewService {
     pub fn new(store: BlobStore, index: Index, config: PreviewConfig, clock: SharedClock) -> Self {
         let workers = Arc::new(Semaphore::new(config.worker_count()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.worker_count())
+            .thread_name(|i| format!("preview-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .expect("cannot start the preview threads");
         PreviewService(Arc::new(Inner {
             store,
             index,
             clock,
             workers,
+            pool,
             config: ArcSwap::from_pointee(config),
             flights: Mutex::new(HashMap::new()),
             failures: moka::sync::Cache::builder()
@@ -386,7 +396,11 @@ impl PreviewService {
                 flights.remove(&key);
             }
         }
-        if let Err(e @ PreviewError::Engine { .. }) = &outcome {
+        // The file's own failures are remembered; a fault on this side
+        // (I/O, encoder) is not, so the next request tries again.
+        if let Err(e @ PreviewError::Engine { kind, .. }) = &outcome
+            && *kind != media_preview::ErrorKind::Internal
+        {
             self.0.failures.insert(key, (Instant::now(), fp, e.clone()));
         }
         outcome
@@ -446,7 +460,7 @@ impl PreviewService {
         let store = self.0.store.clone();
         let limits = self.0.config.load().limits();
         let name = variant.clone();
-        let staged = crate::tasks::blocking(move || {
+        let staged = self.on_pool(move || {
             let _permit = permit;
             let started = Instant::now();
             let path = store.read_path(&source).map_err(|e| {
@@ -545,6 +559,20 @@ impl PreviewService {
             .await
     }
 
+    /// Runs CPU work on the preview threads (the caller holds a permit, so
+    /// at most `workers` jobs are ever queued or running there).
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let span = tracing::Span::current();
+        self.0.pool.spawn(move || {
+            let _ = tx.send(span.in_scope(f));
+        });
+        rx.await
+    }
+
     /// After an upload of new content: probes its layout (width, height,
     /// duration, ThumbHash) and renders the eager variants, in the
     /// background, on the worker pool. Duplicates copy the layout of their
@@ -588,20 +616,21 @@ impl PreviewService {
         let store = self.0.store.clone();
         let limits = self.0.config.load().limits();
         let (hash, mime) = (media.hash, media.file_type.clone());
-        let info = crate::tasks::blocking(move || {
-            let _permit = permit;
-            let path = store
-                .read_path(&hash)
-                .map_err(|e| PreviewError::Storage(e.to_string()))?;
-            let started = Instant::now();
-            let info = media_preview::probe(media_preview::Input::Path(&path), &mime, &limits)
-                .map_err(|e| PreviewError::engine(&e));
-            metrics::counter!(metric::PROBES).increment(1);
-            metrics::histogram!(metric::PROBE_SECONDS).record(started.elapsed().as_secs_f64());
-            info
-        })
-        .await
-        .map_err(|e| PreviewError::Storage(e.to_string()))??;
+        let info = self
+            .on_pool(move || {
+                let _permit = permit;
+                let path = store
+                    .read_path(&hash)
+                    .map_err(|e| PreviewError::Storage(e.to_string()))?;
+                let started = Instant::now();
+                let info = media_preview::probe(media_preview::Input::Path(&path), &mime, &limits)
+                    .map_err(|e| PreviewError::engine(&e));
+                metrics::counter!(metric::PROBES).increment(1);
+                metrics::histogram!(metric::PROBE_SECONDS).record(started.elapsed().as_secs_f64());
+                info
+            })
+            .await
+            .map_err(|e| PreviewError::Storage(e.to_string()))??;
         let layout = Layout {
             width: info.width,
             height: info.height,
@@ -619,6 +648,17 @@ impl PreviewService {
             .await?;
         tracing::info!(media.id = media.id, rows, width = ?layout.width, height = ?layout.height, duration_ms = ?layout.duration_ms, "probed upload");
         Ok(layout)
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10): renders yield to
+/// uploads and downloads when the cores are busy, and use them when idle.
+/// On Linux the nice value is per thread; a failure only costs the hint.
+fn lower_priority() {
+    // SAFETY: a plain syscall on the calling thread (who = 0); no memory passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the preview threads' priority");
     }
 }
 
