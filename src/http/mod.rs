@@ -6,6 +6,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod multipart;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -89,6 +90,17 @@ pub fn router(state: HttpState) -> Router {
                 message: "method not allowed on this route".into(),
             }
         })
-        .layer(TraceLayer::new_for_http())
+        // The span names the path only: a signed URL's query is a credential
+        // until it expires, and must not reach the logs (issue #14).
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            }),
+        )
         .with_state(state)
 }

@@ -18,6 +18,7 @@ mod mysql;
 mod nginx;
 mod previews;
 mod reload;
+mod security;
 mod socket;
 mod systemd;
 mod upload;

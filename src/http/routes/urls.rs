@@ -206,9 +206,17 @@ pub async fn upload_presigned(
     state
         .previews()
         .after_upload(&ingested.row, ingested.deduplicated);
+    // No `deduplicated`: whoever holds an upload URL must not learn whether
+    // someone else stored the same content. Nor the layout a duplicate gets
+    // from its siblings at once (a new upload has none in its answer).
+    let mut media = MediaView::new(&ingested.row, &state.public_base_url());
+    media.width = None;
+    media.height = None;
+    media.duration_ms = None;
+    media.thumbhash = None;
     let view = UploadView {
-        media: MediaView::new(&ingested.row, &state.public_base_url()),
-        deduplicated: ingested.deduplicated,
+        media,
+        deduplicated: None,
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
