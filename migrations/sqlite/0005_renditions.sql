@@ -33,3 +33,19 @@ ALTER TABLE media ADD COLUMN width INTEGER;
 ALTER TABLE media ADD COLUMN height INTEGER;
 ALTER TABLE media ADD COLUMN duration_ms INTEGER;
 ALTER TABLE media ADD COLUMN thumbhash BLOB;
+
+-- The MySQL mirror's `media_files` has none of these columns: an update that
+-- only records a probe's result queues nothing for it (0003's update trigger,
+-- now limited to the columns that existed and are mirrored).
+DROP TRIGGER media_mysql_outbox_update;
+CREATE TRIGGER media_mysql_outbox_update
+AFTER UPDATE OF id, uploader_id, file_type, family, hash, size, original_name, uploaded_at,
+                corrupt_since ON media
+WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'mysql_outbox' AND value = 'on')
+BEGIN
+    INSERT INTO mysql_outbox (media_id, created_at)
+    SELECT OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+    WHERE OLD.id <> NEW.id;
+    INSERT INTO mysql_outbox (media_id, created_at)
+    VALUES (NEW.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;

@@ -405,6 +405,44 @@ mod tests {
     }
 
     #[test]
+    fn recording_a_layout_queues_nothing_for_the_mirror() {
+        let c = conn();
+        c.execute(
+            "INSERT INTO meta (key, value) VALUES ('mysql_outbox', 'on')",
+            [],
+        )
+        .unwrap();
+        let outbox = || -> i64 {
+            c.query_row("SELECT count(*) FROM mysql_outbox", [], |r| r.get(0))
+                .unwrap()
+        };
+        let n = new(1, "image/png", b"a");
+        tx(&c).add_blob_ref(&n.hash, 1, 0).unwrap();
+        let first = tx(&c).insert_media(&n, 1).unwrap();
+        assert_eq!(outbox(), 1);
+        let layout = Layout {
+            width: Some(3),
+            height: Some(2),
+            duration_ms: None,
+            thumbhash: Some(vec![1, 2]),
+        };
+        assert_eq!(tx(&c).set_layout(&n.hash, &layout).unwrap(), 1);
+        assert_eq!(outbox(), 1);
+        // A duplicate inherits the layout in its insert: one entry, its own.
+        let dup = tx(&c).insert_media(&n, 2).unwrap();
+        assert_eq!(dup.layout, layout);
+        assert_eq!(outbox(), 2);
+        assert_eq!(tx(&c).get_media(first.id).unwrap().unwrap().layout, layout);
+        // Mirrored columns still queue.
+        c.execute(
+            "UPDATE media SET original_name = 'x' WHERE id = ?1",
+            [first.id],
+        )
+        .unwrap();
+        assert_eq!(outbox(), 3);
+    }
+
+    #[test]
     fn uploaded_at_never_decreases_with_id() {
         let c = conn();
         let n = new(1, "image/png", b"a");

@@ -306,6 +306,9 @@ struct Inner {
     /// The threads they run on, at a lower CPU priority than the daemon's
     /// other threads, so that uploads and downloads keep their share.
     pool: rayon::ThreadPool,
+    /// Probe results on their way to the index, written in batches (see
+    /// [`record_layouts`]).
+    layouts: std::sync::mpsc::Sender<(blake3::Hash, Layout)>,
     /// Renders in flight, one per (source, variant): later askers wait for it.
     flights: Mutex<HashMap<Key, Flight>>,
     /// Failed renders, with when they failed and under which spec.
@@ -321,12 +324,19 @@ impl PreviewService {
             .start_handler(|_| lower_priority())
             .build()
             .expect("cannot start the preview threads");
+        let (layouts, rx) = std::sync::mpsc::channel();
+        let writer = index.clone();
+        std::thread::Builder::new()
+            .name("preview-layouts".into())
+            .spawn(move || record_layouts(&writer, rx))
+            .expect("cannot start the layout writer thread");
         PreviewService(Arc::new(Inner {
             store,
             index,
             clock,
             workers,
             pool,
+            layouts,
             config: ArcSwap::from_pointee(config),
             flights: Mutex::new(HashMap::new()),
             failures: moka::sync::Cache::builder()
@@ -640,14 +650,36 @@ impl PreviewService {
         if layout.is_empty() {
             return Ok(layout);
         }
-        let recorded = layout.clone();
-        let rows = self
-            .0
-            .index
-            .write(move |ctx| ctx.set_layout(&hash, &recorded))
-            .await?;
-        tracing::info!(media.id = media.id, rows, width = ?layout.width, height = ?layout.height, duration_ms = ?layout.duration_ms, "probed upload");
+        tracing::info!(media.id = media.id, width = ?layout.width, height = ?layout.height, duration_ms = ?layout.duration_ms, "probed upload");
+        let _ = self.0.layouts.send((hash, layout.clone()));
         Ok(layout)
+    }
+}
+
+/// How long probe results wait to share one index write.
+const LAYOUT_BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Writes probe results to the index, many per write job: one write job per
+/// probe would cost a group commit (a barrier and a WAL fsync) each, taken
+/// from uploads, which share the one index writer. Ends when the service is
+/// dropped.
+fn record_layouts(index: &Index, rx: std::sync::mpsc::Receiver<(blake3::Hash, Layout)>) {
+    while let Ok(first) = rx.recv() {
+        std::thread::sleep(LAYOUT_BATCH_WINDOW);
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(1024));
+        let count = batch.len();
+        let written = index.write_blocking(move |ctx| -> Result<u64, IndexError> {
+            let mut rows = 0;
+            for (hash, layout) in &batch {
+                rows += ctx.set_layout(hash, layout)?;
+            }
+            Ok(rows)
+        });
+        match written {
+            Ok(rows) => tracing::debug!(probes = count, rows, "recorded upload layouts"),
+            Err(e) => tracing::warn!(error = %e, probes = count, "cannot record upload layouts"),
+        }
     }
 }
 
