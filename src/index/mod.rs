@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use fsck::CountMismatch;
 pub use gc::ZeroCountBlob;
-pub use media::{Layout, ListQuery, MediaRow, NewMedia, TypeFilter};
+pub use media::{AdoptConflict, Layout, ListQuery, MediaRow, NewMedia, TypeFilter};
 pub use outbox::OutboxEntry;
 pub use refs::{AttachOutcome, Released, Usage};
 pub use renditions::RenditionRow;

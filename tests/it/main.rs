@@ -16,6 +16,7 @@ mod lifecycle;
 mod listing;
 mod mysql;
 mod nginx;
+mod powercut;
 mod previews;
 mod reload;
 mod security;
