@@ -29,6 +29,7 @@ mod gc;
 pub mod media;
 mod outbox;
 pub mod refs;
+pub mod renditions;
 mod retention;
 
 use std::ops::Deref;
@@ -44,9 +45,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use fsck::CountMismatch;
 pub use gc::ZeroCountBlob;
-pub use media::{AdoptConflict, ListQuery, MediaRow, NewMedia, TypeFilter};
+pub use media::{AdoptConflict, Layout, ListQuery, MediaRow, NewMedia, TypeFilter};
 pub use outbox::OutboxEntry;
 pub use refs::{AttachOutcome, Released, Usage};
+pub use renditions::RenditionRow;
 pub use retention::RetentionRule;
 
 use crate::error::{Classify, ErrorKind};
@@ -127,6 +129,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0004_corrupt_media.sql"
         )),
+        M::up(include_str!("../../migrations/sqlite/0005_renditions.sql")),
     ])
 }
 

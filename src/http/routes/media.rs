@@ -65,6 +65,9 @@ pub async fn create_media(
         None,
     )
     .await?;
+    state
+        .previews()
+        .after_upload(&ingested.row, ingested.deduplicated);
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
         deduplicated: Some(ingested.deduplicated),
@@ -330,6 +333,10 @@ pub struct ListParams {
     cursor: Option<String>,
     /// `true`: only media found damaged; `false`: only healthy media.
     corrupt: Option<bool>,
+    /// Only media at least this many pixels wide / high (upright; media of
+    /// unknown size are left out).
+    min_width: Option<u32>,
+    min_height: Option<u32>,
 }
 
 pub const DEFAULT_PAGE: u32 = 50;
@@ -368,6 +375,8 @@ pub async fn list_media(
         until_ms: instant("until", &p.until)?,
         before_id: p.cursor.as_deref().map(decode_cursor).transpose()?,
         corrupt: p.corrupt,
+        min_width: p.min_width,
+        min_height: p.min_height,
         limit,
     };
     let rows = state.media().list(query).await?;
