@@ -19,7 +19,7 @@ BIG_MB=${BIG_MB:-1024}
 ROUNDS=${ROUNDS:-6}
 LIST_ROWS=${LIST_ROWS:-10000000}
 BENCH_ENV=${BENCH_ENV:-}
-TOKEN=bench-token
+TOKEN=bench-token-0123456789
 mkdir -p "$BENCH_DIR"
 # MEDIA_STORE_BIN / LOADGEN_BIN: run another build (e.g. an older revision, to
 # compare before/after in one session) instead of building this tree.

@@ -8,6 +8,10 @@
 //!                                        create, write, fsync, rename, fsync folder
 //!   seed-index DATA_DIR ROWS             fills an index with ROWS media rows (for list latency)
 //!   list URL TOKEN QUERIES               runs listing queries, reports p50/p99 per query shape
+//!   upload-files URL TOKEN FILE...       uploads each file (raw), prints the media ids as a JSON list
+//!   variant URL TOKEN PARALLEL VARIANT ID...
+//!                                        signs and downloads VARIANT of each media id from
+//!                                        PARALLEL tasks (for `benches/renditions.sh`)
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -32,6 +36,17 @@ fn main() {
         "durable-seq" => durable_seq(&a(1), n(2) as usize, n(3) as usize),
         "seed-index" => seed_index(&a(1), n(2)),
         "list" => rt.block_on(list(a(1), a(2), n(3) as usize)),
+        "upload-files" => rt.block_on(upload_files(a(1), a(2), args[3..].to_vec())),
+        "variant" => rt.block_on(variant(
+            a(1),
+            a(2),
+            n(3) as usize,
+            a(4),
+            args[5..]
+                .iter()
+                .map(|s| s.parse().unwrap_or_else(|_| usage()))
+                .collect(),
+        )),
         _ => usage(),
     }
 }
@@ -333,5 +348,79 @@ async fn list(url: String, token: String, queries: usize) {
     println!(
         "{}",
         json!({"mode": "list", "queries_per_shape": queries, "shapes": out})
+    );
+}
+
+async fn upload_files(url: String, token: String, files: Vec<String>) {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for f in files {
+        let body = std::fs::read(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let resp = client
+            .post(format!("{url}/v1/media?uploader_id=1"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{f}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    println!("{}", json!(ids));
+}
+
+async fn variant(url: String, token: String, parallel: usize, variant: String, ids: Vec<i64>) {
+    let client = reqwest::Client::new();
+    let mut urls = Vec::new();
+    for id in &ids {
+        let resp = client
+            .post(format!("{url}/v1/media/{id}/url"))
+            .header("authorization", format!("Bearer {token}"))
+            .json(&json!({"variant": variant}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        urls.push(format!("{url}{}", v["url"].as_str().unwrap()));
+    }
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(urls));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (client, queue) = (client.clone(), queue.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut failed) = (Vec::new(), 0);
+                loop {
+                    let Some(u) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    match client.get(&u).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = r.bytes().await;
+                        }
+                        _ => failed += 1,
+                    }
+                    lat.push(t.elapsed());
+                }
+                (lat, failed)
+            })
+        })
+        .collect();
+    let (mut lat, mut failed) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        lat.extend(l);
+        failed += f;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "{}",
+        json!({"mode": "variant", "variant": variant, "count": lat.len(), "failed": failed,
+               "secs": secs, "per_sec": lat.len() as f64 / secs,
+               "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99)})
     );
 }

@@ -19,6 +19,7 @@ pub use crate::index::IndexConfig;
 pub use crate::lifecycle::{ArchiveConfig, GcConfig, RetentionConfig};
 pub use crate::mirror::MysqlConfig;
 pub use crate::policy::UploadConfig;
+pub use crate::preview::PreviewConfig;
 pub use crate::signing::SigningConfig;
 
 pub const ENV_PREFIX: &str = "MEDIA_STORE_";
@@ -61,6 +62,8 @@ pub struct Config {
     pub signing: SigningConfig,
     pub serve: ServeConfig,
     pub cors: CorsConfig,
+    /// Renditions (thumbnails, previews) and upload metadata (issue #11).
+    pub preview: PreviewConfig,
 }
 
 /// Shortest `api_token` accepted: a guessable service token opens the whole API.
@@ -83,6 +86,7 @@ impl Default for Config {
             signing: SigningConfig::default(),
             serve: ServeConfig::default(),
             cors: CorsConfig::default(),
+            preview: PreviewConfig::default(),
         }
     }
 }
@@ -171,6 +175,7 @@ impl Config {
             }
         }
         crate::signing::validate_config(&self.signing).map_err(ConfigError::Invalid)?;
+        self.preview.validate().map_err(ConfigError::Invalid)?;
         if !(self.serve.accel_prefix.starts_with('/') && self.serve.accel_prefix.ends_with('/')) {
             return Err(ConfigError::Invalid(
                 "serve.accel_prefix must start and end with `/`".into(),
@@ -230,6 +235,11 @@ impl Config {
         if self.serve.unix_socket_group != running.serve.unix_socket_group {
             ignored.push("serve.unix_socket_group");
             self.serve.unix_socket_group = running.serve.unix_socket_group.clone();
+        }
+        // The worker pool is sized once at start.
+        if self.preview.workers != running.preview.workers {
+            ignored.push("preview.workers");
+            self.preview.workers = running.preview.workers;
         }
         (self, ignored)
     }
@@ -309,7 +319,10 @@ fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String
 }
 
 fn is_free_form(path: &str) -> bool {
-    path == "upload.family_max_bytes" || path == "retention.max_age_days" || path == "signing.keys"
+    path == "upload.family_max_bytes"
+        || path == "retention.max_age_days"
+        || path == "signing.keys"
+        || path == "preview.variants"
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {

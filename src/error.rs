@@ -16,6 +16,9 @@ pub enum ErrorKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     RangeNotSatisfiable,
+    /// Well-formed, but the content cannot be processed (a hostile or broken
+    /// file asked for a preview): 422.
+    Unprocessable,
     InsufficientStorage,
     Unavailable,
     Internal,

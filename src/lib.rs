@@ -15,6 +15,8 @@
 //!      mirror                      MySQL mirror of the index (outbox -> worker -> media_files),
 //!                                  touching only rows it owns; `import` adopts the backend's rows
 //!      media                       ingest/query/delete: the order of store and index operations
+//!      preview                     renditions (single flight, worker pool, negative cache) and
+//!                                  upload metadata, on the media-preview engine crate
 //!   -> index   (port)              SQLite: every SQL statement; writer with group commit,
 //!                                  reader pool, Maintenance connection; no SQLite type in its API
 //!      store   (port)              blob bytes: staging, install, durability, read, walk,
@@ -37,6 +39,7 @@ pub mod lifecycle;
 pub mod media;
 pub mod mirror;
 pub mod policy;
+pub mod preview;
 pub mod signing;
 pub mod store;
 pub mod tasks;

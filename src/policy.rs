@@ -61,6 +61,11 @@ impl Policy {
         self.config.max_bytes
     }
 
+    /// Whether JPEG uploads lose their identifying metadata (`upload.strip_exif`).
+    pub fn strip_exif(&self) -> bool {
+        self.config.strip_exif
+    }
+
     /// Checks that `mime` is allowed and returns the size limit that applies to it.
     pub fn admit(&self, mime: &str) -> Result<u64, PolicyError> {
         let denied = self
@@ -534,6 +539,9 @@ pub struct UploadConfig {
     pub allowed_types: Vec<String>,
     /// Refused types even when a family above allows them; wins over `allowed_types`.
     pub denied_types: Vec<String>,
+    /// Remove GPS and other identifying EXIF, XMP, IPTC and comments from
+    /// JPEG uploads, losslessly, before they are stored (and deduplicated).
+    pub strip_exif: bool,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -592,6 +600,7 @@ impl Default for UploadConfig {
             ]
             .map(String::from)
             .to_vec(),
+            strip_exif: false,
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::media::MediaService;
 use crate::media::quota::Quota;
 use crate::mirror::MysqlSync;
 use crate::policy::Policy;
+use crate::preview::PreviewService;
 use crate::signing::Signer;
 use crate::store::BlobStore;
 
@@ -97,6 +98,12 @@ impl AppState {
         };
         let signer = Signer::from_config(&config.signing, file_signing_key.clone(), clock.clone())
             .map_err(anyhow::Error::msg)?;
+        let previews = PreviewService::new(
+            store.clone(),
+            index.clone(),
+            config.preview.clone(),
+            clock.clone(),
+        );
         let media = MediaService::new(
             store,
             index.clone(),
@@ -108,6 +115,7 @@ impl AppState {
         let http = HttpState::new(
             http_settings(&config, file_token.as_deref()),
             media,
+            previews,
             refs,
             mysql,
             signer,
@@ -180,6 +188,7 @@ impl AppState {
         let http = &self.0.http;
         http.media().set_policy(Policy::new(applied.upload.clone()));
         http.media().set_quota(quota(&applied));
+        http.previews().set_config(applied.preview.clone());
         http.mysql().set_public_base_url(&applied.public_base_url);
         http.set_settings(http_settings(&applied, self.0.file_token.as_deref()));
         self.0.config.store(Arc::new(applied));
@@ -351,6 +360,7 @@ pub fn sign_url_offline(
         .reader()
         .get_media(id)?
         .with_context(|| format!("media {id} does not exist"))?;
+    let known = |v: &str| v == "original" || config.preview.variants.contains_key(v);
     crate::http::routes::urls::sign_media_url(
         &signer,
         &config.public_base_url,
@@ -358,6 +368,7 @@ pub fn sign_url_offline(
         ttl_secs,
         Some(variant),
         attachment,
+        &known,
     )
     .map_err(|e| anyhow::anyhow!("{}", e.message))
 }

@@ -79,6 +79,19 @@ pub enum ErrorCode {
     MysqlUnavailable,
     /// `media-store import`: the id is taken by other content.
     IdConflict,
+    // Previews (docs/previews.md).
+    CorruptImage,
+    DecoderPanicked,
+    ImageTooLarge,
+    InputTooLarge,
+    RenditionUnavailable,
+    TimedOut,
+    TooManyFrames,
+    TooManyPixels,
+    ToolFailed,
+    TypeMismatch,
+    UnsupportedType,
+    VariantNotAvailable,
     Internal,
 }
 

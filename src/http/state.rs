@@ -11,6 +11,7 @@ use super::routes::files::DownloadCache;
 use crate::lifecycle::refs::References;
 use crate::media::MediaService;
 use crate::mirror::MysqlSync;
+use crate::preview::PreviewService;
 use crate::signing::Signer;
 
 /// The settings routes read on every request; replaced whole on reload.
@@ -31,6 +32,7 @@ pub struct HttpState(Arc<Inner>);
 struct Inner {
     settings: ArcSwap<HttpSettings>,
     media: MediaService,
+    previews: PreviewService,
     refs: References,
     mysql: Arc<MysqlSync>,
     /// Swapped whole on reload, so keys rotate without a restart.
@@ -46,6 +48,7 @@ impl HttpState {
     pub fn new(
         settings: HttpSettings,
         media: MediaService,
+        previews: PreviewService,
         refs: References,
         mysql: Arc<MysqlSync>,
         signer: Signer,
@@ -54,6 +57,7 @@ impl HttpState {
         HttpState(Arc::new(Inner {
             settings: ArcSwap::from_pointee(settings),
             media,
+            previews,
             refs,
             mysql,
             signer: ArcSwap::from_pointee(signer),
@@ -77,6 +81,11 @@ impl HttpState {
 
     pub fn media(&self) -> &MediaService {
         &self.0.media
+    }
+
+    /// Renditions and upload metadata.
+    pub fn previews(&self) -> &PreviewService {
+        &self.0.previews
     }
 
     pub fn refs(&self) -> &References {

@@ -1,5 +1,6 @@
 //! JSON shapes of the API. Index rows never leave the process directly.
 
+use base64::Engine as _;
 use serde::Serialize;
 
 use crate::index::MediaRow;
@@ -22,6 +23,17 @@ pub struct MediaView {
     /// When the damage was found (RFC 3339), while `corrupt`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corrupt_since: Option<String>,
+    /// Upright pixel size of images and videos, once probed (absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Duration of audio and video in milliseconds (absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// ThumbHash of an image, standard base64 (absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thumbhash: Option<String>,
 }
 
 impl MediaView {
@@ -37,6 +49,14 @@ impl MediaView {
             original_name: row.original_name.clone(),
             corrupt: row.corrupt_since_ms.is_some(),
             corrupt_since: row.corrupt_since_ms.map(rfc3339_ms),
+            width: row.layout.width,
+            height: row.layout.height,
+            duration_ms: row.layout.duration_ms,
+            thumbhash: row
+                .layout
+                .thumbhash
+                .as_ref()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
         }
     }
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::{Reader, Result, Tx};
 
-/// A blob row whose count (or tombstone) disagrees with its media rows.
+/// A blob row whose count (or tombstone) disagrees with its media and
+/// rendition rows (R1).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CountMismatch {
     pub hash: String,
@@ -20,7 +21,8 @@ pub struct CountMismatch {
 const MISMATCH_SQL: &str = "
     SELECT hash, refcount, actual, zero_since FROM (
         SELECT b.hash, b.refcount, b.zero_since,
-               (SELECT count(*) FROM media m WHERE m.hash = b.hash) AS actual
+               (SELECT count(*) FROM media m WHERE m.hash = b.hash)
+             + (SELECT count(*) FROM renditions r WHERE r.hash = b.hash) AS actual
         FROM blobs b)
     WHERE refcount != actual
        OR (actual = 0 AND zero_since IS NULL)
@@ -105,8 +107,10 @@ impl Tx<'_> {
     pub fn recount_mismatches(&self, now_ms: i64) -> Result<u64> {
         Ok(self.conn().execute(
             &("UPDATE blobs SET
-                 refcount = (SELECT count(*) FROM media m WHERE m.hash = blobs.hash),
-                 zero_since = CASE WHEN (SELECT count(*) FROM media m WHERE m.hash = blobs.hash) = 0
+                 refcount = (SELECT count(*) FROM media m WHERE m.hash = blobs.hash)
+                          + (SELECT count(*) FROM renditions r WHERE r.hash = blobs.hash),
+                 zero_since = CASE WHEN (SELECT count(*) FROM media m WHERE m.hash = blobs.hash)
+                                      + (SELECT count(*) FROM renditions r WHERE r.hash = blobs.hash) = 0
                                    THEN coalesce(zero_since, ?1) ELSE NULL END
              WHERE hash IN (SELECT hash FROM ("
                 .to_owned()

@@ -67,10 +67,12 @@ impl Reader<'_> {
         Ok(rows)
     }
 
-    /// Whether any media row uses the hash (whatever its count says).
+    /// Whether any media row or rendition row uses the hash (whatever its
+    /// count says).
     pub fn hash_in_use(&self, hash: &blake3::Hash) -> Result<bool> {
         Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)",
+            "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)
+                 OR EXISTS (SELECT 1 FROM renditions WHERE hash = ?1)",
             [hash.as_bytes()],
             |r| r.get(0),
         )?)

@@ -18,6 +18,28 @@ pub struct MediaRow {
     /// When the media's bytes were found damaged or missing (Unix ms); a later
     /// upload of the same content clears it.
     pub corrupt_since_ms: Option<i64>,
+    /// What clients need to lay out a message (filled in after upload).
+    pub layout: Layout,
+}
+
+/// Layout metadata of a media's content, probed after upload
+/// (`media_preview::probe`); every field is `None` while unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Upright width in pixels (images, videos).
+    pub width: Option<u32>,
+    /// Upright height in pixels.
+    pub height: Option<u32>,
+    /// Duration of audio and video, in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// ThumbHash of an image (raw bytes).
+    pub thumbhash: Option<Vec<u8>>,
+}
+
+impl Layout {
+    pub fn is_empty(&self) -> bool {
+        *self == Layout::default()
+    }
 }
 
 /// A media row to insert; the id and time are assigned by [`insert_media`].
@@ -47,8 +69,8 @@ pub enum AdoptConflict {
 }
 
 /// The `media` columns that [`from_row`] reads, in its order.
-pub(super) const COLUMNS: &str =
-    "id, uploader_id, file_type, hash, size, original_name, uploaded_at, corrupt_since";
+pub(super) const COLUMNS: &str = "id, uploader_id, file_type, hash, size, original_name, \
+     uploaded_at, corrupt_since, width, height, duration_ms, thumbhash";
 
 /// Maps a row selected with [`COLUMNS`].
 pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
@@ -62,6 +84,12 @@ pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
         original_name: r.get(5)?,
         uploaded_at_ms: r.get(6)?,
         corrupt_since_ms: r.get(7)?,
+        layout: Layout {
+            width: r.get(8)?,
+            height: r.get(9)?,
+            duration_ms: r.get(10)?,
+            thumbhash: r.get(11)?,
+        },
     })
 }
 
@@ -164,7 +192,55 @@ impl Tx<'_> {
             original_name: new.original_name.clone(),
             uploaded_at_ms,
             corrupt_since_ms: None,
+            layout: self.copy_layout(&new.hash)?,
         })
+    }
+
+    /// A new media row of content probed already (a duplicate) gets the
+    /// layout of its siblings. Returns what the newest row now holds.
+    fn copy_layout(&self, hash: &blake3::Hash) -> Result<Layout> {
+        let id = self.conn().last_insert_rowid();
+        let sibling = self
+            .conn()
+            .prepare_cached(
+                "SELECT width, height, duration_ms, thumbhash FROM media
+                 WHERE hash = ?1 AND id != ?2
+                   AND (width IS NOT NULL OR duration_ms IS NOT NULL OR thumbhash IS NOT NULL)
+                 LIMIT 1",
+            )?
+            .query_row(params![hash.as_bytes(), id], |r| {
+                Ok(Layout {
+                    width: r.get(0)?,
+                    height: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    thumbhash: r.get(3)?,
+                })
+            })
+            .optional()?;
+        let Some(layout) = sibling else {
+            return Ok(Layout::default());
+        };
+        self.conn().execute(
+            "UPDATE media SET width = ?2, height = ?3, duration_ms = ?4, thumbhash = ?5 WHERE id = ?1",
+            params![id, layout.width, layout.height, layout.duration_ms, layout.thumbhash],
+        )?;
+        Ok(layout)
+    }
+
+    /// Records the probed layout on every media row of the content that has
+    /// none yet. Returns how many rows changed.
+    pub fn set_layout(&self, hash: &blake3::Hash, layout: &Layout) -> Result<u64> {
+        Ok(self.conn().execute(
+            "UPDATE media SET width = ?2, height = ?3, duration_ms = ?4, thumbhash = ?5
+             WHERE hash = ?1 AND width IS NULL AND duration_ms IS NULL AND thumbhash IS NULL",
+            params![
+                hash.as_bytes(),
+                layout.width,
+                layout.height,
+                layout.duration_ms,
+                layout.thumbhash
+            ],
+        )? as u64)
     }
 
     /// Why a media row cannot be recorded under a given id and time
@@ -228,6 +304,7 @@ impl Tx<'_> {
             original_name: new.original_name.clone(),
             uploaded_at_ms,
             corrupt_since_ms: None,
+            layout: Layout::default(),
         }))
     }
 
@@ -262,6 +339,10 @@ pub struct ListQuery {
     pub before_id: Option<i64>,
     /// Only damaged (`true`) or only healthy (`false`) media.
     pub corrupt: Option<bool>,
+    /// Only media at least this wide / high (pixels, upright); media whose
+    /// size is unknown are left out.
+    pub min_width: Option<u32>,
+    pub min_height: Option<u32>,
     pub limit: u32,
 }
 
@@ -292,6 +373,14 @@ impl Reader<'_> {
             Some(true) => sql.push_str(" AND corrupt_since IS NOT NULL"),
             Some(false) => sql.push_str(" AND corrupt_since IS NULL"),
             None => {}
+        }
+        if let Some(w) = q.min_width {
+            sql.push_str(" AND width >= ?");
+            args.push(i64::from(w).into());
+        }
+        if let Some(h) = q.min_height {
+            sql.push_str(" AND height >= ?");
+            args.push(i64::from(h).into());
         }
         // SQLite uses one lower and one upper bound on `id` per index search, so
         // every bound is folded into a single max(...)/min(...) expression: with
@@ -394,6 +483,44 @@ mod tests {
             .query_row("SELECT zero_since FROM blobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(zero, None);
+    }
+
+    #[test]
+    fn recording_a_layout_queues_nothing_for_the_mirror() {
+        let c = conn();
+        c.execute(
+            "INSERT INTO meta (key, value) VALUES ('mysql_outbox', 'on')",
+            [],
+        )
+        .unwrap();
+        let outbox = || -> i64 {
+            c.query_row("SELECT count(*) FROM mysql_outbox", [], |r| r.get(0))
+                .unwrap()
+        };
+        let n = new(1, "image/png", b"a");
+        tx(&c).add_blob_ref(&n.hash, 1, 0).unwrap();
+        let first = tx(&c).insert_media(&n, 1).unwrap();
+        assert_eq!(outbox(), 1);
+        let layout = Layout {
+            width: Some(3),
+            height: Some(2),
+            duration_ms: None,
+            thumbhash: Some(vec![1, 2]),
+        };
+        assert_eq!(tx(&c).set_layout(&n.hash, &layout).unwrap(), 1);
+        assert_eq!(outbox(), 1);
+        // A duplicate inherits the layout in its insert: one entry, its own.
+        let dup = tx(&c).insert_media(&n, 2).unwrap();
+        assert_eq!(dup.layout, layout);
+        assert_eq!(outbox(), 2);
+        assert_eq!(tx(&c).get_media(first.id).unwrap().unwrap().layout, layout);
+        // Mirrored columns still queue.
+        c.execute(
+            "UPDATE media SET original_name = 'x' WHERE id = ?1",
+            [first.id],
+        )
+        .unwrap();
+        assert_eq!(outbox(), 3);
     }
 
     #[test]

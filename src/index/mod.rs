@@ -29,6 +29,7 @@ mod gc;
 pub mod media;
 mod outbox;
 pub mod refs;
+pub mod renditions;
 mod retention;
 mod upload_urls;
 
@@ -45,9 +46,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use fsck::CountMismatch;
 pub use gc::ZeroCountBlob;
-pub use media::{AdoptConflict, ListQuery, MediaRow, NewMedia, TypeFilter};
+pub use media::{AdoptConflict, Layout, ListQuery, MediaRow, NewMedia, TypeFilter};
 pub use outbox::OutboxEntry;
 pub use refs::{AttachOutcome, Released, Usage};
+pub use renditions::RenditionRow;
 pub use retention::RetentionRule;
 
 use crate::error::{Classify, ErrorKind};
@@ -128,8 +130,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0004_corrupt_media.sql"
         )),
+        M::up(include_str!("../../migrations/sqlite/0005_renditions.sql")),
         M::up(include_str!(
-            "../../migrations/sqlite/0005_used_upload_urls.sql"
+            "../../migrations/sqlite/0006_used_upload_urls.sql"
         )),
     ])
 }

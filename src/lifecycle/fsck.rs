@@ -99,7 +99,7 @@ impl FsckSummary {
         }
         for m in &self.count_mismatches {
             s.push_str(&format!(
-                "count of {} is {} but {} media rows use it\n",
+                "count of {} is {} but {} media and rendition rows use it\n",
                 m.hash, m.recorded, m.actual
             ));
         }

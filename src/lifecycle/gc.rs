@@ -298,6 +298,10 @@ fn collect_one(
             return Ok(());
         }
     }
+    // The source's renditions go with it (storage-layout.md R2): their rows,
+    // and their blobs' references, which may zero-count them for a later
+    // batch of this same scan (stamped with this run's time).
+    tx.release_renditions_of(hash, opts.now_ms)?;
     tx.forget_zero_count_blob(hash)?;
     summary.blobs_deleted += 1;
     Ok(())

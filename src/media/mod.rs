@@ -6,6 +6,7 @@
 //! points at it commits; on delete the row goes first and the file is left for
 //! garbage collection.
 
+pub mod exif;
 pub mod quota;
 
 use std::fmt::Display;
@@ -321,6 +322,13 @@ impl MediaService {
         {
             return Err(MediaError::HashMismatch);
         }
+        let sink = match sink {
+            Sink::Staged(staged) if mime == "image/jpeg" && policy.strip_exif() => {
+                let store = self.store.clone();
+                Sink::Staged(crate::tasks::blocking(move || strip_metadata(&store, staged)).await??)
+            }
+            sink => sink,
+        };
         match sink {
             Sink::Staged(staged) => self.commit(staged, mime, meta, adoption).await,
             Sink::HashOnly(hasher, size) => {
@@ -602,6 +610,25 @@ where
 fn admit(policy: &Policy, head: &[u8], complete: bool) -> Result<(&'static str, u64)> {
     let mime = policy::sniff(head, complete).ok_or(PolicyError::Unrecognised)?;
     Ok((mime, policy.admit(mime)?))
+}
+
+/// A staged JPEG without its identifying metadata (`upload.strip_exif`):
+/// a new staging file when there was something to remove, else the same one.
+/// The stored (and deduplicated) content is the stripped bytes.
+fn strip_metadata(store: &BlobStore, staged: StagingFile) -> Result<StagingFile> {
+    let bytes = staged.read_all()?;
+    match exif::strip_jpeg(&bytes) {
+        None => Ok(staged),
+        Some(clean) => {
+            let mut stripped = store.stage()?;
+            stripped.write_chunk(&clean)?;
+            tracing::debug!(
+                removed_bytes = bytes.len() - clean.len(),
+                "stripped JPEG metadata"
+            );
+            Ok(stripped)
+        }
+    }
 }
 
 /// Where an upload's bytes go.

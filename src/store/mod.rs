@@ -629,6 +629,19 @@ impl BlobStore {
         }
     }
 
+    /// The file name of the blob (primary first, then the archive), for
+    /// read-only use by an external program that needs one (the preview
+    /// engine hands videos and PDFs to ffmpeg and pdftoppm by name). Never
+    /// written through; `NotFound` when neither root holds the blob.
+    pub fn read_path(&self, hash: &blake3::Hash) -> io::Result<PathBuf> {
+        let tier = self
+            .locate(hash)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        self.root(tier)
+            .map(|r| r.blob(hash))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
     /// The first `len` bytes of the blob (the whole of a small blob). Blocking.
     pub fn read_whole(&self, hash: &blake3::Hash, len: u64) -> io::Result<Vec<u8>> {
         let mut buf = vec![0; len as usize];

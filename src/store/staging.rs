@@ -110,6 +110,12 @@ impl StagingFile {
         self.synced
     }
 
+    /// Everything written so far, read back (to rewrite a small upload, e.g.
+    /// a JPEG whose metadata is stripped). Blocking.
+    pub fn read_all(&self) -> Result<Vec<u8>> {
+        fs::read(&self.path).map_err(|e| StoreError::io("read staging file", e))
+    }
+
     /// Makes the staged bytes durable (fdatasync).
     pub fn sync(&mut self) -> Result<()> {
         self.sync_as("staging-fdatasync")

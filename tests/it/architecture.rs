@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const TOP: &[&str] = &["main", "cli", "app", "config"];
-const SERVICES: &[&str] = &["http", "lifecycle", "mirror", "media"];
+const SERVICES: &[&str] = &["http", "lifecycle", "mirror", "media", "preview"];
 const PORTS: &[&str] = &[
     "index",
     "store",

@@ -276,7 +276,7 @@ async fn issuing_urls_validates_its_input() {
     let cases = [
         (json!({"ttl_secs": 1001}), 400, "bad_ttl"),
         (json!({"ttl_secs": 0}), 400, "bad_ttl"),
-        (json!({"variant": "thumb"}), 400, "unknown_variant"),
+        (json!({"variant": "poster"}), 400, "unknown_variant"),
         (json!({"disposition": "sideways"}), 400, "bad_disposition"),
         (json!({"ttl": 5}), 400, "bad_json"),
     ];
@@ -493,7 +493,7 @@ async fn sign_url_cli_prints_a_url_the_daemon_accepts() {
     // Unknown media and unknown variants are errors (exit 2).
     assert_eq!(run(&["999"]).status.code(), Some(2));
     assert_eq!(
-        run(&[&id.to_string(), "--variant", "thumb"]).status.code(),
+        run(&[&id.to_string(), "--variant", "poster"]).status.code(),
         Some(2)
     );
 }

@@ -18,6 +18,7 @@ mod listing;
 mod mysql;
 mod nginx;
 mod powercut;
+mod previews;
 mod reload;
 mod security;
 mod socket;

@@ -20,10 +20,9 @@ use crate::http::error::ApiError;
 use crate::http::extract::ApiPath;
 use crate::http::state::HttpState;
 use crate::index::MediaRow;
+use crate::index::renditions::RenditionBlob;
+use crate::preview::Resolved;
 use crate::signing::{SignError, Target};
-
-/// The only variant today; previews add more later (each signed like this one).
-pub const VARIANTS: &[&str] = &["original"];
 
 /// Blobs up to this size are read whole and kept in the [`DownloadCache`].
 const SMALL_BODY: u64 = 64 * 1024;
@@ -77,9 +76,45 @@ pub struct Media {
     content_type: Option<HeaderValue>,
     inline: Option<HeaderValue>,
     attachment: Option<HeaderValue>,
+    /// A rendition (a variant other than `original`): damage to its blob is
+    /// not damage to the media, which can be rendered again.
+    rendition: bool,
 }
 
 impl Media {
+    /// What a rendition of `source` is served as: its own type, size and
+    /// ETag (its hash), and a file name telling the variant.
+    fn rendition(
+        source: &MediaRow,
+        variant: &str,
+        blob: &RenditionBlob,
+    ) -> Result<Media, ApiError> {
+        let ext = match blob.mime.as_str() {
+            "image/jpeg" => "jpg",
+            _ => "webp",
+        };
+        let stem = source
+            .original_name
+            .as_deref()
+            .map(|n| n.rsplit_once('.').map_or(n, |(stem, _)| stem).to_owned())
+            .unwrap_or_else(|| source.id.to_string());
+        let mut media = Media::new(MediaRow {
+            file_type: blob.mime.clone(),
+            hash: blob.hash,
+            size: blob.size,
+            original_name: Some(format!("{stem}.{variant}.{ext}")),
+            corrupt_since_ms: None,
+            layout: crate::index::Layout {
+                width: Some(blob.width),
+                height: Some(blob.height),
+                ..Default::default()
+            },
+            ..source.clone()
+        })?;
+        media.rendition = true;
+        Ok(media)
+    }
+
     fn new(row: MediaRow) -> Result<Media, ApiError> {
         let etag_text = format!("\"{}\"", row.hash.to_hex());
         let etag = etag_text
@@ -95,6 +130,7 @@ impl Media {
             content_type: value(&served_type(&row.file_type)),
             inline: value(&content_disposition(&row, false)),
             attachment: value(&content_disposition(&row, true)),
+            rendition: false,
             row,
         })
     }
@@ -178,6 +214,7 @@ impl DownloadCache {
         (status = 404, description = "media_not_found, variant_not_found", body = crate::http::openapi::ErrorBody),
         (status = 410, description = "url_expired, media_corrupt", body = crate::http::openapi::ErrorBody),
         (status = 416, description = "range_not_satisfiable", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "a preview of a hostile, broken or unsupported file: too_many_pixels, image_too_large, input_too_large, too_many_frames, corrupt_image, type_mismatch, decoder_panicked, tool_failed, unsupported_type", body = crate::http::openapi::ErrorBody),
         (status = "5XX", description = "index_unavailable (503), disk_full or quota_exceeded (507), internal (500)", body = crate::http::openapi::ErrorBody),
     ),
 )]
@@ -197,9 +234,18 @@ pub async fn download_file(
             .map(str::to_owned),
         head: method == Method::HEAD,
     };
-    let row = lookup(&state, id).await?;
+    let source = lookup(&state, id).await?;
     // Pure work (HMAC, headers) stays on the executor: about a microsecond.
-    let prepared = prepare(&state, &row, uri.query().unwrap_or(""), conditions)?;
+    let grant = verify(&state, &source, uri.query().unwrap_or(""))?;
+    let row = if grant.variant == "original" {
+        source
+    } else {
+        match rendition(&state, &source, &grant.variant).await {
+            Ok(row) => row,
+            Err(response) => return Ok(response),
+        }
+    };
+    let prepared = prepare(&state, &row, &grant, conditions)?;
     let body = match prepared.plan {
         Plan::Empty => Body::empty(),
         Plan::Json(text) => Body::from(text),
@@ -231,6 +277,7 @@ pub async fn download_file(
             .map_err(|e| internal("blob open task failed", e))?
             {
                 Ok(stream) => stream,
+                Err(_) if row.rendition => return Err(rendition_unavailable(&state, &row).await),
                 Err(e) => return Err(unreadable_blob(&state, row.id, e).await),
             };
             Body::from_stream(stream)
@@ -239,6 +286,46 @@ pub async fn download_file(
     let mut response = (prepared.status, body).into_response();
     *response.headers_mut() = prepared.headers;
     Ok(response)
+}
+
+/// What serves `variant` of the media: a rendition blob (rendered on first
+/// request), or the original itself when it is already small enough. A
+/// failure is the whole answer (422 for a hostile or unsupported file, 404
+/// `variant_not_available`, 503 with `Retry-After` for a timeout).
+async fn rendition(
+    state: &HttpState,
+    source: &Arc<Media>,
+    variant: &str,
+) -> Result<Arc<Media>, Response> {
+    match state.previews().resolve(&source.row, variant).await {
+        Ok(Resolved::Original) => Ok(source.clone()),
+        Ok(Resolved::Blob(blob)) => Media::rendition(&source.row, variant, &blob)
+            .map(Arc::new)
+            .map_err(IntoResponse::into_response),
+        Err(e) => {
+            let retry = e.retry_after();
+            let mut response = ApiError::from(e).into_response();
+            if let Some(secs) = retry {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Err(response)
+        }
+    }
+}
+
+/// A rendition whose blob turned out missing or damaged: it is reported
+/// (quarantined if damaged), and the next request renders it again.
+async fn rendition_unavailable(state: &HttpState, row: &Media) -> ApiError {
+    if let Err(e) = state.media().report_damaged(row.hash).await {
+        tracing::error!(error = %e, "cannot record a damaged rendition");
+    }
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "rendition_unavailable",
+        "the rendition's stored copy was damaged; retry to have it rendered again",
+    )
 }
 
 /// The media row, from the cache or the index (off the executor).
@@ -272,7 +359,7 @@ async fn lookup(state: &HttpState, id: i64) -> Result<Arc<Media>, ApiError> {
 }
 
 /// The whole content of a small blob, from the cache or the disk.
-async fn small_body(state: &HttpState, row: &MediaRow) -> Result<Bytes, ApiError> {
+async fn small_body(state: &HttpState, row: &Media) -> Result<Bytes, ApiError> {
     let cache = state.download_cache();
     if let Some(bytes) = cache.body(&row.hash) {
         return Ok(bytes);
@@ -284,10 +371,14 @@ async fn small_body(state: &HttpState, row: &MediaRow) -> Result<Bytes, ApiError
         .map_err(|e| internal("blob read task failed", e))?;
     let bytes = match bytes {
         Ok(bytes) => Bytes::from(bytes),
+        Err(_) if row.rendition => return Err(rendition_unavailable(state, row).await),
         Err(e) => return Err(unreadable_blob(state, row.id, e).await),
     };
     // Only verified bytes are served and cached (storage-layout.md, "Serving").
     if blake3::hash(&bytes) != row.hash {
+        if row.rendition {
+            return Err(rendition_unavailable(state, row).await);
+        }
         return Err(damaged_blob(state, row).await);
     }
     cache.put_body(row.hash, bytes.clone());
@@ -324,12 +415,18 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, "internal", "internal error")
 }
 
-fn prepare(
-    state: &HttpState,
-    row: &Media,
-    query: &str,
-    c: Conditions,
-) -> Result<Prepared, ApiError> {
+/// What a valid signed URL grants.
+struct Grant {
+    /// `original` or a preview variant (bound by the signature).
+    variant: String,
+    attachment: bool,
+    /// Seconds the URL still lives.
+    remaining: i64,
+}
+
+/// Checks the URL's signature against the media (its path and content hash)
+/// and that the media is whole.
+fn verify(state: &HttpState, row: &Media, query: &str) -> Result<Grant, ApiError> {
     let signer = state.signer();
     let verified = signer.verify(
         Target {
@@ -341,20 +438,26 @@ fn prepare(
     )?;
     // After the signature: only a holder of a valid URL learns of the damage.
     crate::media::ensure_whole(row)?;
-    let variant = verified.option("variant").unwrap_or("original");
-    if !VARIANTS.contains(&variant) {
-        return Err(ApiError::new(
-            ErrorKind::NotFound,
-            "variant_not_found",
-            format!("no variant {variant:?} of this media"),
-        ));
-    }
+    let variant = verified.option("variant").unwrap_or("original").to_owned();
     let attachment = match verified.option("dl") {
         None => false,
         Some("1") => true,
         Some(_) => return Err(SignError::Invalid.into()),
     };
-    let remaining = (verified.expires_at - signer.now()).max(0);
+    Ok(Grant {
+        variant,
+        attachment,
+        remaining: (verified.expires_at - signer.now()).max(0),
+    })
+}
+
+fn prepare(
+    state: &HttpState,
+    row: &Media,
+    grant: &Grant,
+    c: Conditions,
+) -> Result<Prepared, ApiError> {
+    let (attachment, remaining) = (grant.attachment, grant.remaining);
     let settings = state.settings();
     let etag = &row.etag;
     let mut headers = HeaderMap::with_capacity(12);
@@ -578,6 +681,7 @@ mod tests {
             original_name: name.map(str::to_owned),
             uploaded_at_ms: 0,
             corrupt_since_ms: None,
+            layout: Default::default(),
         }
     }
 

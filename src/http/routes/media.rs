@@ -114,6 +114,9 @@ pub async fn create_media(
         None,
     )
     .await?;
+    state
+        .previews()
+        .after_upload(&ingested.row, ingested.deduplicated);
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
         deduplicated: Some(ingested.deduplicated),
@@ -479,6 +482,10 @@ pub struct ListParams {
     cursor: Option<String>,
     /// `true`: only media found damaged; `false`: only healthy media.
     corrupt: Option<bool>,
+    /// Only media at least this many pixels wide / high (upright; media of
+    /// unknown size are left out).
+    min_width: Option<u32>,
+    min_height: Option<u32>,
 }
 
 impl QueryParams for ListParams {
@@ -490,6 +497,8 @@ impl QueryParams for ListParams {
         ("limit", "a whole number from 1 to 1000"),
         ("cursor", "the `next_cursor` of a previous page"),
         ("corrupt", "`true` or `false`"),
+        ("min_width", "a whole number of pixels"),
+        ("min_height", "a whole number of pixels"),
     ];
 }
 
@@ -542,6 +551,8 @@ pub async fn list_media(
         until_ms: instant("until", &p.until)?,
         before_id: p.cursor.as_deref().map(decode_cursor).transpose()?,
         corrupt: p.corrupt,
+        min_width: p.min_width,
+        min_height: p.min_height,
         limit,
     };
     let rows = state.media().list(query).await?;

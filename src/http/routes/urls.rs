@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ServiceAuth, UploaderId, disposition_filename, parse_json};
-use crate::http::routes::files::VARIANTS;
 use crate::http::routes::media::{Refused, UploadTarget, ingest_request};
 use crate::http::state::HttpState;
 use crate::http::views::{MediaView, UploadView};
@@ -52,15 +51,13 @@ pub fn sign_media_url(
     ttl_secs: Option<u64>,
     variant: Option<&str>,
     attachment: bool,
+    known: &dyn Fn(&str) -> bool,
 ) -> Result<SignedUrlView, ApiError> {
     let variant = variant.unwrap_or("original");
-    if !VARIANTS.contains(&variant) {
+    if !known(variant) {
         return Err(ApiError::bad_request(
             "unknown_variant",
-            format!(
-                "unknown variant {variant:?}; known: {}",
-                VARIANTS.join(", ")
-            ),
+            format!("unknown variant {variant:?}: not `original` nor a configured preview variant"),
         ));
     }
     let mut options = Vec::new();
@@ -134,6 +131,7 @@ pub async fn create_media_url(
         req.ttl_secs,
         req.variant.as_deref(),
         attachment,
+        &|v| state.previews().knows(v),
     )?;
     Ok(Json(view))
 }
@@ -296,10 +294,19 @@ pub async fn upload_presigned(
         tracing::error!(error = %e, "cannot give back a used upload URL");
     }
     let ingested = result?;
+    state
+        .previews()
+        .after_upload(&ingested.row, ingested.deduplicated);
     // No `deduplicated`: whoever holds an upload URL must not learn whether
-    // someone else stored the same content.
+    // someone else stored the same content. Nor the layout a duplicate gets
+    // from its siblings at once (a new upload has none in its answer).
+    let mut media = MediaView::new(&ingested.row, &state.public_base_url());
+    media.width = None;
+    media.height = None;
+    media.duration_ms = None;
+    media.thumbhash = None;
     let view = UploadView {
-        media: MediaView::new(&ingested.row, &state.public_base_url()),
+        media,
         deduplicated: None,
     };
     Ok((StatusCode::CREATED, Json(view)))

@@ -179,7 +179,12 @@ fn consistency_problems_in(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut stmt = idx
-        .prepare("SELECT b.hash, b.size, b.refcount, (SELECT count(*) FROM media m WHERE m.hash = b.hash) FROM blobs b")
+        .prepare(
+            "SELECT b.hash, b.size, b.refcount,
+                    (SELECT count(*) FROM media m WHERE m.hash = b.hash)
+                  + (SELECT count(*) FROM renditions r WHERE r.hash = b.hash)
+             FROM blobs b",
+        )
         .unwrap();
     let rows: Vec<([u8; 32], u64, i64, i64)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -191,7 +196,7 @@ fn consistency_problems_in(
         let hex = hash.to_hex();
         if rc != media {
             problems.push(format!(
-                "refcount of {hex} is {rc} but {media} media rows use it"
+                "refcount of {hex} is {rc} but {media} media and rendition rows use it"
             ));
         }
         if rc > 0 {
@@ -217,6 +222,25 @@ fn consistency_problems_in(
         .unwrap();
     if orphan_rows != 0 {
         problems.push(format!("{orphan_rows} media rows without a blob row"));
+    }
+    // R1–R3: a rendition row's source and blob rows exist, its blob is not its
+    // own source, and a source with a live count keeps its renditions alive.
+    let bad_renditions: Vec<(String, String)> = idx
+        .prepare(
+            "SELECT hex(source_hash), variant FROM renditions r
+             WHERE source_hash NOT IN (SELECT hash FROM blobs)
+                OR (hash IS NOT NULL AND hash NOT IN (SELECT hash FROM blobs WHERE refcount > 0))
+                OR hash = source_hash",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (source, variant) in bad_renditions {
+        problems.push(format!(
+            "rendition {variant} of {source} has no source row, a dead blob, or is its own source"
+        ));
     }
     // I1 and A1: whatever is under either blobs/ is whole, whether known or not.
     for file in blob_files(data)
