@@ -299,6 +299,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "serve.unix_socket",
     "serve.unix_socket_mode",
     "serve.unix_socket_group",
+    "preview.workers",
 ];
 
 fn env_name(path: &str) -> String {
@@ -527,10 +528,13 @@ mod tests {
     fn config_keys_reload_column_matches_the_example() {
         let example = include_str!("../media-store.example.toml");
         for (path, env, _, reload) in Config::keys_described() {
-            let line = example
-                .lines()
-                .find(|l| l.contains(&format!("env {env}")))
+            // The env comment, which may go on over the next line.
+            let lines: Vec<&str> = example.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.contains(&format!("env {env}")))
                 .unwrap_or_else(|| panic!("no env line for {path}"));
+            let line = format!("{} {}", lines[at], lines.get(at + 1).unwrap_or(&""));
             assert!(
                 line.contains(&format!("reload: {reload}")),
                 "{path}: {line}"
