@@ -21,8 +21,11 @@ for bin in wrk nginx curl python3 b3sum; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --quiet
-BIN=$PWD/target/release/media-store
+# BIN: a daemon binary to measure instead of this tree's release build.
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+fi
+BIN=${BIN:-$PWD/target/release/media-store}
 WORK=$(mktemp -d /tmp/ms-bench.XXXXXX)
 PIDS=()
 cleanup() {

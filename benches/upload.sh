@@ -20,9 +20,13 @@ LIST_ROWS=${LIST_ROWS:-10000000}
 BENCH_ENV=${BENCH_ENV:-}
 TOKEN=bench-token
 mkdir -p "$BENCH_DIR"
-cargo build --release --quiet --bin media-store --example loadgen
-BIN=$PWD/target/release/media-store
-LOADGEN=$PWD/target/release/examples/loadgen
+# BIN/LOADGEN: binaries to measure instead of this tree's release build (to
+# compare two revisions in one run).
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet --bin media-store --example loadgen
+fi
+BIN=${BIN:-$PWD/target/release/media-store}
+LOADGEN=${LOADGEN:-$PWD/target/release/examples/loadgen}
 summary=()
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -65,7 +65,7 @@ pub fn init_tracing(filter: &str, format: LogFormat) {
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Buckets (seconds) of every `*_seconds` histogram: from a cached download
+/// Buckets (seconds) of the latency histograms: from a cached download
 /// (sub-millisecond) to a multi-gigabyte upload or a GC run.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -80,11 +80,23 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_BUCKETS)
-                })
+            // Histograms with buckets for the metrics named here; the others
+            // (e.g. the mirror's lag) stay summaries, as they were shipped.
+            let mut builder = PrometheusBuilder::new();
+            for name in [
+                "media_store_http_request_duration_seconds",
+                "media_store_index_writer_commit_seconds",
+                "media_store_gc_run_seconds",
+            ] {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(name.into()), SECONDS_BUCKETS)
+                    .ok()?;
+            }
+            builder
+                .set_buckets_for_metric(
+                    Matcher::Full("media_store_index_writer_batch_size".into()),
+                    BATCH_BUCKETS,
+                )
                 .ok()?
                 .install_recorder()
                 .ok()

@@ -150,6 +150,16 @@ impl Limits {
     }
 }
 
+/// Makes every refusal counter appear at 0 before its first event (dashboards
+/// then show a rate of 0, not "no data").
+pub fn register_metrics() {
+    for limit in ["connections", "uploads", "upload_rate", "body_timeout"] {
+        metrics::counter!(metric::REJECTED, "limit" => limit).increment(0);
+    }
+    metrics::gauge!(metric::OPEN_CONNECTIONS).increment(0.0);
+    metrics::gauge!(metric::UPLOADS_IN_PROGRESS).increment(0.0);
+}
+
 /// Increments `count` unless it is at `max`.
 fn admit(count: &AtomicUsize, max: usize) -> bool {
     count

@@ -55,6 +55,7 @@ impl HttpState {
         signer: Signer,
         download_slots: usize,
     ) -> HttpState {
+        super::limits::register_metrics();
         HttpState(Arc::new(Inner {
             settings: ArcSwap::from_pointee(settings),
             media,

@@ -299,6 +299,36 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
     assert!(v("media_store_gc_runs_total", &["result=\"ok\""]) >= 1.0);
     assert!(v("media_store_gc_run_seconds_count", &[]) >= 1.0);
     assert!(v("media_store_gc_last_run_timestamp_seconds", &[]) > 1.7e9);
+    // Every family the shipped Grafana dashboard queries is exported (the
+    // mirror's need MySQL; the integrity and failure counters appear on
+    // their first event).
+    let dashboard = include_str!("../../docs/grafana-dashboard.json");
+    let mut queried: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("media_store_"))
+        .map(|w| {
+            w.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+        })
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 20, "{queried:?}");
+    for name in queried {
+        let on_first_event = [
+            "media_store_corrupt_reads_total",
+            "media_store_blobs_healed_total",
+            "media_store_index_writer_failed_batches_total",
+        ];
+        if name.starts_with("media_store_mysql_") || on_first_event.contains(&name) {
+            continue;
+        }
+        assert!(
+            page.lines().any(|l| l.starts_with(name)),
+            "the dashboard queries {name}, which /metrics does not have:\n{page}"
+        );
+    }
     for family in [
         "media_store_gc_blobs_deleted_total",
         "media_store_gc_freed_bytes_total",
