@@ -25,6 +25,7 @@ export MEDIA_STORE_API_TOKEN=bench-token-0123456789
 mkdir -p "$WORK/archive"
 printf 'log = "warn"\n[archive]\nroot = "%s"\nafter_days = 0\n' "$WORK/archive" >"$WORK/config.toml"
 
+"$BIN" init-archive --data-dir "$WORK/data" --config "$WORK/config.toml" >/dev/null
 "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" --config "$WORK/config.toml" >"$WORK/stdout" 2>"$WORK/stderr" &
 DAEMON=$!
 for _ in $(seq 200); do grep -q '^listening on ' "$WORK/stdout" 2>/dev/null && break; sleep 0.05; done

@@ -21,11 +21,10 @@ for bin in wrk nginx curl python3 b3sum; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-# BIN: a daemon binary to measure instead of this tree's release build.
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet
-fi
-BIN=${BIN:-$PWD/target/release/media-store}
+# MEDIA_STORE_BIN: run another build (e.g. an older revision, to compare
+# before/after in one session) instead of building this tree.
+[ -n "${MEDIA_STORE_BIN:-}" ] || cargo build --release --quiet
+BIN=${MEDIA_STORE_BIN:-$PWD/target/release/media-store}
 WORK=$(mktemp -d /tmp/ms-bench.XXXXXX)
 PIDS=()
 cleanup() {

@@ -8,7 +8,8 @@
 # keep it a multiple of 3: the large-upload runs rotate their order), LIST_ROWS (rows
 # in the listing index, default 10000000; the seeded index is kept in
 # $BENCH_DIR/list-data and reused), BENCH_ENV (prefix for the daemon's command, e.g.
-# "env MIMALLOC_PURGE_DELAY=0" to see how much of the peak RSS is allocator retention).
+# "env MIMALLOC_PURGE_DELAY=0" to see how much of the peak RSS is allocator retention),
+# MEDIA_STORE_BIN and LOADGEN_BIN (binaries to run instead of building this tree).
 # Prints one line per measurement and a summary of ratios at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +21,13 @@ LIST_ROWS=${LIST_ROWS:-10000000}
 BENCH_ENV=${BENCH_ENV:-}
 TOKEN=bench-token
 mkdir -p "$BENCH_DIR"
-# BIN/LOADGEN: binaries to measure instead of this tree's release build (to
-# compare two revisions in one run).
-if [ -z "${BIN:-}" ]; then
+# MEDIA_STORE_BIN / LOADGEN_BIN: run another build (e.g. an older revision, to
+# compare before/after in one session) instead of building this tree.
+if [ -z "${MEDIA_STORE_BIN:-}" ]; then
     cargo build --release --quiet --bin media-store --example loadgen
 fi
-BIN=${BIN:-$PWD/target/release/media-store}
-LOADGEN=${LOADGEN:-$PWD/target/release/examples/loadgen}
+BIN=${MEDIA_STORE_BIN:-$PWD/target/release/media-store}
+LOADGEN=${LOADGEN_BIN:-$PWD/target/release/examples/loadgen}
 summary=()
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

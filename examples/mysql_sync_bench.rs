@@ -126,16 +126,8 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 3. Reconcile (before the lag run: it needs the bulk table).
-    let base = "";
     let t = Instant::now();
-    let report = reconcile::compare(
-        &index,
-        &mut conn,
-        cfg.reconcile_chunk,
-        base,
-        false,
-        &media_store::clock::SystemClock,
-    )?;
+    let report = compare(&index, &mut conn, cfg.reconcile_chunk, false)?;
     let compare_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(report.differences() == 0, "not in sync: {report:?}");
     let t = Instant::now();
@@ -154,24 +146,10 @@ fn main() -> anyhow::Result<()> {
         (rows as i64 - bad / 2, rows as i64),
     )?;
     let t = Instant::now();
-    let report = reconcile::compare(
-        &index,
-        &mut conn,
-        cfg.reconcile_chunk,
-        base,
-        true,
-        &media_store::clock::SystemClock,
-    )?;
+    let report = compare(&index, &mut conn, cfg.reconcile_chunk, true)?;
     let (repaired, _) = drain(&index, &mut conn, cfg.batch_size, None)?;
     let repair_s = t.elapsed().as_secs_f64();
-    let check = reconcile::compare(
-        &index,
-        &mut conn,
-        cfg.reconcile_chunk,
-        base,
-        false,
-        &media_store::clock::SystemClock,
-    )?;
+    let check = compare(&index, &mut conn, cfg.reconcile_chunk, false)?;
     anyhow::ensure!(check.differences() == 0, "repair left {check:?}");
     println!(
         "reconcile (1% corrupted): missing={} differing={} found and {repaired} rows repaired in {repair_s:.1} s",
@@ -223,6 +201,17 @@ fn fill_index(path: &Path, rows: usize) -> anyhow::Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// A reconcile of the whole table against the index (`queue`: repair).
+fn compare(
+    index: &Index,
+    conn: &mut mysql::Conn,
+    chunk: usize,
+    queue: bool,
+) -> anyhow::Result<reconcile::Report> {
+    let clock = media_store::clock::SystemClock;
+    Ok(reconcile::compare(index, conn, chunk, "", queue, &clock)?)
 }
 
 /// Drains the outbox (up to `limit` entries); returns (rows, seconds).

@@ -70,6 +70,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
+/// Shortest `api_token` accepted: a guessable service token opens the whole API.
+pub const MIN_API_TOKEN_CHARS: usize = 16;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -158,6 +161,14 @@ impl Config {
             ));
         }
         self.retention.validate().map_err(ConfigError::Invalid)?;
+        let token_len = self.api_token.chars().count();
+        if token_len > 0 && token_len < MIN_API_TOKEN_CHARS {
+            return Err(ConfigError::Invalid(format!(
+                "api_token has {token_len} characters; at least {MIN_API_TOKEN_CHARS} are required \
+                 (e.g. `head -c32 /dev/urandom | basenc --base64url`), or leave it empty to use \
+                 the token generated into <data_dir>/api-token"
+            )));
+        }
         if self.upload.max_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "upload.max_bytes must be positive".into(),
@@ -373,7 +384,7 @@ mod tests {
         let file = "listen = \"127.0.0.1:9000\"\n[upload]\nmax_bytes = 100\n[upload.family_max_bytes]\nimage = 10\n";
         let e = env(&[
             ("MEDIA_STORE_UPLOAD_MAX_BYTES", "200"),
-            ("MEDIA_STORE_API_TOKEN", "secret"),
+            ("MEDIA_STORE_API_TOKEN", "secret-0123456789"),
             ("MEDIA_STORE_UPLOAD_DENIED_TYPES", "[\"video/*\"]"),
         ]);
         let flags = Overrides {
@@ -383,7 +394,7 @@ mod tests {
         let c = Config::from_parts(file, &e, &flags).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.upload.max_bytes, 200);
-        assert_eq!(c.api_token, "secret");
+        assert_eq!(c.api_token, "secret-0123456789");
         assert_eq!(c.upload.denied_types, vec!["video/*"]);
         assert_eq!(c.upload.family_max_bytes.get("image"), Some(&10));
         // A partial map in the file keeps the other families' defaults.
@@ -392,6 +403,22 @@ mod tests {
             Some(&(2048 * 1024 * 1024))
         );
         assert_eq!(c.data_dir, PathBuf::from("/srv/m"));
+    }
+
+    #[test]
+    fn short_api_tokens_are_refused_with_a_clear_message() {
+        for short in ["x", "secret", "0123456789abcde"] {
+            let e = env(&[("MEDIA_STORE_API_TOKEN", short)]);
+            let err = Config::from_parts("", &e, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("at least 16"), "{err}");
+        }
+        let err = Config::from_parts("api_token = \"abc\"", &env(&[]), &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("api_token"), "{err}");
+        // Empty (the generated token) and long enough are fine.
+        Config::from_parts("api_token = \"\"", &env(&[]), &Overrides::default()).unwrap();
+        let e = env(&[("MEDIA_STORE_API_TOKEN", "0123456789abcdef")]);
+        Config::from_parts("", &e, &Overrides::default()).unwrap();
     }
 
     #[test]

@@ -105,10 +105,21 @@ pub fn type_matches(pattern: &str, mime: &str) -> bool {
 /// Decides the MIME type from the leading bytes of the content.
 /// `complete` says whether `head` is the whole content (it matters for text).
 pub fn sniff(head: &[u8], complete: bool) -> Option<&'static str> {
+    // A Java archive runs wherever its ZIP entries are, even after an image
+    // (a GIF/JAR polyglot): looked for in the whole window first.
+    if zip_entries(head).any(|name| name.eq_ignore_ascii_case(JAR_MANIFEST)) {
+        return Some("application/java-archive");
+    }
     if let Some(kind) = infer::get(head) {
         let mime = normalise(kind.mime_type());
         return match mime {
-            "application/zip" => Some(office_container(head).unwrap_or(mime)),
+            // `infer` names some OOXML files itself, macro-enabled ones included.
+            "application/zip"
+            | "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            | "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            | "application/vnd.openxmlformats-officedocument.presentationml.presentation" => {
+                Some(office_container(head).unwrap_or(mime))
+            }
             // Markup: decide between HTML, SVG and XML ourselves, so the policy can name them.
             m if m.starts_with("text/") || m.ends_with("/xml") => sniff_text(head, complete),
             m => Some(m),
@@ -117,64 +128,86 @@ pub fn sniff(head: &[u8], complete: bool) -> Option<&'static str> {
     sniff_text(head, complete)
 }
 
-/// Tells OOXML and OpenDocument files from plain ZIPs by the names of the
-/// entries at the start of the archive. Written by hand because ZIP readers
-/// (the `zip` crate) need the central directory at the end of the file, which a
-/// streaming upload has not received yet, and `infer`'s own OOXML check only
-/// looks at fixed entry positions (it calls our Word sample a ZIP).
-fn office_container(head: &[u8]) -> Option<&'static str> {
+/// The entry that makes a ZIP a Java archive (`java -jar`, double-click).
+const JAR_MANIFEST: &[u8] = b"META-INF/MANIFEST.MF";
+/// The part that holds an Office file's VBA macros.
+const VBA_PROJECT: &[u8] = b"vbaProject.bin";
+
+/// The names of the ZIP entries whose local headers lie in `head`, in order.
+/// Stops at the first header cut by the end of `head`.
+fn zip_entries(head: &[u8]) -> impl Iterator<Item = &[u8]> {
     const LOCAL_HEADER: &[u8] = b"PK\x03\x04";
     let mut at = 0;
-    while let Some(pos) = find(&head[at..], LOCAL_HEADER) {
-        let h = at + pos;
+    std::iter::from_fn(move || {
+        let h = at + find(head.get(at..)?, LOCAL_HEADER)?;
         let name_len = usize::from(u16::from_le_bytes([*head.get(h + 26)?, *head.get(h + 27)?]));
         let name = head.get(h + 30..h + 30 + name_len)?;
+        at = h + 30 + name_len;
+        Some(name)
+    })
+}
+
+/// Tells OOXML and OpenDocument files from plain ZIPs by the names of the
+/// entries at the start of the archive, and macro-enabled OOXML (a
+/// `vbaProject.bin` part) from plain OOXML. Written by hand because ZIP readers
+/// (the `zip` crate) need the central directory at the end of the file, which a
+/// streaming upload has not received yet, and `infer`'s own OOXML check only
+/// looks at fixed entry positions (it calls our Word sample a ZIP). A macro
+/// part past the sniff window goes unseen: the download's name then gets the
+/// macro-free extension (`.docx`), under which Office refuses to run it.
+fn office_container(head: &[u8]) -> Option<&'static str> {
+    let mut office: Option<(&'static str, &'static str)> = None;
+    let mut macros = false;
+    for name in zip_entries(head) {
         if name == b"mimetype" {
             // ODF stores its type uncompressed right after the first entry's header.
+            let h = find(head, b"mimetype")?.checked_sub(30)?;
             let extra_len =
                 usize::from(u16::from_le_bytes([*head.get(h + 28)?, *head.get(h + 29)?]));
-            let start = h + 30 + name_len + extra_len;
+            let start = h + 30 + name.len() + extra_len;
             let content = head.get(start..(start + 60).min(head.len()))?;
-            for (prefix, mime) in [
-                (
-                    &b"application/vnd.oasis.opendocument.text"[..],
-                    "application/vnd.oasis.opendocument.text",
-                ),
-                (
-                    b"application/vnd.oasis.opendocument.spreadsheet",
-                    "application/vnd.oasis.opendocument.spreadsheet",
-                ),
-                (
-                    b"application/vnd.oasis.opendocument.presentation",
-                    "application/vnd.oasis.opendocument.presentation",
-                ),
+            for mime in [
+                "application/vnd.oasis.opendocument.text",
+                "application/vnd.oasis.opendocument.spreadsheet",
+                "application/vnd.oasis.opendocument.presentation",
             ] {
-                if content.starts_with(prefix) {
+                if content.starts_with(mime.as_bytes()) {
                     return Some(mime);
                 }
             }
         }
-        for (dir, mime) in [
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(&VBA_PROJECT.to_ascii_lowercase()) {
+            macros = true;
+        }
+        for (dir, mime, macro_mime) in [
             (
                 &b"word/"[..],
                 "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.ms-word.document.macroenabled.12",
             ),
             (
                 b"xl/",
                 "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.ms-excel.sheet.macroenabled.12",
             ),
             (
                 b"ppt/",
                 "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+                "application/vnd.ms-powerpoint.presentation.macroenabled.12",
             ),
         ] {
-            if name.starts_with(dir) {
-                return Some(mime);
+            if office.is_none() && name.starts_with(dir) {
+                office = Some((mime, macro_mime));
             }
         }
-        at = h + 30 + name_len;
     }
-    None
+    match (office, macros) {
+        (Some((_, macro_mime)), true) => Some(macro_mime),
+        (Some((mime, _)), false) => Some(mime),
+        (None, true) => Some("application/vnd.ms-office.vbaproject"),
+        (None, false) => None,
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -223,8 +256,12 @@ fn sniff_text(head: &[u8], complete: bool) -> Option<&'static str> {
     if start.starts_with("<!doctype html")
         || start.starts_with("<html")
         || start.contains("<script")
+        || start.contains("<hta:application")
     {
         return Some("text/html");
+    }
+    if let Some(script) = script_type(&start) {
+        return Some(script);
     }
     if start.contains("<svg") {
         return Some("image/svg+xml");
@@ -236,6 +273,252 @@ fn sniff_text(head: &[u8], complete: bool) -> Option<&'static str> {
         return Some("application/x-shellscript");
     }
     Some("text/plain")
+}
+
+/// Script a host runs when the file is opened (Windows Script Host, node):
+/// JavaScript or VBScript, from the lower-cased start of a text file. Plain
+/// prose and notes stay `text/plain`: it takes an interpreter line, a Windows
+/// Script Host object, or mostly lines that only code has.
+fn script_type(start: &str) -> Option<&'static str> {
+    let first = start.lines().next().unwrap_or("");
+    if first.starts_with("#!") && ["node", "deno", "bun"].iter().any(|i| first.contains(i)) {
+        return Some("text/javascript");
+    }
+    if start.contains("activexobject") || start.contains("wscript.createobject") {
+        return Some("text/javascript");
+    }
+    let code_like = |l: &str| {
+        let l = l.trim();
+        [
+            "var ",
+            "let ",
+            "const ",
+            "function",
+            "import ",
+            "export ",
+            "return",
+            "if (",
+            "for (",
+            "while (",
+            "try {",
+            "} catch",
+            "//",
+            "/*",
+            "*/",
+            "eval(",
+            "new ",
+            "this.",
+            "document.",
+            "window.",
+        ]
+        .iter()
+        .any(|k| l.starts_with(k))
+            || [";", "{", "}", "});", "},", ");", "=>"]
+                .iter()
+                .any(|e| l.ends_with(e))
+    };
+    let lines: Vec<&str> = start.lines().filter(|l| !l.trim().is_empty()).collect();
+    let js = lines.iter().filter(|l| code_like(l)).count();
+    if lines.len() >= 2 && js * 10 >= lines.len() * 7 {
+        return Some("text/javascript");
+    }
+    let vbs_like = |l: &str| {
+        let l = l.trim();
+        [
+            "dim ",
+            "set ",
+            "sub ",
+            "end sub",
+            "function ",
+            "end function",
+            "msgbox",
+            "on error resume",
+            "'",
+            "rem ",
+        ]
+        .iter()
+        .any(|k| l.starts_with(k))
+            || l.contains("createobject(")
+            || l.contains("wscript.")
+    };
+    let vbs = lines.iter().filter(|l| vbs_like(l)).count();
+    if start.contains("createobject(") || (lines.len() >= 2 && vbs * 10 >= lines.len() * 7) {
+        return Some("text/vbscript");
+    }
+    None
+}
+
+/// The file name extensions that agree with a stored type, the usual one
+/// first; empty for types without one.
+pub fn extensions(mime: &str) -> &'static [&'static str] {
+    match mime.to_ascii_lowercase().as_str() {
+        "image/jpeg" => &["jpg", "jpeg", "jpe", "jfif"],
+        "image/png" => &["png"],
+        "image/gif" => &["gif"],
+        "image/webp" => &["webp"],
+        "image/avif" => &["avif"],
+        "image/heif" | "image/heic" => &["heic", "heif"],
+        "image/bmp" => &["bmp"],
+        "image/tiff" => &["tif", "tiff"],
+        "image/x-icon" | "image/vnd.microsoft.icon" => &["ico"],
+        "image/jxl" => &["jxl"],
+        "image/jp2" => &["jp2"],
+        "image/vnd.adobe.photoshop" => &["psd"],
+        "image/x-canon-cr2" => &["cr2"],
+        "audio/mpeg" => &["mp3"],
+        "audio/flac" => &["flac"],
+        "audio/ogg" => &["ogg", "oga", "opus"],
+        "audio/opus" => &["opus", "ogg"],
+        "audio/wav" => &["wav"],
+        "audio/aac" => &["aac"],
+        "audio/mp4" | "audio/m4a" | "audio/x-m4a" => &["m4a", "mp4"],
+        "audio/amr" => &["amr"],
+        "audio/midi" => &["mid", "midi"],
+        "audio/aiff" | "audio/x-aiff" => &["aiff", "aif"],
+        "audio/webm" => &["weba", "webm"],
+        "video/mp4" => &["mp4", "m4v"],
+        "video/quicktime" => &["mov"],
+        "video/webm" => &["webm"],
+        "video/x-matroska" => &["mkv"],
+        "video/x-msvideo" => &["avi"],
+        "video/3gpp" => &["3gp"],
+        "video/mpeg" => &["mpg", "mpeg"],
+        "video/x-flv" => &["flv"],
+        "video/ogg" => &["ogv", "ogg"],
+        "application/pdf" => &["pdf"],
+        "application/zip" => &["zip"],
+        "application/msword" => &["doc"],
+        "application/vnd.ms-excel" => &["xls"],
+        "application/vnd.ms-powerpoint" => &["ppt"],
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => &["docx"],
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => &["xlsx"],
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation" => &["pptx"],
+        "application/vnd.oasis.opendocument.text" => &["odt"],
+        "application/vnd.oasis.opendocument.spreadsheet" => &["ods"],
+        "application/vnd.oasis.opendocument.presentation" => &["odp"],
+        "application/rtf" => &["rtf"],
+        "application/epub+zip" => &["epub"],
+        "application/gzip" => &["gz"],
+        "application/x-7z-compressed" => &["7z"],
+        "application/x-tar" => &["tar"],
+        "application/x-bzip2" => &["bz2"],
+        "application/x-xz" => &["xz"],
+        "application/vnd.rar" | "application/x-rar-compressed" => &["rar"],
+        "text/plain" => &["txt", "text", "log", "md", "csv"],
+        _ => &[],
+    }
+}
+
+/// A stored filename made safe to offer for download as `mime`: cleaned (see
+/// [`clean_filename`]) and with an extension that agrees with the type,
+/// appended when it does not (`evil.hta` stored as `text/plain` is offered as
+/// `evil.hta.txt`), so the uploader's name cannot turn a file into an
+/// executable on the downloader's disk. `fallback` (the media id) names files
+/// uploaded without a name.
+pub fn download_name(name: Option<&str>, mime: &str, fallback: &str) -> String {
+    let name = name
+        .and_then(clean_filename)
+        .unwrap_or_else(|| fallback.to_owned());
+    // Windows drops trailing dots and spaces: `evil.exe.` would be `evil.exe`.
+    let name = name.trim_end_matches(['.', ' ']);
+    let name = if name.is_empty() { fallback } else { name };
+    let Some(&usual) = extensions(mime).first() else {
+        // No extension for this type: `.bin`, which nothing runs.
+        return if name.to_ascii_lowercase().ends_with(".bin") {
+            name.to_owned()
+        } else {
+            format!("{name}.bin")
+        };
+    };
+    let agrees = name.rsplit_once('.').is_some_and(|(stem, ext)| {
+        !stem.is_empty() && extensions(mime).iter().any(|e| e.eq_ignore_ascii_case(ext))
+    });
+    if agrees {
+        return name.to_owned();
+    }
+    let mut stem = name.to_owned();
+    while stem.len() + 1 + usual.len() > MAX_NAME_BYTES {
+        stem.pop();
+    }
+    format!("{stem}.{usual}")
+}
+
+/// Longest filename kept, in bytes (what file systems allow).
+const MAX_NAME_BYTES: usize = 255;
+
+/// Keeps only the last path component of a client's filename, without
+/// control or format characters (Unicode category Cc, Cf: bidirectional
+/// overrides such as U+202E that show `invoice\u{202E}gnp.exe` as
+/// `invoiceexe.png`, zero-width characters), invisible fillers, and with
+/// look-alikes of `.`, `/` and `\\` replaced by `_` and exotic spaces by a
+/// plain one; at most 255 bytes. `None` when nothing usable is left.
+pub fn clean_filename(raw: &str) -> Option<String> {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let mut name: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !is_format_or_invisible(*c))
+        .map(|c| {
+            if is_separator_lookalike(c) {
+                '_'
+            } else if c.is_whitespace() {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    while name.len() > MAX_NAME_BYTES {
+        name.pop();
+    }
+    let name = name.trim().to_owned();
+    (!name.is_empty() && name != "." && name != "..").then_some(name)
+}
+
+/// Unicode category Cf (format characters, Unicode 15.1), line and paragraph
+/// separators, and characters that render as nothing (variation selectors,
+/// fillers, the combining grapheme joiner).
+fn is_format_or_invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+        // Invisible: combining grapheme joiner, Hangul and Khmer fillers,
+        // Mongolian variation selectors, variation selectors, braille blank.
+        | 0x034F | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180D | 0x180F
+        | 0x2800 | 0x3164 | 0xFE00..=0xFE0F | 0xFFA0 | 0xE0100..=0xE01EF)
+}
+
+/// Characters that look like the `.` of an extension or a path separator.
+fn is_separator_lookalike(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2024}'
+            | '\u{2025}'
+            | '\u{2026}'
+            | '\u{FE52}'
+            | '\u{FF0E}'
+            | '\u{0701}'
+            | '\u{0702}'
+            | '\u{A60E}'
+            | '\u{10A50}'
+            | '\u{3002}'
+            | '\u{FF61}'
+            | '\u{2E2E}'
+            | '\u{06D4}'
+            | '\u{2044}'
+            | '\u{2215}'
+            | '\u{29F8}'
+            | '\u{FF0F}'
+            | '\u{2571}'
+            | '\u{FE68}'
+            | '\u{29F5}'
+            | '\u{29F9}'
+            | '\u{FF3C}'
+            | '\u{2216}'
+            | '\u{2572}'
+            | '\u{3033}'
+    )
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -299,6 +582,11 @@ impl Default for UploadConfig {
                 "application/x-shellscript",
                 "application/java-archive",
                 "application/wasm",
+                "text/vbscript",
+                "application/vnd.ms-word.document.macroenabled.12",
+                "application/vnd.ms-excel.sheet.macroenabled.12",
+                "application/vnd.ms-powerpoint.presentation.macroenabled.12",
+                "application/vnd.ms-office.vbaproject",
             ]
             .map(String::from)
             .to_vec(),
@@ -379,6 +667,182 @@ mod tests {
         assert_eq!(p.admit("video/mp4").unwrap(), 2048 * 1024 * 1024);
         assert!(p.admit("application/pdf").is_ok());
         assert!(p.admit("application/octet-stream").is_err());
+    }
+
+    /// A stored (uncompressed) ZIP with `entries`, as `zip -0` writes them.
+    pub(crate) fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in entries {
+            out.extend_from_slice(b"PK\x03\x04\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+            out.extend_from_slice(&[0; 4]); // crc, not checked by sniffing
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+        }
+        out.extend_from_slice(b"PK\x05\x06");
+        out.extend_from_slice(&[0; 18]);
+        out
+    }
+
+    #[test]
+    fn java_archives_and_macros_are_recognised() {
+        let jar = zip(&[
+            ("META-INF/", b""),
+            (
+                "META-INF/MANIFEST.MF",
+                b"Manifest-Version: 1.0\r\nMain-Class: Evil\r\n",
+            ),
+            ("Evil.class", b"\xca\xfe\xba\xbe"),
+        ]);
+        assert_eq!(sniff(&jar, true), Some("application/java-archive"));
+        // A GIF with a JAR appended (GIFAR) is a JAR too.
+        let mut gifar = testdata("gif/animated.gif");
+        gifar.extend_from_slice(&jar);
+        if gifar.len() <= SNIFF_LEN {
+            assert_eq!(sniff(&gifar, true), Some("application/java-archive"));
+        }
+        let mut small_gifar = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec();
+        small_gifar.extend_from_slice(&jar);
+        assert_eq!(sniff(&small_gifar, true), Some("application/java-archive"));
+        // A ZIP without a manifest stays a ZIP.
+        assert_eq!(
+            sniff(&zip(&[("a.txt", b"hello")]), true),
+            Some("application/zip")
+        );
+        let docm = zip(&[
+            ("[Content_Types].xml", b"<Types/>"),
+            ("word/document.xml", b"<w:document/>"),
+            ("word/vbaProject.bin", b"\xd0\xcf\x11\xe0"),
+        ]);
+        assert_eq!(
+            sniff(&docm, true),
+            Some("application/vnd.ms-word.document.macroenabled.12")
+        );
+        let xlsm = zip(&[("xl/workbook.xml", b"<w/>"), ("xl/vbaProject.bin", b"x")]);
+        assert_eq!(
+            sniff(&xlsm, true),
+            Some("application/vnd.ms-excel.sheet.macroenabled.12")
+        );
+        let docx = zip(&[("word/document.xml", b"<w:document/>")]);
+        let p = Policy::new(UploadConfig::default());
+        assert!(p.admit(sniff(&docx, true).unwrap()).is_ok());
+        for refused in [&jar, &small_gifar, &docm, &xlsm] {
+            let mime = sniff(refused, true).unwrap();
+            assert!(
+                matches!(p.admit(mime), Err(PolicyError::TypeNotAllowed { .. })),
+                "{mime}"
+            );
+        }
+    }
+
+    #[test]
+    fn scripts_are_recognised_so_the_deny_list_can_refuse_them() {
+        let p = Policy::new(UploadConfig::default());
+        for (text, mime) in [
+            (
+                &b"#!/usr/bin/env node\nrequire('child_process').exec('x')\n"[..],
+                "text/javascript",
+            ),
+            (
+                b"var sh = new ActiveXObject(\"WScript.Shell\");\nsh.Run(\"calc\");\n",
+                "text/javascript",
+            ),
+            (
+                b"function run() {\n  const x = 1;\n  return x;\n}\nrun();\n",
+                "text/javascript",
+            ),
+            (
+                b"Set sh = CreateObject(\"WScript.Shell\")\nsh.Run \"calc\"\n",
+                "text/vbscript",
+            ),
+            (b"<HTA:APPLICATION ID=\"x\">\n<p>hi</p>\n", "text/html"),
+        ] {
+            assert_eq!(
+                sniff(text, true),
+                Some(mime),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(p.admit(mime).is_err(), "{mime}");
+        }
+        for prose in [
+            &b"Dear team,\nthe meeting moves to Friday.\nRegards, Ann\n"[..],
+            b"shopping: milk; bread; eggs\nand more\ncall me",
+            b"@echo off\nstart calc.exe\n",
+            b"hello",
+        ] {
+            assert_eq!(
+                sniff(prose, true),
+                Some("text/plain"),
+                "{}",
+                String::from_utf8_lossy(prose)
+            );
+        }
+        assert_eq!(sniff_file("text/utf8.txt"), Some("text/plain"));
+    }
+
+    #[test]
+    fn download_names_agree_with_the_stored_type() {
+        for (name, mime, served) in [
+            (Some("evil.hta"), "text/plain", "evil.hta.txt"),
+            (Some("evil.bat"), "text/plain", "evil.bat.txt"),
+            (Some("evil.js"), "text/plain", "evil.js.txt"),
+            (Some("evil.jar"), "application/zip", "evil.jar.zip"),
+            (Some("gifar.jar"), "image/gif", "gifar.jar.gif"),
+            (
+                Some("invoice\u{202E}gnp.exe"),
+                "image/png",
+                "invoicegnp.exe.png",
+            ),
+            (Some("photo.JPEG"), "image/jpeg", "photo.JPEG"),
+            (Some("photo.png"), "image/jpeg", "photo.png.jpg"),
+            (Some("notes.txt"), "text/plain", "notes.txt"),
+            (Some("report.pdf"), "application/pdf", "report.pdf"),
+            (Some("evil.exe. . "), "text/plain", "evil.exe.txt"),
+            (Some(".png"), "image/png", ".png.png"),
+            (Some("x\u{FF0E}exe"), "text/plain", "x_exe.txt"),
+            (Some("a\u{2215}b.pdf"), "application/pdf", "a_b.pdf"),
+            (
+                Some("zero\u{200B}width\u{FE0F}.png"),
+                "image/png",
+                "zerowidth.png",
+            ),
+            (Some("\u{202E}"), "image/png", "7.png"),
+            (None, "video/mp4", "7.mp4"),
+            (Some("data.bin"), "font/woff", "data.bin"),
+            (Some("run.exe"), "font/woff", "run.exe.bin"),
+        ] {
+            assert_eq!(download_name(name, mime, "7"), served, "{name:?} as {mime}");
+        }
+        let long = format!("{}.exe", "a".repeat(300));
+        let served = download_name(Some(&long), "text/plain", "7");
+        assert!(served.len() <= 255 && served.ends_with(".txt"), "{served}");
+    }
+
+    #[test]
+    fn filenames_lose_paths_format_characters_and_lookalikes() {
+        assert_eq!(
+            clean_filename("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            clean_filename("C:\\x\\photo.jpg").as_deref(),
+            Some("photo.jpg")
+        );
+        assert_eq!(clean_filename("a\u{0}b\n.png").as_deref(), Some("ab.png"));
+        assert_eq!(
+            clean_filename("invoice\u{202E}gnp.exe").as_deref(),
+            Some("invoicegnp.exe")
+        );
+        assert_eq!(
+            clean_filename("\u{2066}a\u{2069}\u{00A0}b\u{3000}c.txt").as_deref(),
+            Some("a b c.txt")
+        );
+        assert_eq!(clean_filename("\u{200D}\u{2060}"), None);
+        assert_eq!(clean_filename(".."), None);
     }
 
     #[test]

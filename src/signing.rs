@@ -296,9 +296,9 @@ impl Signer {
     /// that they expired.
     pub fn verify(&self, target: Target<'_>, query: &str) -> Result<Verified, SignError> {
         // Borrowed unless percent-decoding was needed: verification runs on every
-        // download, so it allocates as little as it can.
-        let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-            form_urlencoded::parse(query.as_bytes()).collect();
+        // download, so it allocates as little as it can. Only the one spelling
+        // `sign` writes is accepted (issue #14).
+        let pairs = canonical_pairs(query)?;
         let single = |name: &str| {
             let mut it = pairs.iter().filter(|(k, _)| k == name);
             match (it.next(), it.next()) {
@@ -342,6 +342,57 @@ impl Signer {
             options,
         })
     }
+}
+
+/// The query's pairs, decoded, if it is spelled exactly as [`Signer::sign`]
+/// writes it: `key=value` pieces joined by single `&`s, each key and value in
+/// form-urlencoded canonical form (`[A-Za-z0-9*-._]` as is, space as `+`,
+/// every other byte as upper-case `%XX`) and decoding to valid UTF-8. Any other
+/// spelling of the same pairs (`exp=%31...`, `%65xp=`, `&&`, `%ff`, `%FF`
+/// decoding to U+FFFD) is refused, so one grant has one spelling.
+fn canonical_pairs(query: &str) -> Result<Vec<Pair<'_>>, SignError> {
+    query
+        .split('&')
+        .map(|piece| {
+            let (k, v) = piece.split_once('=').ok_or(SignError::Invalid)?;
+            Ok((canonical_component(k)?, canonical_component(v)?))
+        })
+        .collect()
+}
+
+/// A decoded query parameter, borrowed from the query when it needed no decoding.
+type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_')
+}
+
+fn canonical_component(raw: &str) -> Result<Cow<'_, str>, SignError> {
+    if raw.bytes().all(is_unreserved) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut it = raw.bytes();
+    while let Some(b) = it.next() {
+        bytes.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = |d: Option<u8>| {
+                    d.and_then(|d| (d as char).to_digit(16))
+                        .ok_or(SignError::Invalid)
+                };
+                let (hi, lo) = (hex(it.next())?, hex(it.next())?);
+                (hi * 16 + lo) as u8
+            }
+            b => b,
+        });
+    }
+    let decoded = String::from_utf8(bytes).map_err(|_| SignError::Invalid)?;
+    let respelled: String = form_urlencoded::byte_serialize(decoded.as_bytes()).collect();
+    if respelled != raw {
+        return Err(SignError::Invalid);
+    }
+    Ok(Cow::Owned(decoded))
 }
 
 /// Feeds the canonical form of a request into `mac`: the pairs sorted and
@@ -480,6 +531,52 @@ mod tests {
             Err(SignError::Invalid)
         );
         assert_eq!(s.verify(target(&h), ""), Err(SignError::Invalid));
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_verifies() {
+        let s = signer(Arc::new(ManualClock::new(T0)));
+        let h = blake3::hash(b"x");
+        // Values that need encoding: a space, a slash, a non-ASCII letter, U+FFFD.
+        let q = s
+            .sign(target(&h), &[("variant", "a b/\u{e9}\u{FFFD}")], None)
+            .unwrap()
+            .query;
+        assert!(q.contains("variant=a+b%2F%C3%A9%EF%BF%BD&"), "{q}");
+        let v = s.verify(target(&h), &q).unwrap();
+        assert_eq!(v.option("variant"), Some("a b/\u{e9}\u{FFFD}"));
+        let exp = (T0 + 600).to_string();
+        for respelled in [
+            // Percent-encoded unreserved characters, in values and keys.
+            q.replacen(
+                &format!("exp={exp}"),
+                &format!("exp=%{:X}{}", exp.as_bytes()[0], &exp[1..]),
+                1,
+            ),
+            q.replacen("exp=", "%65xp=", 1),
+            q.replacen("kid=a", "kid=%61", 1),
+            // Empty pieces.
+            q.replacen('&', "&&", 1),
+            format!("{q}&"),
+            format!("&{q}"),
+            // Other spellings of the same bytes.
+            q.replacen('+', "%20", 1),
+            q.replacen("%2F", "%2f", 1),
+            q.replacen("%2F", "/", 1),
+            // Invalid UTF-8 that a lossy decoder turns into U+FFFD.
+            q.replacen("%EF%BF%BD", "%FF", 1),
+            q.replacen("%EF%BF%BD", "%FE", 1),
+            // Broken escapes.
+            q.replacen("%C3", "%C", 1),
+            q.replacen("%C3", "%G3", 1),
+        ] {
+            assert_ne!(respelled, q);
+            assert_eq!(
+                s.verify(target(&h), &respelled),
+                Err(SignError::Invalid),
+                "{respelled}"
+            );
+        }
     }
 
     #[test]

@@ -274,6 +274,31 @@ pub fn spawn_background_gc(state: AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// `media-store init-archive`: makes `archive.root` this store's archive root
+/// on purpose (its store-id marker), creating the data folder's own marker
+/// if the data folder is new.
+pub fn init_archive(config: &Config, adopt_existing: bool) -> anyhow::Result<String> {
+    let root = config
+        .archive
+        .root()
+        .context("archive.root is not set: nothing to initialise")?;
+    fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+    let store = BlobStore::open(&config.data_dir)?;
+    Ok(match store.init_archive(root, adopt_existing)? {
+        crate::store::ArchiveInit::Initialised => format!(
+            "{} is now the archive root of store {}",
+            root.display(),
+            store.id()
+        ),
+        crate::store::ArchiveInit::AlreadyThis => format!(
+            "{} already is the archive root of store {}",
+            root.display(),
+            store.id()
+        ),
+    })
+}
+
 /// `media-store sign-url`: signs from the config's keys (or the data folder's
 /// generated key) and the index, without a running daemon.
 pub fn sign_url_offline(

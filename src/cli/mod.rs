@@ -67,6 +67,16 @@ pub enum Command {
     /// orphans. Exit: 0 clean, 1 problems found (also when repaired), 2 error.
     #[command(visible_alias = "scrub")]
     Fsck(lifecycle::FsckArgs),
+    /// Make archive.root this store's archive root on purpose: writes its
+    /// store-id marker. The daemon, gc and fsck refuse an archive root
+    /// without it (an unmounted disk's empty mount point, or another store's
+    /// disk).
+    InitArchive {
+        /// Also accept a root that already holds files (an archive written
+        /// before store ids existed).
+        #[arg(long)]
+        adopt_existing: bool,
+    },
     /// Print a signed download URL for a media id as JSON {"url", "expires_at"},
     /// offline, with the config's active signing key.
     SignUrl {
@@ -119,6 +129,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = cli.load_config(None)?;
             let view = crate::app::sign_url_offline(&config, *id, *ttl, variant, *attachment)?;
             println!("{}", serde_json::to_string(&view)?);
+            Ok(0)
+        }
+        Command::InitArchive { adopt_existing } => {
+            let config = cli.load_config(None)?;
+            println!("{}", crate::app::init_archive(&config, *adopt_existing)?);
             Ok(0)
         }
         Command::ConfigKeys => {

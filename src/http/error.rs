@@ -97,6 +97,11 @@ where
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        // Browsers must not sniff an error body into something they would run.
+        let nosniff = [(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        )];
+        (self.status, nosniff, Json(body)).into_response()
     }
 }

@@ -15,21 +15,28 @@ impl FromRequestParts<HttpState> for ServiceAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
-        let expected = state.api_token();
-        // Constant time, so the token cannot be guessed byte by byte from timing.
-        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        if has_service_token(&parts.headers, state) {
             Ok(ServiceAuth)
         } else {
             Err(ApiError::unauthorized())
         }
     }
+}
+
+/// Whether `headers` carry the service token (for routes that answer
+/// everyone but tell the backend more, such as `/healthz`).
+pub fn has_service_token(headers: &axum::http::HeaderMap, state: &HttpState) -> bool {
+    let Some(presented) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    let expected = state.api_token();
+    // Constant time, so the token cannot be guessed byte by byte from timing.
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// `Query<T>` with a JSON 400 on malformed or missing parameters.

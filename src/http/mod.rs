@@ -7,6 +7,7 @@ pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod multipart;
 pub mod observe;
 pub mod routes;
 pub mod server;
@@ -17,6 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{delete, get, post, put};
+use tower_http::trace::TraceLayer;
 
 use error::ApiError;
 pub use state::{HttpSettings, HttpState};
@@ -111,6 +113,18 @@ pub fn router(state: HttpState) -> Router {
             }
         })
         .route_layer(middleware::from_fn(observe::route_template))
+        // The span names the path only: a signed URL's query is a credential
+        // until it expires, and must not reach the logs (issue #14).
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            }),
+        )
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

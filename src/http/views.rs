@@ -47,7 +47,11 @@ impl MediaView {
 pub struct UploadView {
     #[serde(flatten)]
     pub media: MediaView,
-    pub deduplicated: bool,
+    /// Whether the content was already stored: service uploads only. Left out
+    /// of presigned uploads' answers, where it would tell one uploader what
+    /// another stored (issue #14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deduplicated: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]

@@ -210,7 +210,7 @@ pub fn open_existing(
     archive_root: Option<&std::path::Path>,
 ) -> anyhow::Result<(Maintenance, BlobStore)> {
     let index = Maintenance::open_existing(data_dir)?;
-    let store = BlobStore::open(data_dir)?.with_archive(archive_root)?;
+    let store = BlobStore::open_existing(data_dir)?.with_archive(archive_root)?;
     Ok((index, store))
 }
 

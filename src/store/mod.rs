@@ -65,6 +65,10 @@ pub enum StoreError {
     },
     #[error("the data disk is full")]
     DiskFull(#[source] io::Error),
+    /// A root that is not this store's (missing or foreign marker): never
+    /// written to, so an unmounted disk's empty mount point is not filled.
+    #[error("{0}")]
+    WrongRoot(String),
 }
 
 impl StoreError {
@@ -87,13 +91,14 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::DiskFull(_) => ErrorKind::InsufficientStorage,
-            StoreError::Io { .. } => ErrorKind::Internal,
+            StoreError::Io { .. } | StoreError::WrongRoot(_) => ErrorKind::Internal,
         }
     }
     fn code(&self) -> &'static str {
         match self {
             StoreError::DiskFull(_) => "disk_full",
             StoreError::Io { .. } => "internal",
+            StoreError::WrongRoot(_) => "wrong_root",
         }
     }
 }
@@ -172,8 +177,69 @@ pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + S
 /// Handle on the blob roots of one data folder. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
+    /// The store's id, from the primary root's marker; every root of the
+    /// store carries the same one (storage-layout.md, "Folders").
+    id: String,
     primary: Root,
     archive: Option<Root>,
+    durable: DurableFolders,
+}
+
+/// Shard folders whose own entries (in their parents) this process has made
+/// durable: a folder found on disk but not in here gets its parents synced
+/// with the next install into it.
+#[derive(Debug, Clone, Default)]
+struct DurableFolders(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>);
+
+impl DurableFolders {
+    fn contains(&self, dir: &Path) -> bool {
+        self.0.lock().expect("durable folders lock").contains(dir)
+    }
+
+    fn extend(&self, dirs: &[PathBuf]) {
+        self.0
+            .lock()
+            .expect("durable folders lock")
+            .extend(dirs.iter().cloned());
+    }
+}
+
+/// The file in each root naming the store it belongs to (as Garage's node
+/// id): `<32 hex>` and a newline.
+const MARKER: &str = "store-id";
+
+/// A root's store id, if it has a marker.
+fn read_marker(dir: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(dir.join(MARKER)) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(
+            format!("read {}", dir.join(MARKER).display()),
+            e,
+        )),
+    }
+}
+
+/// Writes a root's marker durably (a new file, its folder synced): a marker
+/// lost to a power cut would make the root look foreign at the next start.
+fn write_marker(dir: &Path, id: &str) -> Result<()> {
+    let io = |what: &str, e| StoreError::io(format!("{what} {}", dir.join(MARKER).display()), e);
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
+    use std::io::Write as _;
+    writeln!(file, "{id}").map_err(|e| io("write", e))?;
+    file.sync_all().map_err(|e| io("sync", e))?;
+    fs::rename(&tmp, dir.join(MARKER)).map_err(|e| io("install", e))?;
+    fsync_dir(dir).map_err(|e| io("sync the folder of", e))
+}
+
+/// What [`BlobStore::init_archive`] did.
+#[derive(Debug, PartialEq)]
+pub enum ArchiveInit {
+    /// The marker was written.
+    Initialised,
+    /// The root already belonged to this store.
+    AlreadyThis,
 }
 
 /// `blobs/`, `tmp/` and `quarantine/` of one root (the data folder, or the
@@ -201,6 +267,16 @@ impl Root {
 
     fn blob(&self, hash: &blake3::Hash) -> PathBuf {
         self.blobs.join(blob_relative_path(hash))
+    }
+
+    /// A blob's shard folder and its parents up to `blobs/`: syncing all of
+    /// them makes the blob's file reachable after a power cut, whoever
+    /// created the folders.
+    fn entry_chain(&self, hash: &blake3::Hash) -> Vec<PathBuf> {
+        let path = self.blob(hash);
+        let shard = path.parent().expect("blob paths have a shard");
+        let outer = shard.parent().expect("shard has a parent");
+        vec![self.blobs.clone(), outer.to_owned(), shard.to_owned()]
     }
 
     /// Whether this root's blobs/ and tmp/ can be written (health checks).
@@ -233,23 +309,34 @@ impl Root {
 
     /// Renames a synced staging file to its content address; returns the
     /// folders whose entries changed.
-    fn install(&self, mut staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
+    fn install(
+        &self,
+        mut staged: StagingFile,
+        hash: &blake3::Hash,
+        durable: &DurableFolders,
+    ) -> Result<Pending> {
         debug_assert!(
             staged.synced,
             "is a bug: blobs are installed only after fsync"
         );
         let target = self.blob(hash);
         let shard = target.parent().expect("blob paths have a shard folder");
+        let outer = shard.parent().expect("shard has a parent");
         let mut changed = Vec::with_capacity(3);
         if !shard.is_dir() {
             // New shard folders are new entries in their parents too.
-            let outer = shard.parent().expect("shard has a parent");
-            if !outer.is_dir() {
+            if !outer.is_dir() || !durable.contains(outer) {
                 changed.push(self.blobs.clone());
             }
             fs::create_dir_all(shard)
                 .map_err(|e| StoreError::io(format!("create {}", shard.display()), e))?;
             changed.push(outer.to_owned());
+        } else if !durable.contains(shard) {
+            // Whoever created this shard folder (a batch that failed, another
+            // process, a run that crashed) may not have made its entry in
+            // its parents durable: this process syncs them once.
+            changed.push(outer.to_owned());
+            changed.push(self.blobs.clone());
         }
         fs::rename(&staged.path, &target)
             .map_err(|e| StoreError::io(format!("install blob {}", hash.to_hex()), e))?;
@@ -261,31 +348,123 @@ impl Root {
 
 impl BlobStore {
     /// Opens (creating if needed) `blobs/` and `tmp/` under `data_dir`.
+    /// A new data folder (or one from before store ids) gets its marker here.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        let primary = Root::open(data_dir)?;
+        let id = match read_marker(data_dir)? {
+            Some(id) => id,
+            None => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                write_marker(data_dir, &id)?;
+                id
+            }
+        };
         Ok(BlobStore {
-            primary: Root::open(data_dir)?,
+            id,
+            primary,
             archive: None,
+            durable: DurableFolders::default(),
         })
     }
 
-    /// Adds the archive root, which must exist (`blobs/` and `tmp/` under it
-    /// are created if needed); `None` leaves archival off.
+    /// Opens the primary root of an existing store (for `gc`, `fsck`): it
+    /// must carry its marker already; nothing is created.
+    pub fn open_existing(data_dir: &Path) -> Result<Self> {
+        let Some(id) = read_marker(data_dir)? else {
+            return Err(StoreError::WrongRoot(format!(
+                "{} has no {MARKER} marker: it is not a media-store data folder (a wrong or \
+                 unmounted path?), or one last used before store ids; start the daemon on it \
+                 once to give it one",
+                data_dir.display()
+            )));
+        };
+        Ok(BlobStore {
+            id,
+            primary: Root::open(data_dir)?,
+            archive: None,
+            durable: DurableFolders::default(),
+        })
+    }
+
+    /// This store's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Adds the archive root; `None` leaves archival off. The root must
+    /// exist and carry this store's marker ([`BlobStore::init_archive`] puts
+    /// it there on purpose): an unmounted disk's mount point is an empty
+    /// folder that would otherwise be filled, and then hidden by the disk.
     pub fn with_archive(mut self, root: Option<&Path>) -> Result<Self> {
-        if let Some(root) = root
-            && !root.is_dir()
-        {
+        let Some(root) = root else {
+            self.archive = None;
+            return Ok(self);
+        };
+        if !root.is_dir() {
             // Not created on demand: a typo or an unmounted disk would
             // otherwise silently fill the wrong file system.
-            return Err(StoreError::io(
-                format!(
-                    "archive root {} (is the archive disk mounted?)",
-                    root.display()
-                ),
-                io::ErrorKind::NotFound.into(),
-            ));
+            return Err(StoreError::WrongRoot(format!(
+                "archive root {} does not exist (is the archive disk mounted?)",
+                root.display()
+            )));
         }
-        self.archive = root.map(Root::open).transpose()?;
+        match read_marker(root)? {
+            Some(id) if id == self.id => {}
+            Some(other) => {
+                return Err(StoreError::WrongRoot(format!(
+                    "archive root {} belongs to another store (store-id {other}; this store is \
+                     {}): is the right disk mounted there?",
+                    root.display(),
+                    self.id
+                )));
+            }
+            None => {
+                return Err(StoreError::WrongRoot(format!(
+                    "archive root {} has no {MARKER} marker, so it is not this store's archive \
+                     (is the archive disk mounted?). To start a new, empty archive there on \
+                     purpose, run `media-store init-archive`",
+                    root.display()
+                )));
+            }
+        }
+        self.archive = Some(Root::open(root)?);
         Ok(self)
+    }
+
+    /// Makes `root` this store's archive root on purpose, by writing its
+    /// marker. Refused when the root belongs to another store, or when it
+    /// already holds files but `adopt_existing` is not given (an archive
+    /// written before store ids: adopt it knowingly).
+    pub fn init_archive(&self, root: &Path, adopt_existing: bool) -> Result<ArchiveInit> {
+        if !root.is_dir() {
+            return Err(StoreError::WrongRoot(format!(
+                "archive root {} does not exist: create it (on the mounted archive disk) first",
+                root.display()
+            )));
+        }
+        match read_marker(root)? {
+            Some(id) if id == self.id => return Ok(ArchiveInit::AlreadyThis),
+            Some(other) => {
+                return Err(StoreError::WrongRoot(format!(
+                    "{} belongs to another store (store-id {other}); refusing to take it over",
+                    root.display()
+                )));
+            }
+            None => {}
+        }
+        let has_files = fs::read_dir(root)
+            .map_err(|e| StoreError::io(format!("list {}", root.display()), e))?
+            .next()
+            .is_some();
+        if has_files && !adopt_existing {
+            return Err(StoreError::WrongRoot(format!(
+                "{} is not empty; if it is this store's archive from before store ids, run \
+                 `media-store init-archive --adopt-existing`",
+                root.display()
+            )));
+        }
+        write_marker(root, &self.id)?;
+        Ok(ArchiveInit::Initialised)
     }
 
     pub fn has_archive(&self) -> bool {
@@ -319,14 +498,21 @@ impl BlobStore {
     /// the whole blob. The result must be made durable
     /// ([`BlobStore::make_durable`]) before the blob is recorded as present.
     pub fn install(&self, staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
-        self.primary.install(staged, hash)
+        self.primary.install(staged, hash, &self.durable)
     }
 
     /// Makes pending writes durable: one fsync per folder for a few, one
     /// `syncfs` of the file system when many changed in the same batch
     /// (group commit: one flush then covers all of them).
     pub fn make_durable(&self, pending: Pending) -> io::Result<()> {
-        make_dirs_durable(pending.dirs)
+        let mut dirs = pending.dirs;
+        dirs.sort();
+        dirs.dedup();
+        make_dirs_durable(&dirs)?;
+        // Every folder in here had its own entries synced: a shard among
+        // them was installed into, so its parents were in this set too.
+        self.durable.extend(&dirs);
+        Ok(())
     }
 
     /// Removes staging files last modified before `older_than` ago (all of them
@@ -400,10 +586,7 @@ impl BlobStore {
         let dirs = self
             .locate(hash)
             .and_then(|t| self.root(t))
-            .map(|root| {
-                let path = root.blob(hash);
-                vec![path.parent().expect("blob paths have a shard").to_owned()]
-            })
+            .map(|root| root.entry_chain(hash))
             .unwrap_or_default();
         Pending { dirs }
     }
@@ -694,7 +877,7 @@ impl BlobStore {
         let mut pending = Pending::default();
         for copy in staged.into_iter().map(|b| *b) {
             let hash = copy.hash();
-            pending.merge(archive.install(copy, &hash)?);
+            pending.merge(archive.install(copy, &hash, &self.durable)?);
         }
         Ok(pending)
     }
@@ -705,10 +888,7 @@ impl BlobStore {
         let dirs = self
             .archive
             .as_ref()
-            .map(|a| {
-                let path = a.blob(hash);
-                vec![path.parent().expect("blob paths have a shard").to_owned()]
-            })
+            .map(|a| a.entry_chain(hash))
             .unwrap_or_default();
         Pending { dirs }
     }
@@ -796,9 +976,7 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn make_dirs_durable(mut dirs: Vec<PathBuf>) -> io::Result<()> {
-    dirs.sort();
-    dirs.dedup();
+fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
     if dirs.len() >= SYNCFS_FROM {
         let fd = File::open(&dirs[0])?;
         nix::unistd::syncfs(&fd).map_err(io::Error::from)
@@ -913,21 +1091,25 @@ mod tests {
     #[test]
     fn local_disk_with_an_archive_passes_the_blob_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("archive")).unwrap();
-        let store = BlobStore::open(&dir.path().join("data"))
-            .unwrap()
-            .with_archive(Some(&dir.path().join("archive")))
-            .unwrap();
+        let store = store_with_archive(dir.path());
         contract::run(&store);
+    }
+
+    /// A store in `dir/data` with an archive root `dir/archive`, initialised.
+    fn store_with_archive(dir: &Path) -> BlobStore {
+        let archive = dir.join("archive");
+        fs::create_dir(&archive).unwrap();
+        let store = BlobStore::open(&dir.join("data")).unwrap();
+        assert_eq!(
+            store.init_archive(&archive, false).unwrap(),
+            ArchiveInit::Initialised
+        );
+        store.with_archive(Some(&archive)).unwrap()
     }
 
     fn store_with_blob(content: &[u8]) -> (tempfile::TempDir, BlobStore, blake3::Hash) {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("archive")).unwrap();
-        let store = BlobStore::open(&dir.path().join("data"))
-            .unwrap()
-            .with_archive(Some(&dir.path().join("archive")))
-            .unwrap();
+        let store = store_with_archive(dir.path());
         let hash = contract::put(&store, content);
         (dir, store, hash)
     }
@@ -996,6 +1178,102 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("not-mounted"), "{err}");
         assert!(!missing.exists());
+    }
+
+    /// Issue #10, point 5: an archive root is used only if it carries this
+    /// store's marker; an empty folder (an unmounted disk's mount point) or
+    /// another store's disk is refused, and the refusal says how to
+    /// initialise a new root on purpose.
+    #[test]
+    fn only_this_stores_archive_root_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mount_point = dir.path().join("archive");
+        fs::create_dir(&mount_point).unwrap();
+        let store = BlobStore::open(&data).unwrap();
+        let err = store.clone().with_archive(Some(&mount_point)).unwrap_err();
+        assert!(
+            err.to_string().contains("media-store init-archive"),
+            "{err}"
+        );
+        assert!(
+            fs::read_dir(&mount_point).unwrap().next().is_none(),
+            "nothing is written into a root that is not ours"
+        );
+        store.init_archive(&mount_point, false).unwrap();
+        assert_eq!(
+            store.init_archive(&mount_point, false).unwrap(),
+            ArchiveInit::AlreadyThis
+        );
+        store.clone().with_archive(Some(&mount_point)).unwrap();
+        // The same store reopened keeps its id.
+        assert_eq!(BlobStore::open(&data).unwrap().id(), store.id());
+        assert_eq!(BlobStore::open_existing(&data).unwrap().id(), store.id());
+
+        // Another store's disk.
+        let other = BlobStore::open(&dir.path().join("other-data")).unwrap();
+        let err = other.clone().with_archive(Some(&mount_point)).unwrap_err();
+        assert!(err.to_string().contains("another store"), "{err}");
+        assert!(other.init_archive(&mount_point, true).is_err());
+
+        // A root with files but no marker is adopted only on request.
+        let old = dir.path().join("old-archive");
+        fs::create_dir_all(old.join("blobs")).unwrap();
+        assert!(store.init_archive(&old, false).is_err());
+        store.init_archive(&old, true).unwrap();
+    }
+
+    #[test]
+    fn commands_refuse_a_data_folder_without_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = BlobStore::open_existing(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("store-id"), "{err}");
+        assert!(!dir.path().join("blobs").exists(), "nothing created");
+    }
+
+    /// Issue #10, point 6: a shard folder this process did not make durable
+    /// (created by a failed batch, another process, a crashed run) gets its
+    /// parents synced with the next install into it; once durable, an
+    /// install syncs only its own folder.
+    #[test]
+    fn parents_of_shard_folders_are_synced_whoever_created_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = b"shard parents";
+        let hash = blake3::hash(content);
+        let relative = blob_relative_path(&hash);
+        let shard = dir.path().join("blobs").join(relative.parent().unwrap());
+        fs::create_dir_all(&shard).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let stage = |content: &[u8]| {
+            let mut staged = store.stage().unwrap();
+            staged.write_chunk(content).unwrap();
+            staged.sync().unwrap();
+            staged
+        };
+        let pending = store.install(stage(content), &hash).unwrap();
+        let mut dirs = pending.dirs.clone();
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            vec![
+                dir.path().join("blobs"),
+                shard.parent().unwrap().to_owned(),
+                shard.clone()
+            ]
+        );
+        store.make_durable(pending).unwrap();
+        // Same shard, another blob: only its own folder now.
+        let mut other = None;
+        for i in 0u32.. {
+            let c = i.to_le_bytes();
+            if blob_relative_path(&blake3::hash(&c)).parent() == relative.parent() {
+                other = Some(c);
+                break;
+            }
+        }
+        let other = other.unwrap();
+        let pending = store.install(stage(&other), &blake3::hash(&other)).unwrap();
+        assert_eq!(pending.dirs, vec![shard]);
     }
 
     #[test]

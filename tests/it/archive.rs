@@ -520,3 +520,76 @@ async fn kill_9_of_gc_while_it_archives_loses_nothing() {
     );
     assert_eq!(blob_files(&a.root).len(), 150);
 }
+
+/// Issue #10, point 5: the daemon, `gc` and `fsck` refuse an archive root
+/// that is not this store's (an unmounted disk's empty mount point), so GC
+/// never archives blobs onto the root file system; `init-archive` makes a
+/// new, empty root the store's on purpose.
+#[tokio::test]
+async fn an_archive_root_without_this_stores_marker_is_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mount_point = dir.path().join("archive");
+    std::fs::create_dir(&mount_point).unwrap();
+    let config = format!(
+        "[archive]\nroot = {:?}\nafter_days = 0\n",
+        mount_point.display().to_string()
+    );
+    // A store that has been running without archival.
+    let app = TestApp::start_in(&data, "").await;
+    upload_attached(&app, unique_png(77), 1).await;
+    app.stop().await;
+
+    for args in [&["gc", "--json"][..], &["fsck", "--json"][..]] {
+        let (code, out, err) = run_cli(&data, &config, args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("media-store init-archive"), "{err}");
+    }
+    let config_file = dir.path().join("config.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    let mut serve = std::process::Command::new(TestDaemon::binary())
+        .args(["serve", "--listen=127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config_file)
+        .env("MEDIA_STORE_API_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let exited = poll_blocking(Duration::from_secs(20), || {
+        status = serve.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = serve.kill();
+        panic!("the daemon started on a foreign archive root");
+    }
+    assert_eq!(
+        status.unwrap().code(),
+        Some(2),
+        "the daemon must refuse to start"
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("init-archive"), "{err}");
+    assert!(
+        std::fs::read_dir(&mount_point).unwrap().next().is_none(),
+        "nothing was written to the mount point"
+    );
+
+    let (code, out, err) = run_cli(&data, &config, &["init-archive"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is now the archive root"), "{out}");
+    let (code, out, err) = run_cli(&data, &config, &["gc", "--json", "--grace", "0s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json_of(&out)["blobs_archived"], 1, "{out}");
+
+    // Another store cannot take this disk over.
+    let other = dir.path().join("other");
+    let (code, _, err) = run_cli(&other, &config, &["init-archive", "--adopt-existing"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another store"), "{err}");
+}

@@ -194,8 +194,18 @@ async fn media_quarantined_by_fsck_answer_410_not_500() {
     let (code, out, err) = run_cli(&app.data, "", &["fsck", "--repair", "--json"]);
     assert_eq!(code, 1, "{out}{err}");
     assert_eq!(json_of(&out)["media_marked"], 1);
-    // The row cache trusts a row for at most a second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The row cache trusts a row changed by another process for at most a
+    // second: poll until the download sees the mark.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = send_json(app.client.get(&url)).await;
+        assert_ne!(status, 500, "{body}");
+        if status == 410 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_corrupt_everywhere(&app, id, &url).await;
     app.accept_damage("fsck quarantined the blob on purpose");
     app.stop().await;

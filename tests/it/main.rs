@@ -19,6 +19,7 @@ mod mysql;
 mod nginx;
 mod ops;
 mod reload;
+mod security;
 mod socket;
 mod systemd;
 mod upload;

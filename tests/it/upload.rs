@@ -44,9 +44,8 @@ async fn multipart_upload_keeps_the_original_filename_but_sniffs_the_type() {
         .file_name("../Quarterly report.pdf")
         .mime_str("image/png")
         .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .text("note", "ignored")
-        .part("file", part);
+    // The form's only field (issue #14: other fields are refused, see security::).
+    let form = reqwest::multipart::Form::new().part("file", part);
     let resp = app
         .client
         .post(app.url("/v1/media?uploader_id=3"))
@@ -225,7 +224,7 @@ async fn large_upload_streams_without_buffering_and_hashes_right() {
 async fn second_daemon_on_the_same_data_folder_is_refused() {
     let app = TestApp::start().await;
     let env =
-        std::collections::BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), "x".to_string())]);
+        std::collections::BTreeMap::from([("MEDIA_STORE_API_TOKEN".to_string(), "x".repeat(16))]);
     let overrides = media_store::config::Overrides {
         data_dir: Some(app.data.clone()),
         listen: None,

@@ -492,7 +492,8 @@ const ATTR_CHAR_COMPLEMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'|')
     .remove(b'~');
 
-/// `inline` or `attachment` with the original filename, per RFC 6266: a plain
+/// `inline` or `attachment` with the original filename (made safe by
+/// [`crate::policy::download_name`]), per RFC 6266: a plain
 /// ASCII `filename` for old clients plus the exact UTF-8 name in `filename*`
 /// (RFC 5987). Hand-written because no maintained crate formats this header;
 /// percent-encoding does the escaping.
@@ -502,10 +503,13 @@ fn content_disposition(row: &MediaRow, attachment: bool) -> String {
     } else {
         "inline"
     };
-    let name = row
-        .original_name
-        .clone()
-        .unwrap_or_else(|| row.id.to_string());
+    // The extension agrees with the stored type whatever the uploader named
+    // the file, and format characters are gone (issue #14).
+    let name = crate::policy::download_name(
+        row.original_name.as_deref(),
+        &row.file_type,
+        &row.id.to_string(),
+    );
     let fallback: String = name
         .chars()
         .map(|c| {
@@ -560,7 +564,23 @@ mod tests {
             );
         }
         assert!(content_disposition(&row("application/pdf", None), false).starts_with("inline"));
-        assert!(content_disposition(&row("video/mp4", None), false).contains("filename=\"9\""));
+        assert!(content_disposition(&row("video/mp4", None), false).contains("filename=\"9.mp4\""));
+        // The name cannot choose what the file becomes on disk.
+        assert_eq!(
+            content_disposition(&row("text/plain", Some("evil.hta")), false),
+            "attachment; filename=\"evil.hta.txt\"; filename*=UTF-8''evil.hta.txt"
+        );
+        assert_eq!(
+            content_disposition(&row("image/gif", Some("gifar.jar")), false),
+            "inline; filename=\"gifar.jar.gif\"; filename*=UTF-8''gifar.jar.gif"
+        );
+        assert_eq!(
+            content_disposition(
+                &row("application/pdf", Some("invoice\u{202E}fdp.exe")),
+                false
+            ),
+            "inline; filename=\"invoicefdp.exe.pdf\"; filename*=UTF-8''invoicefdp.exe.pdf"
+        );
     }
 
     #[test]

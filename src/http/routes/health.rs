@@ -2,12 +2,20 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use crate::http::extract::has_service_token;
 use crate::http::state::HttpState;
 
-pub async fn healthz(State(state): State<HttpState>) -> (StatusCode, Json<Value>) {
+/// What callers without the service token see instead of the mirror's error
+/// text, which may name internal hosts and addresses.
+pub const HIDDEN_ERROR: &str = "failing (the details need the service token)";
+
+pub async fn healthz(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
     let index_ok = state.media().index().read(|r| r.ping()).await.is_ok();
     let store = state.media().store().clone();
     let (data_ok, archive_ok) = crate::tasks::blocking(move || store.writable())
@@ -27,11 +35,15 @@ pub async fn healthz(State(state): State<HttpState>) -> (StatusCode, Json<Value>
     if let Some(ok) = archive_ok {
         checks["archive"] = json!(word(ok));
     }
+    let mut mysql = state.mysql().health(backlog);
+    if !has_service_token(&headers, &state) && mysql["last_error"].is_string() {
+        mysql["last_error"] = json!(HIDDEN_ERROR);
+    }
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
         "checks": checks,
         // Detail only: MySQL being down does not make media-store unhealthy.
-        "mysql": state.mysql().health(backlog),
+        "mysql": mysql,
     });
     let status = if healthy {
         StatusCode::OK

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,10 +15,12 @@ use serde::Deserialize;
 use crate::error::ErrorKind;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery, ServiceAuth};
+use crate::http::multipart::{self, Form, FormError};
 use crate::http::state::HttpState;
 use crate::http::views::{MediaPage, MediaView, UploadView};
 use crate::index::{ListQuery, TypeFilter};
 use crate::media::{Ingested, MediaError, UploadMeta};
+use crate::policy::{PolicyError, clean_filename};
 use crate::timefmt::parse_instant_ms;
 
 /// Multipart framing (boundaries, part headers) allowed on top of the largest file.
@@ -65,7 +67,7 @@ pub async fn create_media(
     .await?;
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
-        deduplicated: ingested.deduplicated,
+        deduplicated: Some(ingested.deduplicated),
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -116,9 +118,18 @@ pub(crate) async fn ingest_request(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let polled = Arc::new(AtomicBool::new(false));
     let ingested = if is_multipart(request.headers()) {
-        let mut form = Multipart::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+        // Every byte of the form is counted before it is parsed: the file's
+        // limit plus a small allowance for boundaries and part headers.
+        let limit = cap.unwrap_or_else(|| media.policy().max_bytes());
+        let boundary = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| FormError::Malformed("the Content-Type is not text".into()))
+            .and_then(multipart::boundary)
+            .map_err(ApiError::from)?;
+        let body = request.into_body().into_data_stream();
+        let mut form = Form::new(body, &boundary, limit, MULTIPART_OVERHEAD);
         let payload = declared_len.map(|len| len.saturating_sub(MULTIPART_OVERHEAD));
         let result = match payload {
             Some(len) if cap.is_some_and(|cap| len > cap) => Err(cap_error(cap.unwrap_or(len))),
@@ -135,10 +146,21 @@ pub(crate) async fn ingest_request(
                 };
                 ingest_form(media, &mut form, target, cap, &over_cap).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(FormFailure::Api(e)),
         };
+        let result = result.map_err(|e| match e {
+            FormFailure::Form(FormError::TooLarge { limit }) => match cap {
+                Some(cap) => cap_error(cap),
+                None => ApiError::from(MediaError::from(PolicyError::TooLarge {
+                    limit,
+                    mime: None,
+                })),
+            },
+            FormFailure::Form(e) => ApiError::from(e),
+            FormFailure::Api(e) => e,
+        });
         if result.is_err() && (polled.load(Ordering::Relaxed) || !expects_continue) {
-            drain_form(&mut form).await;
+            drain(form.body_mut()).await;
         }
         result
     } else {
@@ -173,46 +195,56 @@ pub(crate) async fn ingest_request(
     })
 }
 
-async fn ingest_form(
+/// Why a form upload failed: the form itself, or what was done with its file.
+enum FormFailure {
+    Form(FormError),
+    Api(ApiError),
+}
+
+impl From<ApiError> for FormFailure {
+    fn from(e: ApiError) -> Self {
+        FormFailure::Api(e)
+    }
+}
+
+async fn ingest_form<S, E>(
     media: &crate::media::MediaService,
-    form: &mut Multipart,
+    form: &mut Form<S>,
     target: UploadTarget<'_>,
     cap: Option<u64>,
     over_cap: &Arc<AtomicBool>,
-) -> Result<Ingested, ApiError> {
-    loop {
-        let mut field = form
-            .next_field()
-            .await
-            .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?
-            .ok_or_else(|| {
-                ApiError::bad_request("missing_file_field", "the form has no `file` field")
-            })?;
-        if field.name() != Some("file") {
-            continue;
-        }
-        let original_name = field
-            .file_name()
-            .and_then(clean_filename)
-            .or_else(|| target.filename.and_then(clean_filename));
-        let meta = UploadMeta {
-            uploader_id: target.uploader_id,
-            original_name,
-            declared_len: None,
-            claimed_hash: target.claimed_hash,
-        };
-        let result = media
-            .ingest(meta, capped(&mut field, cap, over_cap.clone()))
-            .await;
-        if result.is_err() {
-            drain(&mut field).await;
-        }
-        // Inside a form, a broken body is a broken multipart framing.
-        return result.map_err(|e| match e {
+) -> Result<Ingested, FormFailure>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let part = form.file_field().await.map_err(FormFailure::Form)?;
+    let original_name = part
+        .filename
+        .as_deref()
+        .and_then(clean_filename)
+        .or_else(|| target.filename.and_then(clean_filename));
+    let meta = UploadMeta {
+        uploader_id: target.uploader_id,
+        original_name,
+        declared_len: None,
+        claimed_hash: target.claimed_hash,
+    };
+    let result = media
+        .ingest(meta, capped(form.file_stream(), cap, over_cap.clone()))
+        .await;
+    // The form's own failure (a second field, broken framing, too many
+    // bytes) explains the end of the file's stream.
+    if let Some(e) = form.take_error() {
+        return Err(FormFailure::Form(e));
+    }
+    result.map_err(|e| {
+        FormFailure::Api(match e {
+            // Inside a form, a broken body is a broken multipart framing.
             MediaError::Body(m) => ApiError::bad_request("bad_multipart", m),
             e => e.into(),
-        });
-    }
+        })
+    })
 }
 
 /// How much of a refused upload is still read (and discarded) before answering.
@@ -233,19 +265,6 @@ where
         left = left.saturating_sub(chunk.len() as u64);
         if left == 0 {
             break;
-        }
-    }
-}
-
-async fn drain_form(form: &mut Multipart) {
-    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
-    let mut left = DRAIN_BYTES;
-    while let Ok(Ok(Some(mut field))) = tokio::time::timeout_at(deadline, form.next_field()).await {
-        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, field.chunk()).await {
-            left = left.saturating_sub(chunk.len() as u64);
-            if left == 0 {
-                return;
-            }
         }
     }
 }
@@ -294,17 +313,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             })
         })
         .transpose()
-}
-
-/// Keeps only the last path component, without control characters, at most 255 bytes.
-fn clean_filename(raw: &str) -> Option<String> {
-    let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
-    let mut name: String = last.chars().filter(|c| !c.is_control()).collect();
-    while name.len() > 255 {
-        name.pop();
-    }
-    let name = name.trim().to_owned();
-    (!name.is_empty() && name != "." && name != "..").then_some(name)
 }
 
 /// `GET /v1/media/{id}`

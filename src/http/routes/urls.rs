@@ -205,9 +205,11 @@ pub async fn upload_presigned(
         claimed_hash: None,
     };
     let ingested = ingest_request(&state, target, request, Some(max_bytes)).await?;
+    // No `deduplicated`: whoever holds an upload URL must not learn whether
+    // someone else stored the same content.
     let view = UploadView {
         media: MediaView::new(&ingested.row, &state.public_base_url()),
-        deduplicated: ingested.deduplicated,
+        deduplicated: None,
     };
     Ok((StatusCode::CREATED, Json(view)))
 }

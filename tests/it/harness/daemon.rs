@@ -108,6 +108,11 @@ impl TestApp {
         let teardown = Teardown::new(data, &config);
         let socket = config.serve.unix_socket.clone();
         let mode = config.serve.unix_socket_mode;
+        // Tests configure fresh, empty archive roots: initialise them on
+        // purpose, as an operator does with `media-store init-archive`.
+        if config.archive.root().is_some() {
+            media_store::app::init_archive(&config, false).expect("archive root initialises");
+        }
         let (state, _) = media_store::AppState::open_with_clock(config, clock).expect("app opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
