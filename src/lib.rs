@@ -12,12 +12,14 @@
 //!                                  module owns its section, config only layers and validates
 //!   -> http                        routes, extractors, error mapping, HttpState, server
 //!      lifecycle                   message references, retention, GC, archival, fsck
-//!      mirror                      MySQL mirror of the index (outbox -> worker -> media_files)
+//!      mirror                      MySQL mirror of the index (outbox -> worker -> media_files),
+//!                                  touching only rows it owns; `import` adopts the backend's rows
 //!      media                       ingest/query/delete: the order of store and index operations
 //!   -> index   (port)              SQLite: every SQL statement; writer with group commit,
 //!                                  reader pool, Maintenance connection; no SQLite type in its API
 //!      store   (port)              blob bytes: staging, install, durability, read, walk,
-//!                                  verify, quarantine, delete, archive tier; no paths out
+//!                                  verify, quarantine, delete, archive tier; no paths out;
+//!                                  `external`: reads confined under a root (import sources)
 //!      signing, policy, clock, timefmt, error, tasks, telemetry
 //! ```
 //!

@@ -274,6 +274,41 @@ pub fn spawn_background_gc(state: AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// `media-store import`: the blob store, index and media service of the
+/// configured data folder (created if new), without the daemon's lock: import
+/// may run beside a running daemon, as `media-store gc` does (both go through
+/// SQLite's write lock and the blob store's protocol).
+pub async fn run_import(
+    config: &Config,
+    opts: &crate::mirror::import::ImportOptions,
+) -> anyhow::Result<crate::mirror::import::ImportReport> {
+    fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+    let store = BlobStore::open(&config.data_dir)?.with_archive(config.archive.root())?;
+    let barrier_store = store.clone();
+    let barrier: DurabilityBarrier = Arc::new(move |pending| barrier_store.make_durable(pending));
+    let index = Index::open(
+        &crate::index::path_in(&config.data_dir),
+        &config.index,
+        barrier,
+    )?;
+    let clock = clock::system();
+    let media = MediaService::new(
+        store,
+        index,
+        Policy::new(config.upload.clone()),
+        clock.clone(),
+    );
+    Ok(crate::mirror::import::run(
+        &media,
+        &config.mysql,
+        &config.public_base_url,
+        opts,
+        clock.as_ref(),
+    )
+    .await?)
+}
+
 /// `media-store init-archive`: makes `archive.root` this store's archive root
 /// on purpose (its store-id marker), creating the data folder's own marker
 /// if the data folder is new.
@@ -400,10 +435,10 @@ fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(file, "{line}")?;
     file.sync_all()?;
-    // The folder entry too: a lost signing key invalidates every issued URL.
-    if let Some(folder) = path.parent() {
-        fs::File::open(folder)?.sync_all()?;
-    }
+    // The folder entry too: without it a power cut loses the file, the next
+    // start generates a new secret, and every URL signed before fails.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
     Ok(())
 }
 

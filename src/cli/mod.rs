@@ -58,6 +58,28 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Adopt the files of the chat backend's own media_files rows: fetch each
+    /// file_url (a path under --from-root, or http(s) on an --allow-host host),
+    /// store it content-addressed under the same id and upload time, and make
+    /// the row media-store's. Safe to re-run and to run while the daemon runs.
+    /// Exit: 0 every row adopted (or none left), 1 some could not be, 2 error.
+    Import {
+        /// Folder that local file_url paths are read from (never outside it).
+        #[arg(long, value_name = "DIR")]
+        from_root: Option<PathBuf>,
+        /// Host (or host:port) that http(s) file_urls may be fetched from; repeatable.
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allow_hosts: Vec<String>,
+        /// Check every row's source; store and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Longest time one http fetch may take.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        fetch_timeout: std::time::Duration,
+    },
     /// Apply retention, then delete zero-count blobs past the grace period,
     /// unknown files under blobs/ and stale staging files. Safe while the
     /// daemon runs. Exit: 0 done (or nothing to do), 1 --dry-run found
@@ -142,6 +164,30 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Import {
+            from_root,
+            allow_hosts,
+            dry_run,
+            json,
+            fetch_timeout,
+        } => {
+            let config = cli.load_config(None)?;
+            crate::telemetry::init_tracing(&config.log, config.log_format);
+            let opts = crate::mirror::import::ImportOptions {
+                from_root: from_root.clone(),
+                allow_hosts: allow_hosts.clone(),
+                dry_run: *dry_run,
+                fetch_timeout: *fetch_timeout,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(crate::app::run_import(&config, &opts))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_import(&report);
+            }
+            Ok(if report.failed.is_empty() { 0 } else { 1 })
+        }
         Command::Migrate { mysql } => {
             let mut config = cli.load_config(None)?;
             crate::telemetry::init_tracing(&config.log, config.log_format);
@@ -163,12 +209,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 &crate::clock::SystemClock,
             )?;
             println!(
-                "reconcile: index_rows={} mysql_rows={} missing={} extra={} differing={}",
+                "reconcile: index_rows={} mysql_rows={} missing={} extra={} differing={} foreign={} conflicting={}",
                 report.index_rows,
                 report.mysql_rows,
                 report.missing,
                 report.extra,
-                report.differing
+                report.differing,
+                report.foreign,
+                report.conflicting
             );
             use crate::mirror::reconcile::Applied;
             match applied {
@@ -189,6 +237,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+}
+
+fn print_import(report: &crate::mirror::import::ImportReport) {
+    for f in &report.failed {
+        println!(
+            "not adopted: id={} file_url={:?}: {}",
+            f.id,
+            f.file_url.as_deref().unwrap_or(""),
+            f.reason
+        );
+    }
+    println!(
+        "import: rows={} adopted={} deduplicated={} resumed={} failed={}",
+        report.rows,
+        report.adopted.len(),
+        report.deduplicated,
+        report.resumed.len(),
+        report.failed.len()
+    );
+    match (report.dry_run, report.mirror) {
+        (true, _) => println!("dry run: nothing changed"),
+        (false, "sent") => println!("mirror: adopted rows written to MySQL"),
+        (false, "queued") => {
+            println!("mirror: queued; the running daemon holds the mirror and will write them")
+        }
+        _ => {}
     }
 }
 

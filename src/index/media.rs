@@ -30,6 +30,22 @@ pub struct NewMedia {
     pub original_name: Option<String>,
 }
 
+/// Why a row cannot be recorded under the id and time it asks for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdoptConflict {
+    #[error("not a valid media id")]
+    BadId,
+    #[error("the id is already used by media-store media (uploader {}, uploaded at {} ms)", .0.uploader_id, .0.uploaded_at_ms)]
+    IdTaken(Box<MediaRow>),
+    #[error(
+        "its upload time would break the index's time order (I6): the nearest lower id was uploaded at {before:?} ms, the nearest higher at {after:?} ms"
+    )]
+    OutOfOrder {
+        before: Option<i64>,
+        after: Option<i64>,
+    },
+}
+
 /// The `media` columns that [`from_row`] reads, in its order.
 pub(super) const COLUMNS: &str =
     "id, uploader_id, file_type, hash, size, original_name, uploaded_at, corrupt_since";
@@ -149,6 +165,70 @@ impl Tx<'_> {
             uploaded_at_ms,
             corrupt_since_ms: None,
         })
+    }
+
+    /// Why a media row cannot be recorded under a given id and time
+    /// ([`Tx::insert_media_as`]); `None` when it can. Read-only: callers check
+    /// before any file step, then insert in the same transaction.
+    pub fn adoption_conflict(&self, id: i64, uploaded_at_ms: i64) -> Result<Option<AdoptConflict>> {
+        if id <= 0 {
+            return Ok(Some(AdoptConflict::BadId));
+        }
+        if let Some(row) = self.get_media(id)? {
+            return Ok(Some(AdoptConflict::IdTaken(Box::new(row))));
+        }
+        // I6: uploaded_at never decreases as id grows, so the row must fit
+        // between its neighbours' times.
+        let (before, after): (Option<i64>, Option<i64>) = self.conn().query_row(
+            "SELECT (SELECT uploaded_at FROM media WHERE id < ?1 ORDER BY id DESC LIMIT 1),
+                    (SELECT uploaded_at FROM media WHERE id > ?1 ORDER BY id LIMIT 1)",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if before.is_some_and(|b| b > uploaded_at_ms) || after.is_some_and(|a| a < uploaded_at_ms) {
+            return Ok(Some(AdoptConflict::OutOfOrder { before, after }));
+        }
+        Ok(None)
+    }
+
+    /// Inserts a media row under a given id and upload time (adopting a row the
+    /// chat backend wrote, `media-store import`), after the checks of
+    /// [`Tx::adoption_conflict`]. The AUTOINCREMENT sequence only ever grows, so
+    /// an id below it is fine and later uploads still get new ids.
+    pub fn insert_media_as(
+        &self,
+        new: &NewMedia,
+        id: i64,
+        uploaded_at_ms: i64,
+    ) -> Result<std::result::Result<MediaRow, AdoptConflict>> {
+        if let Some(conflict) = self.adoption_conflict(id, uploaded_at_ms)? {
+            return Ok(Err(conflict));
+        }
+        let family = crate::policy::family(&new.file_type);
+        self.conn().execute(
+            "INSERT INTO media (id, uploader_id, file_type, family, hash, size, original_name, uploaded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                new.uploader_id,
+                new.file_type,
+                family,
+                new.hash.as_bytes(),
+                new.size,
+                new.original_name,
+                uploaded_at_ms
+            ],
+        )?;
+        Ok(Ok(MediaRow {
+            id,
+            uploader_id: new.uploader_id,
+            file_type: new.file_type.clone(),
+            hash: new.hash,
+            size: new.size,
+            original_name: new.original_name.clone(),
+            uploaded_at_ms,
+            corrupt_since_ms: None,
+        }))
     }
 
     /// Deletes a media row and releases its blob reference. Returns the row that was.

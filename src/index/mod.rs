@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use fsck::CountMismatch;
 pub use gc::ZeroCountBlob;
-pub use media::{ListQuery, MediaRow, NewMedia, TypeFilter};
+pub use media::{AdoptConflict, ListQuery, MediaRow, NewMedia, TypeFilter};
 pub use outbox::OutboxEntry;
 pub use refs::{AttachOutcome, Released, Usage};
 pub use retention::RetentionRule;

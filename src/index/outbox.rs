@@ -13,6 +13,12 @@ const STATE_KEY: &str = "mysql_outbox";
 const PENDING_KEY: &str = "mysql_reconcile_pending";
 /// `meta` key: the target (server, database, base URL) of the last full reconcile.
 const TARGET_KEY: &str = "mysql_reconciled_target";
+/// `meta` key: the MySQL target (server, database) whose `max(id)` the media
+/// id floor has been raised above at least once.
+const FLOOR_KEY: &str = "mysql_id_floor_target";
+/// `meta` key: when (Unix ms) the last full reconcile finished queueing; the
+/// periodic reconcile counts from it, across restarts.
+const RECONCILED_AT_KEY: &str = "mysql_reconciled_at";
 
 /// One queued change: "media `media_id` may differ from MySQL".
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +65,11 @@ impl Tx<'_> {
         Ok(get_meta(conn, PENDING_KEY)?.as_deref() == Some("1"))
     }
 
-    /// Records that a full reconcile towards `target` has queued every difference.
-    pub fn mark_reconciled(&self, target: &str) -> Result<()> {
+    /// Records that a full reconcile towards `target` has queued every
+    /// difference, at `now_ms`.
+    pub fn mark_reconciled(&self, target: &str, now_ms: i64) -> Result<()> {
         set_meta(self.conn(), PENDING_KEY, "0")?;
+        set_meta(self.conn(), RECONCILED_AT_KEY, &now_ms.to_string())?;
         set_meta(self.conn(), TARGET_KEY, target)
     }
 
@@ -71,6 +79,42 @@ impl Tx<'_> {
         Ok(self
             .conn()
             .execute("DELETE FROM mysql_outbox WHERE seq <= ?1", [up_to_seq])?)
+    }
+
+    /// Makes the next media id greater than `floor` (the largest id in the
+    /// mirrored MySQL table), so new uploads never take an id the chat backend
+    /// already used. Moves `sqlite_sequence` (AUTOINCREMENT's counter) up only,
+    /// never down. Returns whether it moved.
+    pub fn media_id_floor(&self, floor: i64) -> Result<bool> {
+        let conn = self.conn();
+        let current: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'media'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let highest: i64 =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM media", [], |r| r.get(0))?;
+        if current.unwrap_or(0).max(highest) >= floor {
+            return Ok(false);
+        }
+        match current {
+            Some(_) => conn.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'media'",
+                [floor],
+            )?,
+            None => conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('media', ?1)",
+                [floor],
+            )?,
+        };
+        Ok(true)
+    }
+
+    /// Records that the id floor was raised above `target`'s `max(id)`.
+    pub fn mark_id_floor_checked(&self, target: &str) -> Result<()> {
+        set_meta(self.conn(), FLOOR_KEY, target)
     }
 
     /// Queues ids explicitly (reconcile repairs).
@@ -91,6 +135,16 @@ impl Reader<'_> {
     pub fn reconcile_owed(&self, target: &str) -> Result<bool> {
         Ok(get_meta(self.conn, PENDING_KEY)?.as_deref() == Some("1")
             || get_meta(self.conn, TARGET_KEY)?.as_deref() != Some(target))
+    }
+
+    /// When (Unix ms) the last full reconcile finished, if one ever did.
+    pub fn last_reconcile_ms(&self) -> Result<Option<i64>> {
+        Ok(get_meta(self.conn, RECONCILED_AT_KEY)?.and_then(|v| v.parse().ok()))
+    }
+
+    /// Whether the media id floor was ever raised above `target`'s `max(id)`.
+    pub fn id_floor_checked(&self, target: &str) -> Result<bool> {
+        Ok(get_meta(self.conn, FLOOR_KEY)?.as_deref() == Some(target))
     }
 
     /// The oldest `limit` entries after `after_seq`, in commit order.
@@ -220,7 +274,9 @@ mod tests {
         let c = conn();
         assert!(tx(&c).outbox_enable().unwrap());
         assert!(tx(&c).reconcile_owed("db1").unwrap());
-        tx(&c).mark_reconciled("db1").unwrap();
+        assert_eq!(tx(&c).last_reconcile_ms().unwrap(), None);
+        tx(&c).mark_reconciled("db1", 1234).unwrap();
+        assert_eq!(tx(&c).last_reconcile_ms().unwrap(), Some(1234));
         assert!(!tx(&c).reconcile_owed("db1").unwrap());
         assert!(!tx(&c).outbox_enable().unwrap(), "still on: nothing missed");
         assert!(tx(&c).reconcile_owed("db2").unwrap());
@@ -230,6 +286,53 @@ mod tests {
             "changes while off were missed"
         );
         assert!(tx(&c).reconcile_owed("db1").unwrap());
+    }
+
+    #[test]
+    fn media_id_floor_moves_the_next_id_up_only() {
+        let c = conn();
+        // Before any upload (no sqlite_sequence row yet).
+        assert!(tx(&c).media_id_floor(100).unwrap());
+        assert_eq!(upload(&c, 1), 101);
+        assert!(!tx(&c).media_id_floor(50).unwrap(), "never down");
+        assert!(!tx(&c).media_id_floor(101).unwrap());
+        assert!(tx(&c).media_id_floor(500).unwrap());
+        assert_eq!(upload(&c, 2), 501);
+    }
+
+    #[test]
+    fn adopted_rows_keep_their_id_and_time_and_respect_time_order() {
+        use crate::index::AdoptConflict;
+        let c = conn();
+        tx(&c).media_id_floor(10).unwrap();
+        let ours = upload(&c, 1); // id 11 at t=1000
+        let n = NewMedia {
+            uploader_id: 3,
+            file_type: "image/png".into(),
+            hash: blake3::hash(b"old"),
+            size: 3,
+            original_name: None,
+        };
+        tx(&c).add_blob_ref(&n.hash, 3, 0).unwrap();
+        let row = tx(&c).insert_media_as(&n, 4, 900).unwrap().unwrap();
+        assert_eq!((row.id, row.uploaded_at_ms), (4, 900));
+        assert_eq!(tx(&c).get_media(4).unwrap().unwrap(), row);
+        assert!(matches!(
+            tx(&c).insert_media_as(&n, 4, 900).unwrap(),
+            Err(AdoptConflict::IdTaken(_))
+        ));
+        // Between id 4 (t=900) and id 11 (t=1000): 950 fits, 1500 and 100 do not.
+        assert!(tx(&c).adoption_conflict(7, 950).unwrap().is_none());
+        assert!(matches!(
+            tx(&c).adoption_conflict(7, 1500).unwrap(),
+            Some(AdoptConflict::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            tx(&c).adoption_conflict(7, 100).unwrap(),
+            Some(AdoptConflict::OutOfOrder { .. })
+        ));
+        // New uploads still go above everything.
+        assert!(upload(&c, 2) > ours);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
-use crate::index::{Index, IndexError, ListQuery, MediaRow, NewMedia};
+use crate::index::{AdoptConflict, Index, IndexError, ListQuery, MediaRow, NewMedia};
 use crate::policy::{self, Policy, PolicyError, SNIFF_LEN};
 use crate::store::{BlobStore, StagingFile, StoreError};
 use quota::Quota;
@@ -46,6 +46,12 @@ pub enum MediaError {
     BlobGone,
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("media {id} cannot be recorded under its own id: {conflict}")]
+    Adopt {
+        id: i64,
+        #[source]
+        conflict: AdoptConflict,
+    },
 }
 
 impl Classify for MediaError {
@@ -58,7 +64,7 @@ impl Classify for MediaError {
             MediaError::NotFound(_) => ErrorKind::NotFound,
             MediaError::QuotaExceeded(_) => ErrorKind::InsufficientStorage,
             MediaError::Corrupt { .. } => ErrorKind::Gone,
-            MediaError::BlobGone => ErrorKind::Conflict,
+            MediaError::BlobGone | MediaError::Adopt { .. } => ErrorKind::Conflict,
             MediaError::Task(_) => ErrorKind::Internal,
         }
     }
@@ -73,6 +79,7 @@ impl Classify for MediaError {
             MediaError::QuotaExceeded(_) => "quota_exceeded",
             MediaError::Corrupt { .. } => "media_corrupt",
             MediaError::BlobGone => "blob_gone",
+            MediaError::Adopt { .. } => "id_conflict",
             MediaError::Task(_) => "internal",
         }
     }
@@ -148,6 +155,15 @@ impl UploadMeta {
             original_name: self.original_name,
         }
     }
+}
+
+/// An upload that takes over an existing media id and time instead of the
+/// next ones: a file the chat backend stored before media-store
+/// (`media-store import`). The quota does not apply (the file already exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adoption {
+    pub id: i64,
+    pub uploaded_at_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +249,40 @@ impl MediaService {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
+        self.ingest_as(meta, body, None).await
+    }
+
+    /// [`MediaService::ingest`] under a given id and upload time: the same
+    /// streaming, type sniffing, policy and write protocol, then the row is
+    /// recorded with `adoption`'s id and time (checked before any file step:
+    /// the id must be free and the time must keep I6).
+    pub async fn adopt<S, E>(
+        &self,
+        adoption: Adoption,
+        meta: UploadMeta,
+        body: S,
+    ) -> Result<Ingested>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let meta = UploadMeta {
+            claimed_hash: None,
+            ..meta
+        };
+        self.ingest_as(meta, body, Some(adoption)).await
+    }
+
+    async fn ingest_as<S, E>(
+        &self,
+        meta: UploadMeta,
+        body: S,
+        adoption: Option<Adoption>,
+    ) -> Result<Ingested>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
         if let Some(len) = meta.declared_len {
             self.precheck_len(len)?;
         }
@@ -267,7 +317,7 @@ impl MediaService {
             return Err(MediaError::HashMismatch);
         }
         match sink {
-            Sink::Staged(staged) => self.commit(staged, mime, meta).await,
+            Sink::Staged(staged) => self.commit(staged, mime, meta, adoption).await,
             Sink::HashOnly(hasher, size) => {
                 self.commit_known(hasher.finalize(), size, mime, meta).await
             }
@@ -327,6 +377,7 @@ impl MediaService {
         staged: StagingFile,
         mime: &'static str,
         meta: UploadMeta,
+        adoption: Option<Adoption>,
     ) -> Result<Ingested> {
         let hash = staged.hash();
         let size = staged.len();
@@ -351,7 +402,14 @@ impl MediaService {
             .write(move |ctx| -> Result<(MediaRow, bool)> {
                 let now = clock.now_ms();
                 // Before any file step: a refused upload leaves nothing behind.
-                quota::check(ctx, &quota, new.uploader_id, size)?;
+                match adoption {
+                    None => quota::check(ctx, &quota, new.uploader_id, size)?,
+                    Some(a) => {
+                        if let Some(conflict) = ctx.adoption_conflict(a.id, a.uploaded_at_ms)? {
+                            return Err(MediaError::Adopt { id: a.id, conflict });
+                        }
+                    }
+                }
                 // Under the writer (and SQLite's write lock, which `gc` also takes),
                 // "row and file exist" cannot change before this transaction ends.
                 let count = ctx.blob_refcount(&hash)?;
@@ -384,7 +442,12 @@ impl MediaService {
                     ctx.require_durable(pending);
                 }
                 ctx.add_blob_ref(&hash, size, now)?;
-                let row = ctx.insert_media(&new, now)?;
+                let row = match adoption {
+                    None => ctx.insert_media(&new, now)?,
+                    Some(a) => ctx
+                        .insert_media_as(&new, a.id, a.uploaded_at_ms)?
+                        .map_err(|conflict| MediaError::Adopt { id: a.id, conflict })?,
+                };
                 if !deduplicated {
                     // Media whose copy was lost or damaged are whole again.
                     let healed = ctx.unmark_corrupt(&hash)?;

@@ -1,6 +1,8 @@
 //! The `[mysql]` config section (lives here so the sync module owns its keys;
 //! `config::Config` only embeds it).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Where the media ids of the GC safety-belt query go.
@@ -26,6 +28,11 @@ pub struct MysqlConfig {
     pub auto_migrate: bool,
     /// Ids compared per step by reconcile.
     pub reconcile_chunk: usize,
+    /// How often the worker runs a full reconcile on its own ("0s": only when
+    /// owed). Repairs rows changed behind the mirror's back, e.g. acknowledged
+    /// by a MySQL primary that then failed over to a replica that lacked them.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
     /// GC safety belt: returns the ids still referenced; `{ids}` becomes the id list.
     pub references_query: String,
 }
@@ -41,6 +48,7 @@ impl Default for MysqlConfig {
             io_timeout_ms: 30_000,
             auto_migrate: true,
             reconcile_chunk: 10_000,
+            reconcile_interval: Duration::from_secs(24 * 3600),
             references_query: "SELECT media_id FROM messages WHERE media_id IN ({ids})".into(),
         }
     }

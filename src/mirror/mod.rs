@@ -15,16 +15,23 @@
 //!   queues every difference into the outbox (so repairs take the same path).
 //! - `mysql`: connection options, the MySQL migrations, statements, and
 //!   [`MysqlReferences`] (the `ExternalReferences` implementation).
+//! - `import`: `media-store import`, which adopts the chat backend's own
+//!   `media_files` rows (fetches each file, stores it under the same id).
 //!
-//! Writes to SQLite only to ack or queue outbox entries. Invariants upheld:
-//! storage-layout.md, "MySQL mirror" (M1–M4).
+//! Only rows media-store wrote (`media_store_rows`) are ever changed or
+//! deleted in MySQL; new media ids start above MySQL's `max(id)` (M6, M7).
+//!
+//! Writes to SQLite only to ack or queue outbox entries, to raise the media id
+//! floor, and (import) to record adopted media. Invariants upheld:
+//! storage-layout.md, "MySQL mirror" (M1–M7).
 
 pub mod config;
+pub mod import;
 pub mod mysql;
 pub mod reconcile;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -33,7 +40,7 @@ use serde_json::{Value, json};
 
 pub use self::config::MysqlConfig;
 pub use self::mysql::{MysqlReferences, mirror_file_type};
-pub use self::worker::{Drained, ack, drain_batch};
+pub use self::worker::{Drained, ack, drain_all, drain_batch, raise_id_floor};
 use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
 use crate::index::{Index, IndexError, Maintenance};
@@ -82,6 +89,9 @@ struct Status {
     last_error: Option<String>,
     /// Unix ms of the last batch MySQL committed.
     last_sync_ms: Option<i64>,
+    /// Changes not mirrored since start because `media_files` holds a row of
+    /// the chat backend under the same id (M6).
+    foreign_conflicts: u64,
 }
 
 /// State shared by the daemon and its worker thread.
@@ -96,6 +106,10 @@ struct Shared {
     base_url: ArcSwap<String>,
     /// The base URL changed at runtime: every file_url must be rewritten.
     reconcile_requested: AtomicBool,
+    /// Unix ms (the injected clock) of the last full reconcile (kept in the
+    /// index's `meta`): the periodic reconcile (`mysql.reconcile_interval`)
+    /// counts from it.
+    last_reconcile_ms: AtomicI64,
 }
 
 impl Shared {
@@ -154,6 +168,28 @@ impl MysqlSync {
         if conn.immediate(|tx| tx.outbox_enable())? {
             tracing::info!("MySQL mirror enabled: a full reconcile will run once connected");
         }
+        // M7: the first time this database is mirrored, raise the id floor
+        // before serving, so no upload takes an id the chat backend used. Later
+        // starts leave it to the worker's connect (the floor only ever rises).
+        let place = mysql::describe(&opts);
+        if !conn.reader().id_floor_checked(&place)? {
+            match mysql::connect(&opts).and_then(|mut c| mysql::max_id(&mut c)) {
+                Ok(max) => {
+                    conn.immediate(|tx| {
+                        tx.media_id_floor(max)?;
+                        tx.mark_id_floor_checked(&place)
+                    })?;
+                }
+                Err(e) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    mysql = %place,
+                    "MySQL unreachable at the first start with this database: media ids are raised above media_files' largest once the worker connects; uploads meanwhile may collide with the chat backend's ids (such rows are never overwritten, only reported)"
+                ),
+            }
+        }
+        // The periodic reconcile counts from the last one, across restarts (a
+        // daemon restarted daily must still reconcile); never one: due now.
+        let last_reconcile_ms = conn.reader().last_reconcile_ms()?.unwrap_or(0);
         drop(conn);
         let shared = Arc::new(Shared {
             status: Mutex::new(Status::default()),
@@ -161,6 +197,7 @@ impl MysqlSync {
             wake: Condvar::new(),
             base_url: ArcSwap::from_pointee(public_base_url.to_owned()),
             reconcile_requested: AtomicBool::new(false),
+            last_reconcile_ms: AtomicI64::new(last_reconcile_ms),
         });
         let worker = worker::Worker {
             index: index.clone(),
@@ -201,7 +238,7 @@ impl MysqlSync {
     /// when the index could not be read).
     pub fn health(&self, backlog: Option<i64>) -> Value {
         let Some(shared) = &self.shared else {
-            return json!({ "enabled": false, "connected": false, "backlog": 0, "last_error": null, "last_sync_at": null });
+            return json!({ "enabled": false, "connected": false, "backlog": 0, "last_error": null, "last_sync_at": null, "foreign_conflicts": 0 });
         };
         let s = shared
             .status
@@ -214,6 +251,7 @@ impl MysqlSync {
             "backlog": backlog,
             "last_error": s.last_error,
             "last_sync_at": s.last_sync_ms.map(crate::timefmt::rfc3339_ms),
+            "foreign_conflicts": s.foreign_conflicts,
         })
     }
 }
@@ -239,4 +277,7 @@ pub mod metric {
     pub const ERRORS: &str = "media_store_mysql_sync_errors_total";
     /// Seconds from a media change's commit to its MySQL commit (histogram).
     pub const LAG: &str = "media_store_mysql_sync_lag_seconds";
+    /// Changes not mirrored because `media_files` holds a row of the chat
+    /// backend under the same id (counter; the row is never overwritten).
+    pub const FOREIGN_CONFLICTS: &str = "media_store_mysql_foreign_conflicts_total";
 }

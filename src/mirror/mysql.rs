@@ -4,6 +4,14 @@
 //! Every write is idempotent (`INSERT … ON DUPLICATE KEY UPDATE`, `DELETE …
 //! WHERE id IN (…)`) with the index's own ids, so sending a batch twice (after a
 //! crash between the MySQL commit and the outbox ack) changes nothing.
+//!
+//! Ownership (storage-layout.md M6): `media_files` may hold rows the chat
+//! backend wrote. The ids media-store wrote are listed in `media_store_rows`
+//! (migration 0003), added in the same transaction as the first upsert. Every
+//! write here touches only those: an upsert of an id that exists and is not
+//! listed is skipped and reported, a delete of such an id does nothing. Ids
+//! listed with `adopting = 1` (import is taking them over) may be upserted,
+//! which makes them owned, but are never deleted.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +37,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         2,
         "media_store_columns",
         include_str!("../../migrations/mysql/0002_media_store_columns.sql"),
+    ),
+    (
+        3,
+        "media_store_rows",
+        include_str!("../../migrations/mysql/0003_media_store_rows.sql"),
     ),
 ];
 
@@ -192,65 +205,237 @@ fn check_id(id: i64) -> Result<()> {
     Ok(())
 }
 
-/// In one MySQL transaction: upserts `rows` and deletes `deleted` ids.
-pub fn apply(conn: &mut Conn, rows: &[MirrorRow], deleted: &[i64]) -> Result<()> {
+/// What [`apply`] did not do.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Ids to upsert whose `media_files` row exists but is not media-store's
+    /// (the chat backend's): left untouched.
+    pub foreign: Vec<i64>,
+}
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(",")
+}
+
+/// In one MySQL transaction: upserts `rows` and deletes `deleted` ids, touching
+/// only rows media-store owns (or new ones, which it then owns). Returns the
+/// ids it left alone because another writer owns them.
+pub fn apply(conn: &mut Conn, rows: &[MirrorRow], deleted: &[i64]) -> Result<Skipped> {
     let mut tx = conn.start_transaction(TxOpts::default())?;
+    let mut skipped = Skipped::default();
     if !rows.is_empty() {
-        let mut sql = String::with_capacity(120 + rows.len() * 40);
-        sql.push_str(
-            "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at, size, blake3) VALUES ",
-        );
-        let mut params: Vec<Value> = Vec::with_capacity(rows.len() * 7);
-        for (i, r) in rows.iter().enumerate() {
+        for r in rows {
             check_id(r.id)?;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str("(?,?,?,?,FROM_UNIXTIME(?),?,?)");
-            params.extend([
-                r.id.into(),
-                r.uploader_id.into(),
-                r.file_url.clone().into(),
-                r.file_type.clone().into(),
-                r.uploaded_at_s.into(),
-                r.size.into(),
-                r.blake3.clone().into(),
-            ]);
         }
-        // VALUES(col) rather than MySQL 8's row alias: MariaDB knows only this form.
-        sql.push_str(
-            " ON DUPLICATE KEY UPDATE uploader_id = VALUES(uploader_id), file_url = VALUES(file_url), \
-             file_type = VALUES(file_type), uploaded_at = VALUES(uploaded_at), size = VALUES(size), \
-             blake3 = VALUES(blake3)",
-        );
-        tx.exec_drop(sql, params)?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        // A locking read: the existing rows are locked, and (REPEATABLE READ,
+        // InnoDB's default) so are the gaps of the absent ids, so no other
+        // writer can insert one of them before this transaction ends.
+        let existing: Vec<(i64, Option<i64>)> = tx.exec(
+            format!(
+                "SELECT f.id, o.id FROM media_files f LEFT JOIN media_store_rows o ON o.id = f.id \
+                 WHERE f.id IN ({}) FOR UPDATE",
+                marks(ids.len())
+            ),
+            ids.clone(),
+        )?;
+        skipped.foreign = existing
+            .iter()
+            .filter(|(_, owner)| owner.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        skipped.foreign.sort_unstable();
+        let ours: Vec<&MirrorRow> = rows
+            .iter()
+            .filter(|r| skipped.foreign.binary_search(&r.id).is_err())
+            .collect();
+        if !ours.is_empty() {
+            let mut sql = String::with_capacity(120 + ours.len() * 40);
+            sql.push_str(
+                "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at, size, blake3) VALUES ",
+            );
+            let mut params: Vec<Value> = Vec::with_capacity(ours.len() * 7);
+            for (i, r) in ours.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?,?,?,FROM_UNIXTIME(?),?,?)");
+                params.extend([
+                    r.id.into(),
+                    r.uploader_id.into(),
+                    r.file_url.clone().into(),
+                    r.file_type.clone().into(),
+                    r.uploaded_at_s.into(),
+                    r.size.into(),
+                    r.blake3.clone().into(),
+                ]);
+            }
+            // VALUES(col) rather than MySQL 8's row alias: MariaDB knows only this form.
+            sql.push_str(
+                " ON DUPLICATE KEY UPDATE uploader_id = VALUES(uploader_id), file_url = VALUES(file_url), \
+                 file_type = VALUES(file_type), uploaded_at = VALUES(uploaded_at), size = VALUES(size), \
+                 blake3 = VALUES(blake3)",
+            );
+            tx.exec_drop(sql, params)?;
+            // Owned from now on; an adopted row's takeover is complete.
+            let owned: Vec<i64> = ours.iter().map(|r| r.id).collect();
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO media_store_rows (id) VALUES {} ON DUPLICATE KEY UPDATE adopting = 0",
+                    vec!["(?)"; owned.len()].join(",")
+                ),
+                owned,
+            )?;
+        }
     }
     if !deleted.is_empty() {
-        let marks = vec!["?"; deleted.len()].join(",");
+        // Only rows media-store owns; a foreign row under that id stays, and
+        // so does one an import is still adopting (the index lacks it yet).
         tx.exec_drop(
-            format!("DELETE FROM media_files WHERE id IN ({marks})"),
+            format!(
+                "DELETE f FROM media_files f JOIN media_store_rows o ON o.id = f.id \
+                 WHERE o.adopting = 0 AND f.id IN ({})",
+                marks(deleted.len())
+            ),
+            deleted.to_vec(),
+        )?;
+        tx.exec_drop(
+            format!(
+                "DELETE FROM media_store_rows WHERE adopting = 0 AND id IN ({})",
+                marks(deleted.len())
+            ),
             deleted.to_vec(),
         )?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(skipped)
 }
 
-/// Up to `limit` rows with `id >= from`, by id.
-pub fn rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<MirrorRow>> {
-    type Raw = (i64, i64, String, String, i64, u64, String);
-    let rows = conn.exec_map(
-        "SELECT id, uploader_id, file_url, file_type, CAST(UNIX_TIMESTAMP(uploaded_at) AS SIGNED), size, blake3
-         FROM media_files WHERE id >= ? ORDER BY id LIMIT ?",
+/// The largest id in `media_files` (0 when empty or absent): the index's next
+/// media id must be above it.
+pub fn max_id(conn: &mut Conn) -> Result<i64> {
+    let max: Option<Option<i64>> = conn
+        .query_first("SELECT MAX(id) FROM media_files")
+        .or_else(|e| match &e {
+            // 1146: no table yet, so no id to stay above.
+            mysql::Error::MySqlError(m) if m.code == 1146 => Ok(None),
+            _ => Err(e),
+        })?;
+    Ok(max.flatten().unwrap_or(0))
+}
+
+/// A `media_files` row media-store does not own (or is still adopting), as
+/// `media-store import` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignRow {
+    pub id: i64,
+    pub uploader_id: Option<i64>,
+    pub file_url: Option<String>,
+    pub file_type: Option<String>,
+    /// Unix seconds.
+    pub uploaded_at_s: Option<i64>,
+}
+
+/// Up to `limit` rows not owned by media-store (or still being adopted) with
+/// `id >= from`, by id.
+pub fn foreign_rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<ForeignRow>> {
+    type Raw = (
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    );
+    Ok(conn.exec_map(
+        "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED)
+         FROM media_files f LEFT JOIN media_store_rows o ON o.id = f.id
+         WHERE (o.id IS NULL OR o.adopting <> 0) AND f.id >= ? ORDER BY f.id LIMIT ?",
         (from, limit as u64),
-        |(id, uploader_id, file_url, file_type, uploaded_at_s, size, blake3): Raw| MirrorRow {
+        |(id, uploader_id, file_url, file_type, uploaded_at_s): Raw| ForeignRow {
             id,
             uploader_id,
             file_url,
             file_type,
             uploaded_at_s,
-            size,
-            blake3,
+        },
+    )?)
+}
+
+/// Marks a backend row as being adopted (before import stores its file): the
+/// mirror may then overwrite it once the index holds the id, which makes it
+/// media-store's, but never deletes it. Idempotent.
+pub fn mark_adopting(conn: &mut Conn, id: i64) -> Result<()> {
+    conn.exec_drop(
+        "INSERT IGNORE INTO media_store_rows (id, adopting) VALUES (?, 1)",
+        (id,),
+    )?;
+    Ok(())
+}
+
+/// Drops an adoption mark (the file could not be stored): the row is the
+/// backend's again. A completed adoption (`adopting = 0`) is left alone.
+pub fn unmark_adopting(conn: &mut Conn, id: i64) -> Result<()> {
+    conn.exec_drop(
+        "DELETE FROM media_store_rows WHERE id = ? AND adopting <> 0",
+        (id,),
+    )?;
+    Ok(())
+}
+
+/// Who a `media_files` row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The chat backend's (not in `media_store_rows`).
+    Backend,
+    /// The backend's, being adopted by `media-store import`: media-store's once
+    /// the index holds the id, never deleted before.
+    Adopting,
+    MediaStore,
+}
+
+/// A `media_files` row as reconcile reads it: its values and its owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetRow {
+    pub row: MirrorRow,
+    pub owner: Owner,
+}
+
+/// Up to `limit` rows with `id >= from`, by id. Columns the chat backend may
+/// have left NULL read as values no index row has, so they compare as different.
+pub fn rows_from(conn: &mut Conn, from: i64, limit: usize) -> Result<Vec<TargetRow>> {
+    type Raw = (
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        u64,
+        String,
+        Option<i64>,
+    );
+    let rows = conn.exec_map(
+        "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED),
+                f.size, f.blake3, o.adopting
+         FROM media_files f LEFT JOIN media_store_rows o ON o.id = f.id
+         WHERE f.id >= ? ORDER BY f.id LIMIT ?",
+        (from, limit as u64),
+        |(id, uploader_id, file_url, file_type, uploaded_at_s, size, blake3, adopting): Raw| {
+            TargetRow {
+                row: MirrorRow {
+                    id,
+                    uploader_id: uploader_id.unwrap_or(i64::MIN),
+                    file_url: file_url.unwrap_or_default(),
+                    file_type: file_type.unwrap_or_default(),
+                    uploaded_at_s: uploaded_at_s.unwrap_or(i64::MIN),
+                    size,
+                    blake3,
+                },
+                owner: match adopting {
+                    None => Owner::Backend,
+                    Some(0) => Owner::MediaStore,
+                    Some(_) => Owner::Adopting,
+                },
+            }
         },
     )?;
     Ok(rows)

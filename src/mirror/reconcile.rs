@@ -6,13 +6,17 @@
 //! directly: the differing ids are queued into the outbox, and the normal drain
 //! (which re-reads the current row) applies them. So a reconcile that races with
 //! live uploads, or with the daemon's own worker, cannot undo a newer change.
+//!
+//! Only rows media-store owns (`media_store_rows`, M6) are repaired: a row the
+//! chat backend wrote is counted as `foreign`, or as `conflicting` when the
+//! index has the same id, and never queued.
 
 use std::cmp::Ordering;
 
 use mysql::Conn;
 use serde::Serialize;
 
-use super::mysql::{self as my, MirrorRow};
+use super::mysql::{self as my, MirrorRow, Owner};
 use super::{MysqlConfig, Result, worker};
 use crate::clock::Clock;
 use crate::index::{DurabilityBarrier, Index, IndexConfig};
@@ -30,9 +34,16 @@ pub struct Report {
     pub extra: u64,
     /// In both, with different values.
     pub differing: u64,
+    /// In MySQL only, written by the chat backend (not media-store's): left alone.
+    pub foreign: u64,
+    /// In both, but MySQL's row is the chat backend's: an id collision, left
+    /// alone (never overwritten) and reported.
+    pub conflicting: u64,
 }
 
 impl Report {
+    /// The differences a repair fixes (foreign rows and collisions are not
+    /// media-store's to change).
     pub fn differences(&self) -> u64 {
         self.missing + self.extra + self.differing
     }
@@ -49,6 +60,8 @@ pub fn compare(
     clock: &dyn Clock,
 ) -> Result<Report> {
     let mut report = Report::default();
+    // The first few collisions, for one warning at the end.
+    let mut conflicts: Vec<i64> = Vec::new();
     let mut from = i64::MIN;
     loop {
         let ours = index.read_blocking(move |r| r.media_from(from, chunk))?;
@@ -62,7 +75,7 @@ pub fn compare(
             |len: usize, last: Option<i64>| (len == chunk).then(|| last.map(|l| l + 1)).flatten();
         let end = [
             bound(ours.len(), ours.last().map(|r| r.id)),
-            bound(theirs.len(), theirs.last().map(|r| r.id)),
+            bound(theirs.len(), theirs.last().map(|t| t.row.id)),
         ]
         .into_iter()
         .flatten()
@@ -73,14 +86,14 @@ pub fn compare(
             .filter(|r| below(r.id))
             .map(|r| MirrorRow::from_media(r, base_url))
             .collect();
-        let theirs: Vec<MirrorRow> = theirs.into_iter().filter(|r| below(r.id)).collect();
+        let theirs: Vec<my::TargetRow> = theirs.into_iter().filter(|t| below(t.row.id)).collect();
         report.index_rows += ours.len() as u64;
         report.mysql_rows += theirs.len() as u64;
         let mut repair = Vec::new();
         let (mut i, mut j) = (0, 0);
         while i < ours.len() || j < theirs.len() {
             let order = match (ours.get(i), theirs.get(j)) {
-                (Some(a), Some(b)) => a.id.cmp(&b.id),
+                (Some(a), Some(b)) => a.id.cmp(&b.row.id),
                 (Some(_), None) => Ordering::Less,
                 _ => Ordering::Greater,
             };
@@ -91,12 +104,26 @@ pub fn compare(
                     i += 1;
                 }
                 Ordering::Greater => {
-                    report.extra += 1;
-                    repair.push(theirs[j].id);
+                    // Only media-store's own rows are "extra"; one being
+                    // adopted is not deleted before the index has it.
+                    if theirs[j].owner == Owner::MediaStore {
+                        report.extra += 1;
+                        repair.push(theirs[j].row.id);
+                    } else {
+                        report.foreign += 1;
+                    }
                     j += 1;
                 }
                 Ordering::Equal => {
-                    if ours[i] != theirs[j] {
+                    if theirs[j].owner == Owner::Backend {
+                        report.conflicting += 1;
+                        if conflicts.len() < 10 {
+                            conflicts.push(ours[i].id);
+                        }
+                    } else if ours[i] != theirs[j].row || theirs[j].owner == Owner::Adopting {
+                        // An adoption the index has stored but the mirror has
+                        // not written yet counts as differing: the write
+                        // completes it.
                         report.differing += 1;
                         repair.push(ours[i].id);
                     }
@@ -113,6 +140,13 @@ pub fn compare(
             Some(e) => from = e,
             None => break,
         }
+    }
+    if report.conflicting > 0 {
+        tracing::warn!(
+            count = report.conflicting,
+            first_ids = ?conflicts,
+            "media_files holds rows of the chat backend under media-store ids; they are left untouched and these media are not mirrored"
+        );
     }
     Ok(report)
 }
@@ -172,10 +206,6 @@ pub fn run_cli(
     // We hold the mirror: send the whole outbox (repairs and anything a stopped
     // or MySQL-less daemon left), bounded by what is queued now plus what
     // arrives meanwhile; a live daemon cannot be writing (it would hold the lock).
-    let mut rows = 0u64;
-    while let Some(d) = worker::drain_batch(&index, &mut conn, cfg.batch_size, base, 0, |_| {})? {
-        worker::ack(&index, d.last_seq)?;
-        rows += d.rows as u64;
-    }
+    let rows = worker::drain_all(&index, &mut conn, cfg.batch_size, base)?;
     Ok((report, Applied::Repaired { rows }))
 }

@@ -32,6 +32,9 @@ pub struct Drained {
     pub rows: usize,
     pub upserted: usize,
     pub deleted: usize,
+    /// Ids left alone because `media_files` holds the chat backend's row
+    /// under them (M6): never overwritten, reported.
+    pub foreign: Vec<i64>,
 }
 
 /// Sends the oldest outbox entries after `after_seq` to MySQL. `None` when
@@ -71,14 +74,54 @@ pub fn drain_batch(
         .iter()
         .map(|r| MirrorRow::from_media(r, base_url))
         .collect();
-    my::apply(conn, &mirror, &deleted)?;
+    let skipped = my::apply(conn, &mirror, &deleted)?;
+    if !skipped.foreign.is_empty() {
+        metrics::counter!(metric::FOREIGN_CONFLICTS).increment(skipped.foreign.len() as u64);
+        tracing::warn!(
+            ids = ?skipped.foreign,
+            "media_files holds rows of the chat backend under these media-store ids; they are left untouched and these media are not mirrored"
+        );
+    }
     batch.iter().for_each(&mut on_entry);
     Ok(Some(Drained {
         last_seq: last,
         rows: ids.len(),
-        upserted: mirror.len(),
+        upserted: mirror.len() - skipped.foreign.len(),
         deleted: deleted.len(),
+        foreign: skipped.foreign,
     }))
+}
+
+/// Sends the whole outbox (what is queued now plus what arrives meanwhile) and
+/// acks it; for commands that hold the mirror lock. Returns the ids written.
+pub fn drain_all(index: &Index, conn: &mut Conn, batch_size: usize, base_url: &str) -> Result<u64> {
+    let mut rows = 0u64;
+    while let Some(d) = drain_batch(index, conn, batch_size, base_url, 0, |_| {})? {
+        ack(index, d.last_seq)?;
+        rows += d.rows as u64;
+    }
+    Ok(rows)
+}
+
+/// Makes the index's next media id greater than every id in `media_files`
+/// (the chat backend's rows included), so uploads never collide with them.
+/// Run at each connect: a backend that still writes rows meanwhile moves the
+/// floor up again at the next one.
+pub fn raise_id_floor(index: &Index, conn: &mut Conn, place: &str) -> Result<()> {
+    let max = my::max_id(conn)?;
+    let place = place.to_owned();
+    let raised = index.write_blocking(move |ctx| {
+        let raised = ctx.media_id_floor(max)?;
+        ctx.mark_id_floor_checked(&place)?;
+        Ok::<_, crate::index::IndexError>(raised)
+    })?;
+    if raised {
+        tracing::info!(
+            above = max,
+            "new media ids now start above the largest id in media_files"
+        );
+    }
+    Ok(())
 }
 
 /// Deletes the entries up to `seq`, which MySQL has committed.
@@ -199,6 +242,7 @@ impl Worker {
                 if !my::try_lock_mirror(&mut c)? {
                     return Err(MirrorError::Locked);
                 }
+                raise_id_floor(&self.index, &mut c, place)?;
                 tracing::info!(mysql = %place, "connected to MySQL");
                 self.shared.set_status(|s| s.connected = true);
                 metrics::gauge!(metric::CONNECTED).set(1.0);
@@ -207,6 +251,14 @@ impl Worker {
         };
         let base = self.shared.base_url.load_full();
         let target = format!("{place}|{base}");
+        let periodic = self.cfg.reconcile_interval;
+        let since_ms = self.clock.now_ms() - self.shared.last_reconcile_ms.load(Ordering::SeqCst);
+        if !periodic.is_zero() && since_ms >= periodic.as_millis() as i64 {
+            tracing::info!(every = ?periodic, "periodic full reconcile due");
+            self.shared
+                .reconcile_requested
+                .store(true, Ordering::SeqCst);
+        }
         let requested = self
             .shared
             .reconcile_requested
@@ -237,11 +289,15 @@ impl Worker {
                     missing = report.missing,
                     extra = report.extra,
                     differing = report.differing,
+                    foreign = report.foreign,
+                    conflicting = report.conflicting,
                     "full reconcile done; differences are queued for sync"
                 );
                 let t = target.clone();
+                let now = self.clock.now_ms();
                 self.index
-                    .write_blocking(move |ctx| ctx.mark_reconciled(&t))?;
+                    .write_blocking(move |ctx| ctx.mark_reconciled(&t, now))?;
+                self.shared.last_reconcile_ms.store(now, Ordering::SeqCst);
             }
             *reconciled = Some(target);
         }
@@ -263,7 +319,11 @@ impl Worker {
                 cursor.sent = d.last_seq;
                 metrics::counter!(metric::ROWS_SYNCED).increment(d.rows as u64);
                 let at = self.clock.now_ms();
-                self.shared.set_status(|s| s.last_sync_ms = Some(at));
+                let foreign = d.foreign.len() as u64;
+                self.shared.set_status(|s| {
+                    s.last_sync_ms = Some(at);
+                    s.foreign_conflicts += foreign;
+                });
                 tracing::debug!(
                     rows = d.rows,
                     upserted = d.upserted,

@@ -36,6 +36,7 @@
 //! - **Serve hint** ([`BlobStore::accel_path`]): where nginx finds the blob
 //!   below its internal location, for `X-Accel-Redirect`.
 
+pub mod external;
 mod layout;
 mod staging;
 
@@ -261,6 +262,14 @@ impl Root {
         for dir in [&root.blobs, &root.tmp] {
             fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        }
+        // Those names, and the root's own (the daemon creates a missing data
+        // folder), must be durable before anything in them counts as stored.
+        // The parent is best effort: one we cannot read was not made by us.
+        let dir = &root.dir;
+        fsync_dir(dir).map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
+        if let Some(parent) = dir.canonicalize().ok().as_deref().and_then(Path::parent) {
+            let _ = fsync_dir(parent);
         }
         Ok(root)
     }
@@ -865,7 +874,7 @@ impl BlobStore {
         }
         // Each copy's own fdatasync: a writeback error on this file is seen
         // on this descriptor (one `syncfs` on another could miss it).
-        staged.sync()?;
+        staged.sync_as("archive-copy-sync")?;
         Ok(ArchiveCopy::Staged(Box::new(staged)))
     }
 
@@ -967,6 +976,17 @@ impl Stream for VerifiedStream {
     }
 }
 
+/// Test-only (cargo feature `fault-injection`): whether `MEDIA_STORE_FAULT_SKIP`
+/// names this sync, so tests/it/powercut.rs can show that it catches its absence.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn skip_sync(name: &str) -> bool {
+    std::env::var("MEDIA_STORE_FAULT_SKIP").is_ok_and(|v| v == name)
+}
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn skip_sync(_: &str) -> bool {
+    false
+}
+
 /// From this many files or folders to flush, one `syncfs` is cheaper than an
 /// fsync of each.
 const SYNCFS_FROM: usize = 4;
@@ -977,6 +997,9 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
+    if skip_sync("dir-barrier") {
+        return Ok(());
+    }
     if dirs.len() >= SYNCFS_FROM {
         let fd = File::open(&dirs[0])?;
         nix::unistd::syncfs(&fd).map_err(io::Error::from)

@@ -111,10 +111,17 @@ impl StagingFile {
 
     /// Makes the staged bytes durable (fdatasync).
     pub fn sync(&mut self) -> Result<()> {
+        self.sync_as("staging-fdatasync")
+    }
+
+    /// [`StagingFile::sync`], named for fault injection (`super::skip_sync`).
+    pub(super) fn sync_as(&mut self, name: &str) -> Result<()> {
         if !self.synced {
-            self.file
-                .sync_data()
-                .map_err(|e| StoreError::io("fsync staging file", e))?;
+            if !super::skip_sync(name) {
+                self.file
+                    .sync_data()
+                    .map_err(|e| StoreError::io("fsync staging file", e))?;
+            }
             self.synced = true;
         }
         Ok(())

@@ -18,6 +18,7 @@ mod listing;
 mod mysql;
 mod nginx;
 mod ops;
+mod powercut;
 mod reload;
 mod security;
 mod socket;

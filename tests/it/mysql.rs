@@ -1,5 +1,7 @@
 //! The MySQL mirror against a real MariaDB (issue 5): sync, deletes, outages,
-//! daemon crashes, reconcile, migrations and the GC safety belt.
+//! daemon crashes, reconcile, migrations and the GC safety belt; and (issue
+//! 10, point 8) the chat backend's own rows: never deleted or overwritten, ids
+//! above theirs, `media-store import`, the periodic reconcile.
 
 use std::path::Path;
 use std::process::Command;
@@ -370,11 +372,14 @@ fn corrupt(conn: &mut mysql::Conn, ids: &[i64]) {
         (ids[0], ids[1], ids[2]),
     )
     .unwrap();
+    // Extra rows media-store wrote (listed as its own) that the index no longer has.
     conn.query_drop(
         "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at, size, blake3) VALUES \
          (900001, 1, 'x', 'image/png', NOW(), 1, 'ab'), (900002, 1, 'y', 'image/png', NOW(), 1, 'cd')",
     )
     .unwrap();
+    conn.query_drop("INSERT INTO media_store_rows (id) VALUES (900001), (900002)")
+        .unwrap();
     conn.exec_drop(
         "UPDATE media_files SET file_type = 'video/mp4' WHERE id = ?",
         (ids[3],),
@@ -495,7 +500,7 @@ fn migrate_upgrades_a_seed_table_and_is_idempotent() {
     let text = String::from_utf8_lossy(&first.stdout).to_string()
         + &String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{text}");
-    assert!(text.contains("applied [1, 2]"), "{text}");
+    assert!(text.contains("applied [1, 2, 3]"), "{text}");
     let second = migrate();
     let text = String::from_utf8_lossy(&second.stdout).to_string();
     assert!(
@@ -505,7 +510,7 @@ fn migrate_upgrades_a_seed_table_and_is_idempotent() {
     let versions: Vec<u32> = conn
         .query("SELECT version FROM media_store_schema ORDER BY version")
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     let (file_type, size, blake3): (String, String, String) = conn
         .query_first(
             "SELECT \
@@ -524,6 +529,11 @@ fn migrate_upgrades_a_seed_table_and_is_idempotent() {
         .unwrap()
         .unwrap();
     assert_eq!(kept, 1, "the seed's rows survive the migration");
+    let owned: i64 = conn
+        .query_first("SELECT count(*) FROM media_store_rows")
+        .unwrap()
+        .unwrap();
+    assert_eq!(owned, 0, "the backend's row is not media-store's");
     // A URL that points nowhere is an error (exit 2), not a silent success.
     let bad = Command::new(TestDaemon::binary())
         .args([
@@ -732,4 +742,557 @@ async fn gc_retention_keeps_media_that_mysql_messages_still_reference() {
         404,
         "expired orphan deleted"
     );
+}
+
+/// The chat deployment's seed table (migration 0001's schema, as the backend's
+/// own seed creates it), filled with rows the backend wrote: ids 1..=5 and 1000.
+fn seed_backend_rows(conn: &mut mysql::Conn) -> Vec<BackendRow> {
+    conn.query_drop(include_str!("../../migrations/mysql/0001_media_files.sql"))
+        .unwrap();
+    for id in [1, 2, 3, 4, 5, 1000] {
+        conn.exec_drop(
+            "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
+             VALUES (?, ?, ?, 'image/png', FROM_UNIXTIME(?))",
+            (
+                id,
+                70 + id,
+                format!("/uploads/{id}.png"),
+                1_700_000_000 + id,
+            ),
+        )
+        .unwrap();
+    }
+    backend_rows(conn)
+}
+
+/// (id, uploader_id, file_url, file_type, uploaded_at seconds) of every row
+/// media-store does not own.
+type BackendRow = (i64, i64, String, String, i64);
+
+fn backend_rows(conn: &mut mysql::Conn) -> Vec<BackendRow> {
+    conn.query(
+        "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED) \
+         FROM media_files f WHERE f.id NOT IN (SELECT id FROM media_store_rows) ORDER BY f.id",
+    )
+    .or_else(|_| {
+        // Before the first migration: no ownership table yet, every row is theirs.
+        conn.query(
+            "SELECT id, uploader_id, file_url, file_type, CAST(UNIX_TIMESTAMP(uploaded_at) AS SIGNED) \
+             FROM media_files ORDER BY id",
+        )
+    })
+    .unwrap()
+}
+
+/// media_files minus the backend's rows must equal the index minus `except`.
+async fn wait_mirrored_beside(db: &MariaDb, name: &str, data: &Path, base: &str, except: &[i64]) {
+    let deadline = Instant::now() + CONVERGE;
+    let mut conn = db.conn(name);
+    loop {
+        let want: Vec<Row> = expected_rows(data, base)
+            .into_iter()
+            .filter(|r| !except.contains(&r.0))
+            .collect();
+        let got: Vec<Row> = conn
+            .query(
+                "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED), f.size, f.blake3 \
+                 FROM media_files f JOIN media_store_rows o ON o.id = f.id ORDER BY f.id",
+            )
+            .unwrap_or_default();
+        if want == got && outbox_len(data) == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "media-store's rows did not converge: want {want:?}\ngot {got:?}\noutbox {}",
+            outbox_len(data)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_rows_survive_enabling_the_mirror_and_are_never_overwritten() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let url = db.tcp_url(&name);
+    let base = "https://m.example";
+    let mut conn = db.conn(&name);
+    let before = seed_backend_rows(&mut conn);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // An index with uploads of its own before the mirror is enabled: its first
+    // full reconcile sees the backend's rows as "not in the index".
+    let app = TestApp::start_in(&data, "").await;
+    let (_, early) = upload_raw(&app.client, &app.base, 9, unique_png(1100)).await;
+    app.stop().await;
+    assert_eq!(
+        early["id"], 1,
+        "the index's own first id, below the backend's rows"
+    );
+
+    let app = TestApp::start_in(&data, &mysql_toml(&url, base)).await;
+    // At once, before the worker may have connected: the first start with this
+    // database raised the id floor before serving.
+    let (_, a) = upload_raw(&app.client, &app.base, 9, unique_png(1101)).await;
+    assert_eq!(a["id"], 1001, "{a}");
+    wait_until(
+        CONVERGE,
+        "the mirror connects and writes media 1001",
+        || {
+            outbox_len(&data) == 0
+                && conn
+                    .query_first::<i64, _>("SELECT COUNT(*) FROM media_store_rows")
+                    .ok()
+                    .flatten()
+                    == Some(1)
+        },
+    )
+    .await;
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (_, h) = get_json(&app.client, &app.url("/healthz")).await;
+        if h["mysql"]["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never connected: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The index's media 1 collides with the backend's row 1: reported, never
+    // overwritten; the full reconcile of the first connect deleted nothing.
+    assert_eq!(backend_rows(&mut conn), before);
+
+    // The backend writes another row, under the id media-store will use next.
+    conn.query_drop(
+        "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
+         VALUES (1002, 99, '/uploads/theirs.png', 'image/png', FROM_UNIXTIME(1700009999))",
+    )
+    .unwrap();
+    let before = backend_rows(&mut conn);
+    let (_, b) = upload_raw(&app.client, &app.base, 9, unique_png(1102)).await;
+    assert_eq!(b["id"], 1002, "{b}");
+    let (_, c) = upload_raw(&app.client, &app.base, 9, unique_png(1103)).await;
+    wait_mirrored_beside(db, &name, &data, base, &[1, 1002]).await;
+    assert_eq!(backend_rows(&mut conn), before, "a backend row was changed");
+    let (_, h) = get_json(&app.client, &app.url("/healthz")).await;
+    assert!(h["mysql"]["foreign_conflicts"].as_u64() >= Some(1), "{h}");
+    let mine: Vec<i64> = conn
+        .query("SELECT id FROM media_store_rows ORDER BY id")
+        .unwrap();
+    assert_eq!(
+        mine,
+        vec![a["id"].as_i64().unwrap(), c["id"].as_i64().unwrap()]
+    );
+
+    // A full reconcile (the command, daemon running) repairs none of theirs.
+    let out = tokio::task::spawn_blocking({
+        let (data, url) = (data.clone(), url.clone());
+        move || reconcile_cli(&data, &url, false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0, 0, "{}", out.1);
+    assert!(
+        out.1
+            .contains("missing=0 extra=0 differing=0 foreign=5 conflicting=2"),
+        "{}",
+        out.1
+    );
+    app.stop().await;
+    wait_mirror_unlocked(db, &name);
+    // And with the daemon stopped, the command sends its own repairs: still none of theirs.
+    let (code, out) = reconcile_cli(&data, &url, false);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(backend_rows(&mut conn), before);
+    // At the next start too (the floor is re-checked at each connect).
+    conn.query_drop(
+        "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
+         VALUES (5000, 99, '/uploads/later.png', 'image/png', FROM_UNIXTIME(1700019999))",
+    )
+    .unwrap();
+    let app = TestApp::start_in(&data, &mysql_toml(&url, base)).await;
+    wait_until(CONVERGE, "the floor moves above 5000", || {
+        index(&data)
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'media'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            >= 5000
+    })
+    .await;
+    let (_, d) = upload_raw(&app.client, &app.base, 9, unique_png(1104)).await;
+    assert_eq!(d["id"], 5001, "{d}");
+    wait_mirrored_beside(db, &name, &data, base, &[1, 1002]).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_reconcile_repairs_rows_changed_behind_the_mirrors_back() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let base = "https://m.example";
+    let toml = mysql_toml(&db.socket_url(&name), base) + "reconcile_interval = \"1s\"\n";
+    let app = TestApp::start_with(&toml).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, body) = upload_raw(&app.client, &app.base, 5, unique_png(1200 + i)).await;
+        ids.push(body["id"].as_i64().unwrap());
+    }
+    wait_mirrored(db, &name, &app.data, base, CONVERGE).await;
+    // What a failover to a lagging replica looks like: acknowledged rows are
+    // gone or old. Nothing in the index changes, so no outbox entry says so.
+    let mut conn = db.conn(&name);
+    conn.exec_drop("DELETE FROM media_files WHERE id = ?", (ids[0],))
+        .unwrap();
+    conn.exec_drop(
+        "UPDATE media_files SET file_url = 'https://stale/x', size = 1 WHERE id = ?",
+        (ids[1],),
+    )
+    .unwrap();
+    // Repaired without a restart, by the worker's own periodic reconcile.
+    wait_mirrored(db, &name, &app.data, base, CONVERGE).await;
+    app.stop().await;
+}
+
+/// A database an earlier media-store mirrored (schema version 2, no ownership
+/// table yet): migration 3 recognises its rows by their blake3, not the
+/// backend's.
+#[test]
+fn upgrade_to_ownership_keeps_rows_an_earlier_media_store_wrote_as_its_own() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let mut conn = db.conn(&name);
+    conn.query_drop(include_str!("../../migrations/mysql/0001_media_files.sql"))
+        .unwrap();
+    conn.query_drop(include_str!(
+        "../../migrations/mysql/0002_media_store_columns.sql"
+    ))
+    .unwrap();
+    conn.query_drop(
+        "CREATE TABLE media_store_schema (version INT NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL, \
+         applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    )
+    .unwrap();
+    conn.query_drop(
+        "INSERT INTO media_store_schema (version, name) VALUES (1, 'media_files'), (2, 'media_store_columns')",
+    )
+    .unwrap();
+    let hash = blake3::hash(b"x").to_hex().to_string();
+    conn.exec_drop(
+        "INSERT INTO media_files (id, uploader_id, file_url, file_type, size, blake3) VALUES \
+         (1, 1, '/uploads/theirs.png', 'image/png', 0, ''), (2, 1, 'https://m/files/2', 'image/png', 1, ?)",
+        (hash,),
+    )
+    .unwrap();
+    let out = Command::new(TestDaemon::binary())
+        .args(["migrate", "--mysql", &db.tcp_url(&name)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("applied [3]"),
+        "{text}"
+    );
+    let owned: Vec<i64> = conn.query("SELECT id FROM media_store_rows").unwrap();
+    assert_eq!(owned, vec![2]);
+}
+
+/// Serves `files` (path -> bytes) over HTTP on 127.0.0.1; returns the port.
+async fn serve_files(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
+    let mut router = axum::Router::new();
+    for (path, bytes) in files {
+        router = router.route(path, axum::routing::get(move || async move { bytes }));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    port
+}
+
+fn import_cli(data: &Path, url: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let config = format!(
+        "public_base_url = \"https://m.example\"\n[mysql]\nurl = \"{url}\"\nconnect_timeout_ms = 1000\n"
+    );
+    let mut all = vec!["import", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_cli(data, &config, &all);
+    let report = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (code, report, format!("{out}{err}"))
+}
+
+fn ids(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_adopts_local_and_http_rows_under_their_ids_and_reports_the_rest() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let url = db.tcp_url(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let root = dir.path().join("chat");
+    std::fs::create_dir_all(root.join("uploads")).unwrap();
+    std::fs::write(dir.path().join("secret.png"), unique_png(1300)).unwrap();
+    let (a, b, c) = (
+        unique_png(1301),
+        testdata("document/sample.pdf"),
+        unique_png(1302),
+    );
+    std::fs::write(root.join("uploads/a.png"), &a).unwrap();
+    std::fs::write(root.join("uploads/b.pdf"), &b).unwrap();
+    std::fs::write(
+        root.join("uploads/notes.bin"),
+        b"\x00\x01 not a known type \x02",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../../secret.png", root.join("uploads/link.png")).unwrap();
+    let port = serve_files(vec![("/media/c.png", c.clone())]).await;
+    let host = format!("127.0.0.1:{port}");
+    let rows: Vec<(i64, String)> = vec![
+        (10, "/uploads/a.png".into()), // web path under the root
+        (11, format!("{}/uploads/b.pdf", root.display())), // absolute path under the root
+        (12, format!("http://{host}/media/c.png")), // http on an allowed host
+        (13, "uploads/missing.png".into()), // missing file
+        (14, "http://media.example.invalid/x.png".into()), // host not allowed
+        (15, "/uploads/notes.bin".into()), // refused: unknown type
+        (16, "/uploads/../../secret.png".into()), // escapes with ..
+        (17, "/uploads/link.png".into()), // escapes by symlink
+        (18, "uploads/a.png".into()),  // same content as 10
+    ];
+    let mut conn = db.conn(&name);
+    conn.query_drop(include_str!("../../migrations/mysql/0001_media_files.sql"))
+        .unwrap();
+    for (id, file_url) in &rows {
+        conn.exec_drop(
+            "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
+             VALUES (?, ?, ?, 'image/png', FROM_UNIXTIME(?))",
+            (id, 100 + id, file_url, 1_700_000_000 + id),
+        )
+        .unwrap();
+    }
+    let root_arg = root.display().to_string();
+    let args = ["--from-root", &root_arg, "--allow-host", &host];
+    let run = |extra: &'static [&'static str]| {
+        let (data, url) = (data.clone(), url.clone());
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(extra.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            import_cli(&data, &url, &refs)
+        })
+    };
+    let unowned = |conn: &mut mysql::Conn| backend_rows(conn);
+
+    // Dry run (on a migrated schema, which it needs): checks the sources,
+    // changes nothing.
+    let migrated = Command::new(TestDaemon::binary())
+        .args(["migrate", "--mysql", &url])
+        .output()
+        .unwrap();
+    assert!(migrated.status.success());
+    let (code, report, text) = run(&["--dry-run"]).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(report["dry_run"], true, "{text}");
+    let failed_ids: Vec<i64> = report["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_i64().unwrap())
+        .collect();
+    // Dry run does not fetch or sniff, so the unknown type (15) is not found yet.
+    assert_eq!(failed_ids, vec![13, 14, 16, 17], "{text}");
+    let untouched = unowned(&mut conn);
+    assert_eq!(untouched.len(), rows.len());
+    assert_eq!(expected_rows(&data, "https://m.example").len(), 0);
+
+    // The import.
+    let (code, report, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "some rows cannot be adopted: {text}");
+    assert_eq!(ids(&report["adopted"]), vec![10, 11, 12, 18], "{text}");
+    assert_eq!(report["deduplicated"], 1, "{text}");
+    assert_eq!(report["mirror"], "sent", "{text}");
+    let failed: Vec<(i64, String)> = report["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_i64().unwrap(),
+                f["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let reason = |id: i64| failed.iter().find(|f| f.0 == id).unwrap().1.clone();
+    assert_eq!(failed.len(), 5, "{failed:?}");
+    assert!(reason(13).contains("no such file"), "{failed:?}");
+    assert!(reason(14).contains("not allowed"), "{failed:?}");
+    assert!(reason(15).contains("could not be recognised"), "{failed:?}");
+    assert!(reason(16).contains("leaves the import root"), "{failed:?}");
+    assert!(reason(17).contains("leaves the import root"), "{failed:?}");
+
+    // Same ids and times, content-addressed, and the rows are media-store's now:
+    // rewritten by the mirror with the index's values.
+    let mirrored: Vec<Row> = {
+        let mut c = db.conn(&name);
+        c.query(
+            "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED), f.size, f.blake3 \
+             FROM media_files f JOIN media_store_rows o ON o.id = f.id ORDER BY f.id",
+        )
+        .unwrap()
+    };
+    assert_eq!(mirrored, expected_rows(&data, "https://m.example"));
+    let hex = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+    let want = [
+        (10, "image/png", hex(&a)),
+        (11, "application/pdf", hex(&b)),
+        (12, "image/png", hex(&c)),
+        (18, "image/png", hex(&a)),
+    ];
+    for (row, (id, mime, hash)) in mirrored.iter().zip(want) {
+        assert_eq!(row.0, id);
+        assert_eq!(row.1, 100 + id, "uploader kept");
+        assert_eq!(row.2, format!("https://m.example/files/{id}"));
+        assert_eq!(row.3, mime);
+        assert_eq!(row.4, 1_700_000_000 + id, "upload time kept");
+        assert_eq!(row.6, hash);
+    }
+    assert!(blob_path(&data, &a).exists() && blob_path(&data, &c).exists());
+    assert_eq!(refcount(&data, &hex(&a)), Some(2));
+    let failed_rows: Vec<BackendRow> = untouched
+        .iter()
+        .filter(|r| [13, 14, 15, 16, 17].contains(&r.0))
+        .cloned()
+        .collect();
+    assert_eq!(
+        unowned(&mut conn),
+        failed_rows,
+        "rows not adopted stay as they were"
+    );
+    assert_consistent(&data);
+
+    // Again: nothing left to adopt, nothing changes.
+    let index_before = expected_rows(&data, "https://m.example");
+    let (code, report, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(ids(&report["adopted"]), Vec::<i64>::new(), "{text}");
+    assert_eq!(ids(&report["resumed"]), Vec::<i64>::new(), "{text}");
+    assert_eq!(report["rows"], 5, "{text}");
+    assert_eq!(expected_rows(&data, "https://m.example"), index_before);
+    assert_eq!(unowned(&mut conn), failed_rows);
+
+    // A run that stopped after storing a file, before the mirror wrote the
+    // row (the row still the backend's values, marked as being adopted): the
+    // next run only finishes it.
+    conn.query_drop(
+        "UPDATE media_files SET file_url = '/uploads/b.pdf', file_type = 'application/pdf', size = 0, blake3 = '' \
+         WHERE id = 11",
+    )
+    .unwrap();
+    conn.query_drop("UPDATE media_store_rows SET adopting = 1 WHERE id = 11")
+        .unwrap();
+    let (code, report, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(ids(&report["adopted"]), Vec::<i64>::new(), "{text}");
+    assert_eq!(ids(&report["resumed"]), vec![11], "{text}");
+    assert_eq!(expected_rows(&data, "https://m.example"), index_before);
+    let mirrored_again: Vec<Row> = conn
+        .query(
+            "SELECT f.id, f.uploader_id, f.file_url, f.file_type, CAST(UNIX_TIMESTAMP(f.uploaded_at) AS SIGNED), f.size, f.blake3 \
+             FROM media_files f JOIN media_store_rows o ON o.id = f.id ORDER BY f.id",
+        )
+        .unwrap();
+    assert_eq!(mirrored_again, index_before);
+    let adopting: i64 = conn
+        .query_first("SELECT COUNT(*) FROM media_store_rows WHERE adopting <> 0")
+        .unwrap()
+        .unwrap();
+    assert_eq!(adopting, 0, "every adoption completed");
+
+    // The daemon serves the adopted files under their ids, and its new uploads
+    // go above every id in media_files.
+    let d = unique_png(1304);
+    std::fs::write(root.join("uploads/d.png"), &d).unwrap();
+    conn.query_drop(
+        "INSERT INTO media_files (id, uploader_id, file_url, file_type, uploaded_at) \
+         VALUES (20, 120, '/uploads/d.png', 'image/png', FROM_UNIXTIME(1700000020))",
+    )
+    .unwrap();
+    let app = TestApp::start_in(&data, &mysql_toml(&url, "https://m.example")).await;
+    let (status, media) = get_json(&app.client, &app.url("/v1/media/12")).await;
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(media["blake3"], hex(&c));
+    let (_, new) = upload_raw(&app.client, &app.base, 1, unique_png(1303)).await;
+    assert!(new["id"].as_i64() > Some(20), "{new}");
+    wait_mirrored_beside(db, &name, &data, "https://m.example", &[]).await;
+    assert_eq!(
+        unowned(&mut conn),
+        [
+            failed_rows.clone(),
+            vec![(
+                20,
+                120,
+                "/uploads/d.png".into(),
+                "image/png".into(),
+                1_700_000_020
+            )]
+        ]
+        .concat()
+    );
+
+    // Beside the running daemon: its mirror writes the adopted row, and the
+    // new media row's own outbox entry is not taken for a collision.
+    let (code, report, text) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(ids(&report["adopted"]), vec![20], "{text}");
+    assert_eq!(report["mirror"], "queued", "{text}");
+    wait_mirrored_beside(db, &name, &data, "https://m.example", &[]).await;
+    assert_eq!(unowned(&mut conn), failed_rows);
+    let (_, h) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(h["mysql"]["foreign_conflicts"], 0, "{h}");
+    app.stop().await;
+}
+
+/// The interval counts from the last full reconcile, kept in the index: a
+/// daemon restarted more often than the interval still reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_reconcile_is_not_postponed_by_restarts() {
+    let db = MariaDb::shared();
+    let name = db.create_db();
+    let base = "https://m.example";
+    let url = db.socket_url(&name);
+    let toml = mysql_toml(&url, base) + "reconcile_interval = \"1h\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let app = TestApp::start_in(&data, &toml).await;
+    let (_, body) = upload_raw(&app.client, &app.base, 5, unique_png(1400)).await;
+    let id = body["id"].as_i64().unwrap();
+    wait_mirrored(db, &name, &data, base, CONVERGE).await;
+    app.stop().await;
+    wait_mirror_unlocked(db, &name);
+    let mut conn = db.conn(&name);
+    conn.exec_drop(
+        "UPDATE media_files SET file_url = 'https://stale/x' WHERE id = ?",
+        (id,),
+    )
+    .unwrap();
+    // The last full reconcile was two hours ago.
+    let two_hours_ago =
+        media_store::clock::Clock::now_ms(&media_store::clock::SystemClock) - 2 * 3600 * 1000;
+    rusqlite::Connection::open(data.join("index.sqlite3"))
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'mysql_reconciled_at'",
+            [two_hours_ago.to_string()],
+        )
+        .unwrap();
+    let app = TestApp::start_in(&data, &toml).await;
+    wait_mirrored(db, &name, &data, base, CONVERGE).await;
+    app.stop().await;
 }

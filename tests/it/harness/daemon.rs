@@ -237,24 +237,37 @@ impl TestDaemon {
         toml: &str,
         env: &[(&str, &Path)],
     ) -> TestDaemon {
+        Self::start_spawned(data, log_dir, toml, env, |c| c.spawn())
+    }
+
+    /// [`TestDaemon::start_with_env`] with the process started by `spawn`
+    /// (the power-cut harness spawns it under its `syncfs` watch).
+    pub fn start_spawned(
+        data: &Path,
+        log_dir: &Path,
+        toml: &str,
+        env: &[(&str, &Path)],
+        spawn: impl FnOnce(&mut Command) -> std::io::Result<Child>,
+    ) -> TestDaemon {
         std::fs::create_dir_all(log_dir).unwrap();
         let config = log_dir.join("config.toml");
         std::fs::write(&config, toml).unwrap();
         let stdout_path = log_dir.join("stdout.log");
-        let child = Command::new(Self::binary())
-            .arg("serve")
-            .arg("--listen=127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--config")
-            .arg(&config)
-            .env("MEDIA_STORE_API_TOKEN", TOKEN)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout_path).unwrap())
-            .stderr(File::create(log_dir.join("stderr.log")).unwrap())
-            .spawn()
-            .expect("spawn media-store");
+        let child = spawn(
+            Command::new(Self::binary())
+                .arg("serve")
+                .arg("--listen=127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(data)
+                .arg("--config")
+                .arg(&config)
+                .env("MEDIA_STORE_API_TOKEN", TOKEN)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(File::create(&stdout_path).unwrap())
+                .stderr(File::create(log_dir.join("stderr.log")).unwrap()),
+        )
+        .expect("spawn media-store");
         let mut daemon = TestDaemon {
             base: String::new(),
             data: data.to_owned(),

@@ -153,11 +153,31 @@ pub fn assert_consistent_with_archive(data: &Path, archive: Option<&Path>) {
     );
 }
 
+/// [`assert_consistent_with_archive`] with the index read through `idx` (the
+/// power-cut tests read a copy: SQLite in the test process must not map files
+/// of the file system that the same process serves).
+pub fn assert_consistent_index(idx: &rusqlite::Connection, data: &Path, archive: Option<&Path>) {
+    let problems = consistency_problems_in(idx, data, archive);
+    assert!(
+        problems.is_empty(),
+        "data folder {} breaks storage-layout.md's invariants:\n  {}",
+        data.display(),
+        problems.join("\n  ")
+    );
+}
+
 /// Every broken invariant of [`assert_consistent_with_archive`], described
 /// (all of them, not just the first).
 pub fn consistency_problems(data: &Path, archive: Option<&Path>) -> Vec<String> {
+    consistency_problems_in(&index(data), data, archive)
+}
+
+fn consistency_problems_in(
+    idx: &rusqlite::Connection,
+    data: &Path,
+    archive: Option<&Path>,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    let idx = index(data);
     let mut stmt = idx
         .prepare("SELECT b.hash, b.size, b.refcount, (SELECT count(*) FROM media m WHERE m.hash = b.hash) FROM blobs b")
         .unwrap();
@@ -178,7 +198,7 @@ pub fn consistency_problems(data: &Path, archive: Option<&Path>) -> Vec<String> 
             match read_stored_blob(data, archive, &hash) {
                 Err(e) => problems.push(format!("blob {hex} missing: {e}")),
                 Ok(bytes) if bytes.len() as u64 != size => problems.push(format!(
-                    "blob {hex} has {} bytes, its row says {size}",
+                    "blob {hex} is partial: {} bytes, its row says {size}",
                     bytes.len()
                 )),
                 Ok(bytes) if blake3::hash(&bytes) != hash => {

@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod http;
 pub mod mariadb;
 pub mod nginx;
+pub mod powercut;
 pub mod teardown;
 pub mod wait;
 
