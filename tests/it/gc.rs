@@ -182,6 +182,9 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
     };
     let contents: Arc<Vec<Vec<u8>>> = Arc::new((0..3).map(|i| unique_png(500 + i)).collect());
     let done = Arc::new(AtomicBool::new(false));
+    // Uploads answered so far: GC goes on past its rounds until both sides of
+    // the race happened enough (on a loaded machine uploads are slower).
+    let uploaded = Arc::new(AtomicU64::new(0));
     let deleted_by_gc = Arc::new(AtomicU64::new(0));
     let archived_by_gc = Arc::new(AtomicU64::new(0));
 
@@ -189,11 +192,23 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
     let gc_task = {
         let (data, done, deleted) = (app.data.clone(), done.clone(), deleted_by_gc.clone());
         let (archive, archived) = (archive.clone(), archived_by_gc.clone());
+        let uploaded = uploaded.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let (mut conn, store) =
                 gc::open_existing(&data, archive.as_deref().map(|p| p.as_path())).unwrap();
             let retention = Default::default();
-            for _ in 0..gc_rounds {
+            for round in 0u64.. {
+                let raced_enough = uploaded.load(Ordering::Relaxed) >= 500
+                    && deleted.load(Ordering::Relaxed) >= 50
+                    && (archive.is_none() || archived.load(Ordering::Relaxed) >= 50);
+                // Bounded: at most 5x the rounds or 5 minutes.
+                if (round >= gc_rounds && raced_enough)
+                    || round >= 5 * gc_rounds
+                    || started.elapsed() > Duration::from_secs(300)
+                {
+                    break;
+                }
                 let opts = GcOptions {
                     grace: Duration::ZERO,
                     tmp_max_age: Duration::from_secs(86_400),
@@ -218,6 +233,7 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
     for u in 0..UPLOADERS {
         let (client, base, data) = (app.client.clone(), app.base.clone(), app.data.clone());
         let (contents, done, archive) = (contents.clone(), done.clone(), archive.clone());
+        let uploaded = uploaded.clone();
         uploaders.push(tokio::spawn(async move {
             let (mut n, mut dedup) = (0u64, 0u64);
             let mut i = u;
@@ -239,6 +255,7 @@ async fn race_gc_against_uploads(gc_rounds: u64, with_archive: bool) {
                 let (status, v) = upload_raw(&client, &base, u as i64, content.clone()).await;
                 assert_eq!(status, 201, "{v}");
                 n += 1;
+                uploaded.fetch_add(1, Ordering::Relaxed);
                 dedup += u64::from(v["deduplicated"] == true);
                 // Our row holds a reference: the blob must be there, whole, now.
                 let bytes = read_stored_blob(
