@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 // Each module owns its section; this module only layers and validates them.
-pub use crate::http::config::{CorsConfig, ServeConfig};
+pub use crate::http::config::{CorsConfig, LimitsConfig, MetricsConfig, ServeConfig};
 pub use crate::index::IndexConfig;
 pub use crate::lifecycle::{ArchiveConfig, GcConfig, RetentionConfig};
 pub use crate::mirror::MysqlConfig;
@@ -49,6 +49,9 @@ pub struct Config {
     pub public_base_url: String,
     /// Log filter in `tracing` EnvFilter syntax.
     pub log: String,
+    /// How log lines are written: `auto` (JSON under systemd's journal, else
+    /// text, coloured only on a terminal), `text` or `json`.
+    pub log_format: crate::telemetry::LogFormat,
     pub upload: UploadConfig,
     pub index: IndexConfig,
     /// The MySQL mirror of the index (`media_files`) and the GC safety belt.
@@ -64,6 +67,10 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Renditions (thumbnails, previews) and upload metadata (issue #11).
     pub preview: PreviewConfig,
+    /// Connection, upload and timeout limits (issue #12).
+    pub limits: LimitsConfig,
+    /// Who may read `GET /metrics`.
+    pub metrics: MetricsConfig,
 }
 
 /// Shortest `api_token` accepted: a guessable service token opens the whole API.
@@ -77,6 +84,7 @@ impl Default for Config {
             api_token: String::new(),
             public_base_url: String::new(),
             log: "info".into(),
+            log_format: Default::default(),
             upload: UploadConfig::default(),
             index: IndexConfig::default(),
             mysql: MysqlConfig::default(),
@@ -87,6 +95,8 @@ impl Default for Config {
             serve: ServeConfig::default(),
             cors: CorsConfig::default(),
             preview: PreviewConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -142,6 +152,18 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.max_connections == 0
+            || limits.max_concurrent_uploads == 0
+            || limits.header_read_timeout.is_zero()
+            || limits.body_read_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections, limits.max_concurrent_uploads, limits.header_read_timeout \
+                 and limits.body_read_timeout must be positive"
+                    .into(),
+            ));
+        }
         self.retention.validate().map_err(ConfigError::Invalid)?;
         let token_len = self.api_token.chars().count();
         if token_len > 0 && token_len < MIN_API_TOKEN_CHARS {
@@ -208,6 +230,10 @@ impl Config {
         if self.log != running.log {
             ignored.push("log");
             self.log = running.log.clone();
+        }
+        if self.log_format != running.log_format {
+            ignored.push("log_format");
+            self.log_format = running.log_format;
         }
         if self.index != running.index {
             ignored.push("index");

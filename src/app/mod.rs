@@ -214,6 +214,8 @@ fn http_settings(config: &Config, file_token: Option<&str>) -> HttpSettings {
         public_base_url: config.public_base_url.clone(),
         serve: config.serve.clone(),
         cors: config.cors.clone(),
+        limits: config.limits.clone(),
+        metrics: config.metrics.clone(),
     }
 }
 
@@ -260,6 +262,11 @@ pub fn spawn_background_gc(state: AppState) -> tokio::task::JoinHandle<()> {
                 run_gc(&config, &opts)
             })
             .await;
+            match &outcome {
+                Ok(Ok(s)) => crate::lifecycle::gc::record_metrics(s, state.clock().now_ms()),
+                _ => metrics::counter!(crate::lifecycle::gc::metric::RUNS, "result" => "failed")
+                    .increment(1),
+            }
             match outcome {
                 Ok(Ok(s)) => tracing::info!(
                     blobs_deleted = s.blobs_deleted,

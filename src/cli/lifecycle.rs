@@ -42,7 +42,7 @@ pub const EXIT_FOUND: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
 pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
-    crate::telemetry::init_tracing(&config.log);
+    crate::telemetry::init_tracing(&config.log, config.log_format);
     let now = crate::clock::SystemClock.now_ms();
     let mut opts = GcOptions::from_config(&config.gc, &config.archive, now);
     opts.dry_run = args.dry_run;
@@ -67,7 +67,7 @@ pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
 }
 
 pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
-    crate::telemetry::init_tracing(&config.log);
+    crate::telemetry::init_tracing(&config.log, config.log_format);
     let (mut index, store) =
         crate::lifecycle::gc::open_existing(&config.data_dir, config.archive.root())?;
     let opts = FsckOptions {

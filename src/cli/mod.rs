@@ -139,7 +139,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Serve { listen } => {
             let config = cli.load_config(*listen)?;
-            crate::telemetry::init_tracing(&config.log);
+            crate::telemetry::init_tracing(&config.log, config.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(&cli, *listen, config))?;
             Ok(0)
@@ -181,7 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             fetch_timeout,
         } => {
             let config = cli.load_config(None)?;
-            crate::telemetry::init_tracing(&config.log);
+            crate::telemetry::init_tracing(&config.log, config.log_format);
             let opts = crate::mirror::import::ImportOptions {
                 from_root: from_root.clone(),
                 allow_hosts: allow_hosts.clone(),
@@ -199,7 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate { mysql } => {
             let mut config = cli.load_config(None)?;
-            crate::telemetry::init_tracing(&config.log);
+            crate::telemetry::init_tracing(&config.log, config.log_format);
             if let Some(url) = mysql {
                 config.mysql.url = url.clone();
                 config.mysql.validate().map_err(anyhow::Error::msg)?;
@@ -209,7 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::MysqlSync { dry_run, .. } => {
             let config = cli.load_config(None)?;
-            crate::telemetry::init_tracing(&config.log);
+            crate::telemetry::init_tracing(&config.log, config.log_format);
             let (report, applied) = crate::mirror::reconcile::run_cli(
                 &config.mysql,
                 &config.data_dir,
@@ -285,6 +285,7 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     );
     let socket_group = (!socket_group.is_empty()).then_some(socket_group);
     let data_dir = config.data_dir.clone();
+    raise_open_files_limit(config.limits.max_connections);
     let (state, report) = AppState::open(config)?;
     if let Some(path) = &report.generated_token {
         println!("generated an API token; it is stored in {}", path.display());
@@ -346,4 +347,26 @@ async fn serve(cli: &Cli, listen_flag: Option<SocketAddr>, config: Config) -> an
     gc_task.abort();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Each connection holds a file descriptor: lift the soft limit (1024 under
+/// systemd's default) towards the hard one so that `limits.max_connections`
+/// is reached before `EMFILE`.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // Blobs, the index, the archive and staging files need descriptors too.
+    let wanted = (max_connections as u64).saturating_add(1024).min(hard);
+    if wanted > soft && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_err() {
+        tracing::warn!(soft, wanted, "cannot raise the open files limit");
+    }
+    if wanted < (max_connections as u64).saturating_add(64) {
+        tracing::warn!(
+            limit = wanted,
+            max_connections,
+            "the open files limit is below limits.max_connections; raise LimitNOFILE"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `[serve]` and `[cors]`: how downloads are answered and who may reach them cross-origin.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,4 +52,59 @@ impl Default for CorsConfig {
             max_age_secs: 600,
         }
     }
+}
+
+/// `[limits]`: what one client, or many, may hold of the daemon. Over a limit
+/// the answer is `429` or `503` with `Retry-After`, never a stall. Every key
+/// applies live (to connections accepted after a reload).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Time a client has to send a request's headers, and the longest a
+    /// keep-alive connection may stay idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; past it the request
+    /// fails (`408 body_timeout`) and its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open client connections (TCP and Unix socket together); one more is
+    /// answered `503 too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Uploads being received at once; one more is answered `503 too_many_uploads`.
+    pub max_concurrent_uploads: usize,
+    /// Uploads each uploader may start per minute (0: no limit); over it
+    /// `429 rate_limited`.
+    pub uploads_per_minute: u32,
+    /// Uploads an uploader may start at once before `uploads_per_minute`
+    /// applies (0: as many as `uploads_per_minute`).
+    pub upload_burst: u32,
+    /// `Retry-After` seconds sent with 503 answers of these limits.
+    pub retry_after_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 8192,
+            max_concurrent_uploads: 256,
+            uploads_per_minute: 0,
+            upload_burst: 0,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// `[metrics]`: who may read `GET /metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` needs `Authorization: Bearer <token>` (this token,
+    /// not the service token); empty: no token.
+    pub token: String,
+    /// Only answer `/metrics` to clients on the loopback interface (TCP from
+    /// 127.0.0.0/8 or ::1); others, and the Unix socket nginx uses, get 404.
+    pub loopback_only: bool,
 }

@@ -6,7 +6,9 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod multipart;
+pub mod observe;
 pub mod openapi;
 pub mod routes;
 pub mod server;
@@ -21,6 +23,26 @@ use tower_http::trace::TraceLayer;
 
 use error::ApiError;
 pub use state::{HttpSettings, HttpState};
+
+/// Metric names of the HTTP layer (Prometheus text on `GET /metrics`).
+pub mod metric {
+    /// Requests answered, by `route` (template, e.g. `/files/{id}`; `unmatched`
+    /// for no route) and `status` (counter).
+    pub const REQUESTS: &str = "media_store_http_requests_total";
+    /// Time from a request's arrival to its response headers, by `route` (histogram).
+    pub const REQUEST_SECONDS: &str = "media_store_http_request_duration_seconds";
+    /// Request body bytes received (counter).
+    pub const BYTES_RECEIVED: &str = "media_store_http_received_bytes_total";
+    /// Response body bytes sent, as declared by each response (counter).
+    pub const BYTES_SENT: &str = "media_store_http_sent_bytes_total";
+    /// Client connections open now, TCP and Unix socket (gauge).
+    pub const OPEN_CONNECTIONS: &str = "media_store_http_open_connections";
+    /// Uploads being received now (gauge).
+    pub const UPLOADS_IN_PROGRESS: &str = "media_store_http_uploads_in_progress";
+    /// Requests and connections refused or cut by a `[limits]` key, by `limit`
+    /// (`connections`, `uploads`, `upload_rate`, `body_timeout`) (counter).
+    pub const REJECTED: &str = "media_store_http_limited_total";
+}
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -92,6 +114,7 @@ pub fn router(state: HttpState) -> Router {
                 message: "method not allowed on this route".into(),
             }
         })
+        .route_layer(middleware::from_fn(observe::route_template))
         // The span names the path only: a signed URL's query is a credential
         // until it expires, and must not reach the logs (issue #14).
         .layer(
@@ -104,5 +127,9 @@ pub fn router(state: HttpState) -> Router {
                 )
             }),
         )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }

@@ -5,9 +5,16 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use axum::serve::ListenerExt as _;
+use axum::Router;
+use axum::http::Request;
+use axum::serve::{Listener, ListenerExt as _};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use crate::http::state::HttpState;
 
@@ -30,31 +37,102 @@ pub async fn run_on(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let router = crate::http::router(state);
+    let router = crate::http::router(state.clone());
     let stop = CancellationToken::new();
+    let graceful = GracefulShutdown::new();
     // Small responses must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let tcp = axum::serve(listener, router.clone())
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
+    let tcp = accept_loop(
+        listener,
+        router.clone(),
+        state.clone(),
+        stop.clone(),
+        &graceful,
+        |addr: &std::net::SocketAddr| Peer {
+            loopback: addr.ip().is_loopback(),
+        },
+    );
     let unix = async {
-        match unix {
-            Some(unix) => {
-                axum::serve(unix, router)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .await
-            }
-            None => Ok(()),
+        if let Some(unix) = unix {
+            accept_loop(unix, router, state, stop.clone(), &graceful, |_| Peer {
+                loopback: false,
+            })
+            .await
         }
     };
     let trigger = async {
         shutdown.await;
         stop.cancel();
-        Ok(())
     };
-    tokio::try_join!(trigger, tcp, unix).map(|_| ())
+    tokio::join!(trigger, tcp, unix);
+    // Both listeners are closed: finish the requests in flight, close idle
+    // keep-alive connections.
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Where a request came from, for routes that care (`/metrics` with
+/// `metrics.loopback_only`). The Unix socket counts as remote: nginx relays
+/// other hosts' requests on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub loopback: bool,
+}
+
+/// Accepts connections until `stop`: each is admitted against
+/// `limits.max_connections` (else answered 503 and closed), and served by
+/// hyper with `limits.header_read_timeout` (which also bounds keep-alive idleness).
+async fn accept_loop<L>(
+    mut listener: L,
+    router: Router,
+    state: HttpState,
+    stop: CancellationToken,
+    graceful: &GracefulShutdown,
+    peer: impl Fn(&L::Addr) -> Peer,
+) where
+    L: Listener,
+{
+    loop {
+        let (io, addr) = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            conn = listener.accept() => conn,
+        };
+        let settings = state.settings();
+        let limits = &settings.limits;
+        let Some(admitted) = state.limits().open_connection(limits.max_connections) else {
+            let answer = crate::http::limits::connection_refused_response(limits.retry_after_secs);
+            tokio::spawn(refuse(io, answer));
+            continue;
+        };
+        let peer = peer(&addr);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer);
+            router.clone().oneshot(request)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(admitted);
+        });
+    }
+}
+
+/// Answers a connection over the limit without reading its request, bounded
+/// in time so that a client that never reads cannot hold it.
+async fn refuse<IO: AsyncWrite + Unpin>(mut io: IO, answer: Vec<u8>) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = io.write_all(&answer).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 /// The socket file bound by [`bind_unix`]; removed when dropped, unless another

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::config::{CorsConfig, ServeConfig};
+use super::config::{CorsConfig, LimitsConfig, MetricsConfig, ServeConfig};
+use super::limits::Limits;
 use super::routes::files::DownloadCache;
 use crate::lifecycle::refs::References;
 use crate::media::MediaService;
@@ -23,6 +24,8 @@ pub struct HttpSettings {
     pub public_base_url: String,
     pub serve: ServeConfig,
     pub cors: CorsConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// Cheap to clone: one `Arc` around the shared parts.
@@ -42,6 +45,7 @@ struct Inner {
     /// SQLite connections on blocking threads.
     download_slots: tokio::sync::Semaphore,
     download_cache: DownloadCache,
+    limits: Limits,
 }
 
 impl HttpState {
@@ -54,6 +58,7 @@ impl HttpState {
         signer: Signer,
         download_slots: usize,
     ) -> HttpState {
+        super::limits::register_metrics();
         HttpState(Arc::new(Inner {
             settings: ArcSwap::from_pointee(settings),
             media,
@@ -63,6 +68,7 @@ impl HttpState {
             signer: ArcSwap::from_pointee(signer),
             download_slots: tokio::sync::Semaphore::new(download_slots),
             download_cache: DownloadCache::default(),
+            limits: Limits::default(),
         }))
     }
 
@@ -103,6 +109,18 @@ impl HttpState {
     /// The URL signer of the running config.
     pub fn signer(&self) -> Arc<Signer> {
         self.0.signer.load_full()
+    }
+
+    /// Refreshes the gauges read at scrape time (stored blobs and bytes).
+    pub async fn observe_gauges(&self) {
+        if let Err(e) = self.0.media.observe_stored().await {
+            tracing::warn!(error = %e, "cannot read the stored-blob totals for /metrics");
+        }
+    }
+
+    /// Admission counters checked against `settings().limits`.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
     }
 
     pub fn download_cache(&self) -> &DownloadCache {

@@ -29,6 +29,15 @@ const MISMATCH_SQL: &str = "
        OR (actual > 0 AND zero_since IS NOT NULL)";
 
 impl Reader<'_> {
+    /// Blob rows and the bytes they hold (metrics).
+    pub fn blob_totals(&self) -> Result<(u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), CAST(total(size) AS INTEGER) FROM blobs",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
     pub fn count_blobs(&self) -> Result<u64> {
         Ok(self
             .conn

@@ -428,12 +428,25 @@ fn writer_loop(
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
+/// Metric names of the index writer (Prometheus text on `GET /metrics`).
+pub mod metric {
+    /// Write jobs committed together by one transaction (histogram).
+    pub const BATCH_SIZE: &str = "media_store_index_writer_batch_size";
+    /// Time from a batch's `BEGIN` to its `COMMIT` returning, durability
+    /// barrier included (histogram).
+    pub const COMMIT_SECONDS: &str = "media_store_index_writer_commit_seconds";
+    /// Batches that did not commit (counter).
+    pub const FAILED_BATCHES: &str = "media_store_index_writer_failed_batches_total";
+}
+
 fn run_batch(
     conn: &mut Connection,
-    jobs: impl Iterator<Item = Job>,
+    jobs: impl ExactSizeIterator<Item = Job>,
     barrier: &DurabilityBarrier,
     generation: &AtomicU64,
 ) {
+    let started = std::time::Instant::now();
+    metrics::histogram!(metric::BATCH_SIZE).record(jobs.len() as f64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -484,7 +497,9 @@ fn run_batch(
         }
         None => synced.and_then(|()| tx.commit().map_err(IndexError::from)),
     };
+    metrics::histogram!(metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
     if let Err(e) = &outcome {
+        metrics::counter!(metric::FAILED_BATCHES).increment(1);
         tracing::error!(error = %e, "index batch did not commit");
     }
     // After the commit, before any caller learns of it (see `Index::generation`).

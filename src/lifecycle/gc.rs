@@ -495,3 +495,40 @@ pub fn pace(opts: &GcOptions, tx_started: Instant) {
         std::thread::sleep(held.clamp(Duration::from_millis(10), Duration::from_millis(250)));
     }
 }
+
+/// Metric names of the daemon's background GC runs (`gc.interval`; a
+/// `media-store gc` process has its own summary and exit code instead).
+pub mod metric {
+    /// Runs, by `result` (`ok`, `failed`) (counter).
+    pub const RUNS: &str = "media_store_gc_runs_total";
+    /// Duration of each finished run, retention and archival included (histogram).
+    pub const RUN_SECONDS: &str = "media_store_gc_run_seconds";
+    /// Zero-count blobs deleted (counter).
+    pub const BLOBS_DELETED: &str = "media_store_gc_blobs_deleted_total";
+    /// Bytes of blob files unlinked (counter).
+    pub const BYTES_FREED: &str = "media_store_gc_freed_bytes_total";
+    /// Media rows expired by retention (counter).
+    pub const MEDIA_EXPIRED: &str = "media_store_gc_media_expired_total";
+    /// Blobs moved to the archive root (counter).
+    pub const BLOBS_ARCHIVED: &str = "media_store_archive_blobs_moved_total";
+    /// Bytes moved to the archive root (counter).
+    pub const BYTES_ARCHIVED: &str = "media_store_archive_moved_bytes_total";
+    /// Deletions or moves that failed in a run (counter).
+    pub const ERRORS: &str = "media_store_gc_errors_total";
+    /// Unix time of the last finished run (gauge).
+    pub const LAST_RUN: &str = "media_store_gc_last_run_timestamp_seconds";
+}
+
+/// Records a run's summary, finished at `now_ms`, in the metrics.
+pub fn record_metrics(s: &GcSummary, now_ms: i64) {
+    metrics::counter!(metric::RUNS, "result" => "ok").increment(1);
+    metrics::histogram!(metric::RUN_SECONDS).record(s.duration_ms as f64 / 1000.0);
+    metrics::counter!(metric::BLOBS_DELETED).increment(s.blobs_deleted);
+    metrics::counter!(metric::BYTES_FREED).increment(s.bytes_freed);
+    metrics::counter!(metric::MEDIA_EXPIRED)
+        .increment(s.retention.orphans_expired + s.retention.aged_expired);
+    metrics::counter!(metric::BLOBS_ARCHIVED).increment(s.blobs_archived);
+    metrics::counter!(metric::BYTES_ARCHIVED).increment(s.bytes_archived);
+    metrics::counter!(metric::ERRORS).increment(s.errors.len() as u64);
+    metrics::gauge!(metric::LAST_RUN).set(now_ms as f64 / 1000.0);
+}

@@ -116,6 +116,24 @@ pub mod metric {
     pub const BLOBS_HEALED: &str = "media_store_blobs_healed_total";
     /// Downloads whose bytes did not hash to the media's content (counter).
     pub const CORRUPT_READS: &str = "media_store_corrupt_reads_total";
+    /// Uploads recorded, by `result`: `stored` (new content written) or
+    /// `deduplicated` (content already held) (counter).
+    pub const UPLOADS: &str = "media_store_uploads_total";
+    /// Bytes not written because the content was already stored (counter).
+    pub const DEDUP_SAVED_BYTES: &str = "media_store_dedup_saved_bytes_total";
+    /// Blob rows in the index, primary and archive together (gauge, read at scrape).
+    pub const BLOBS: &str = "media_store_blobs";
+    /// Bytes of those blobs (gauge, read at scrape).
+    pub const BLOB_BYTES: &str = "media_store_blob_bytes";
+}
+
+fn count_upload(deduplicated: bool, size: u64) {
+    if deduplicated {
+        metrics::counter!(metric::UPLOADS, "result" => "deduplicated").increment(1);
+        metrics::counter!(metric::DEDUP_SAVED_BYTES).increment(size);
+    } else {
+        metrics::counter!(metric::UPLOADS, "result" => "stored").increment(1);
+    }
 }
 
 type Result<T, E = MediaError> = std::result::Result<T, E>;
@@ -376,6 +394,7 @@ impl MediaService {
             })
             .await?;
         tracing::info!(media.id = row.id, blob.hash = %hash.to_hex(), size_bytes = size, "stored upload of known content");
+        count_upload(true, size);
         Ok(Ingested {
             row,
             deduplicated: true,
@@ -478,6 +497,7 @@ impl MediaService {
             deduplicated,
             "stored upload"
         );
+        count_upload(deduplicated, size);
         Ok(Ingested { row, deduplicated })
     }
 
@@ -486,6 +506,14 @@ impl MediaService {
             .read(move |r| r.get_media(id))
             .await?
             .ok_or(MediaError::NotFound(id))
+    }
+
+    /// Sets the stored-blob gauges from the index (for a metrics scrape).
+    pub async fn observe_stored(&self) -> Result<()> {
+        let (blobs, bytes) = self.index.read(|r| r.blob_totals()).await?;
+        metrics::gauge!(metric::BLOBS).set(blobs as f64);
+        metrics::gauge!(metric::BLOB_BYTES).set(bytes as f64);
+        Ok(())
     }
 
     pub async fn list(&self, query: ListQuery) -> Result<Vec<MediaRow>> {

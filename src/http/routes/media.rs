@@ -197,6 +197,12 @@ pub(crate) async fn ingest_request(
             format!("the upload exceeds this URL's limit of {cap} bytes"),
         )
     };
+    // `[limits]`: held until the body is received and the upload recorded.
+    let _admitted = (state.limits()).admit_upload(
+        uploader_id,
+        &state.settings().limits,
+        request.extensions(),
+    )?;
     let over_cap = Arc::new(AtomicBool::new(false));
     let media = state.media();
     let declared_len = content_length(request.headers())?;
