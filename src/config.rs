@@ -319,6 +319,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "data_dir",
     "listen",
     "log",
+    "log_format",
     "index",
     "archive.root",
     "mysql",
