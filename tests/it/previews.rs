@@ -28,6 +28,21 @@ async fn variant_url(app: &TestApp, id: i64, variant: &str) -> String {
     .await
 }
 
+/// Uploads `bytes` for `uploader`; returns the new media's id and JSON.
+async fn upload_media(app: &TestApp, uploader: i64, bytes: Vec<u8>) -> (i64, serde_json::Value) {
+    let media = upload_ok(&app.client, &app.base, uploader, bytes).await;
+    (media["id"].as_i64().unwrap(), media)
+}
+
+/// `GET` of a freshly signed URL for the `variant` of media `id`.
+async fn get_variant(app: &TestApp, id: i64, variant: &str) -> reqwest::Response {
+    app.client
+        .get(variant_url(app, id, variant).await)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn decode(bytes: &[u8]) -> image::RgbImage {
     image::load_from_memory(bytes)
         .unwrap_or_else(|e| panic!("rendition does not decode: {e}"))
@@ -116,12 +131,7 @@ async fn a_jpeg_with_exif_orientation_6_gets_an_upright_webp_thumb() {
     let mut thumbs = Vec::new();
     for media in [&rotated, &upright] {
         let id = media["id"].as_i64().unwrap();
-        let resp = app
-            .client
-            .get(variant_url(&app, id, "thumb").await)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_variant(&app, id, "thumb").await;
         assert_eq!(resp.status(), 200);
         assert_eq!(header(&resp, "content-type"), "image/webp");
         assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
@@ -161,14 +171,8 @@ async fn a_jpeg_with_exif_orientation_6_gets_an_upright_webp_thumb() {
 #[tokio::test]
 async fn a_heic_upload_gets_a_webp_thumb() {
     let app = TestApp::start().await;
-    let media = upload_ok(&app.client, &app.base, 1, testdata("heic/image.heic")).await;
-    let id = media["id"].as_i64().unwrap();
-    let resp = app
-        .client
-        .get(variant_url(&app, id, "thumb").await)
-        .send()
-        .await
-        .unwrap();
+    let (id, _) = upload_media(&app, 1, testdata("heic/image.heic")).await;
+    let resp = get_variant(&app, id, "thumb").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-type"), "image/webp");
     let thumb = decode(&resp.bytes().await.unwrap());
@@ -185,14 +189,7 @@ async fn twenty_concurrent_requests_for_a_new_rendition_render_it_once() {
         "[preview.variants.once20]\nfit = \"within\"\nwidth = 200\nheight = 200\nquality = 70\n",
     )
     .await;
-    let media = upload_ok(
-        &app.client,
-        &app.base,
-        1,
-        engine_data("exif-orientation/Landscape_1.jpg"),
-    )
-    .await;
-    let id = media["id"].as_i64().unwrap();
+    let (id, _) = upload_media(&app, 1, engine_data("exif-orientation/Landscape_1.jpg")).await;
     let url = variant_url(&app, id, "once20").await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -233,12 +230,7 @@ async fn identical_content_uploaded_twice_shares_one_rendition() {
     let mut etags = Vec::new();
     for m in [&a, &b] {
         let id = m["id"].as_i64().unwrap();
-        let resp = app
-            .client
-            .get(variant_url(&app, id, "preview").await)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_variant(&app, id, "preview").await;
         assert_eq!(resp.status(), 200);
         etags.push(header(&resp, "etag").trim_matches('"').to_owned());
     }
@@ -261,16 +253,10 @@ async fn identical_content_uploaded_twice_shares_one_rendition() {
 async fn gc_removes_a_deleted_sources_rendition_blobs_and_fsck_stays_clean() {
     let app = TestApp::start().await;
     let jpeg = engine_data("exif-orientation/Landscape_6.jpg");
-    let media = upload_ok(&app.client, &app.base, 1, jpeg.clone()).await;
-    let id = media["id"].as_i64().unwrap();
+    let (id, _) = upload_media(&app, 1, jpeg.clone()).await;
     let mut renditions = Vec::new();
     for variant in ["thumb", "preview", "avatar"] {
-        let resp = app
-            .client
-            .get(variant_url(&app, id, variant).await)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_variant(&app, id, variant).await;
         assert_eq!(resp.status(), 200, "{variant}");
         let bytes = resp.bytes().await.unwrap();
         renditions.push(bytes.to_vec());
@@ -307,14 +293,7 @@ async fn gc_removes_a_deleted_sources_rendition_blobs_and_fsck_stays_clean() {
 #[tokio::test]
 async fn a_rendition_serves_range_etag_and_304_like_an_original() {
     let app = TestApp::start().await;
-    let media = upload_ok(
-        &app.client,
-        &app.base,
-        1,
-        engine_data("exif-orientation/Landscape_1.jpg"),
-    )
-    .await;
-    let id = media["id"].as_i64().unwrap();
+    let (id, _) = upload_media(&app, 1, engine_data("exif-orientation/Landscape_1.jpg")).await;
     let url = variant_url(&app, id, "preview").await;
     let whole = app.client.get(&url).send().await.unwrap();
     assert_eq!(whole.status(), 200);
@@ -362,14 +341,7 @@ async fn a_rendition_serves_range_etag_and_304_like_an_original() {
 #[tokio::test]
 async fn the_signature_binds_the_variant() {
     let app = TestApp::start().await;
-    let media = upload_ok(
-        &app.client,
-        &app.base,
-        1,
-        engine_data("exif-orientation/Landscape_1.jpg"),
-    )
-    .await;
-    let id = media["id"].as_i64().unwrap();
+    let (id, _) = upload_media(&app, 1, engine_data("exif-orientation/Landscape_1.jpg")).await;
     let thumb = variant_url(&app, id, "thumb").await;
     assert!(thumb.contains("variant=thumb"), "{thumb}");
     for forged in [
@@ -461,15 +433,9 @@ async fn a_decompression_bomb_gets_422_remembered_and_the_daemon_stays_small() {
 async fn a_small_image_is_served_as_its_own_thumb() {
     let app = TestApp::start().await;
     let png = testdata("png/gray1.png");
-    let media = upload_ok(&app.client, &app.base, 1, png.clone()).await;
-    let id = media["id"].as_i64().unwrap();
+    let (id, media) = upload_media(&app, 1, png.clone()).await;
     for _ in 0..2 {
-        let resp = app
-            .client
-            .get(variant_url(&app, id, "thumb").await)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_variant(&app, id, "thumb").await;
         assert_eq!(resp.status(), 200);
         assert_eq!(header(&resp, "content-type"), "image/png");
         assert_eq!(
@@ -496,14 +462,8 @@ async fn a_small_image_is_served_as_its_own_thumb() {
 #[tokio::test]
 async fn media_without_a_picture_answer_clearly() {
     let app = TestApp::start().await;
-    let audio = upload_ok(&app.client, &app.base, 1, testdata("audio/tone.flac")).await;
-    let id = audio["id"].as_i64().unwrap();
-    let resp = app
-        .client
-        .get(variant_url(&app, id, "thumb").await)
-        .send()
-        .await
-        .unwrap();
+    let (id, _) = upload_media(&app, 1, testdata("audio/tone.flac")).await;
+    let resp = get_variant(&app, id, "thumb").await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "variant_not_available");
@@ -558,14 +518,7 @@ async fn nginx_sends_renditions_through_x_accel_redirect() {
         app.base.trim_start_matches("http://"),
         &app.data.join("blobs"),
     );
-    let media = upload_ok(
-        &app.client,
-        &app.base,
-        1,
-        engine_data("exif-orientation/Landscape_1.jpg"),
-    )
-    .await;
-    let id = media["id"].as_i64().unwrap();
+    let (id, media) = upload_media(&app, 1, engine_data("exif-orientation/Landscape_1.jpg")).await;
     let path = sign_with(&app.client, &app.base, id, json!({"variant": "thumb"})).await;
     // The daemon renders, then only redirects to the rendition's blob.
     let direct = app.client.get(app.url(&path)).send().await.unwrap();
@@ -586,20 +539,8 @@ async fn nginx_sends_renditions_through_x_accel_redirect() {
 #[tokio::test]
 async fn a_video_gets_a_poster_and_a_slow_tool_answers_503_with_retry_after() {
     let app = TestApp::start().await;
-    let video = upload_ok(
-        &app.client,
-        &app.base,
-        1,
-        testdata("video/h264_aac_faststart.mp4"),
-    )
-    .await;
-    let id = video["id"].as_i64().unwrap();
-    let resp = app
-        .client
-        .get(variant_url(&app, id, "thumb").await)
-        .send()
-        .await
-        .unwrap();
+    let (id, _) = upload_media(&app, 1, testdata("video/h264_aac_faststart.mp4")).await;
+    let resp = get_variant(&app, id, "thumb").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-type"), "image/webp");
     decode(&resp.bytes().await.unwrap());
@@ -612,8 +553,7 @@ async fn a_video_gets_a_poster_and_a_slow_tool_answers_503_with_retry_after() {
 
     // ffmpeg killed at a 1 ms deadline: 503, Retry-After, and remembered.
     let app = TestApp::start_with("[preview]\ntimeout = \"1ms\"\nprobe = false\n").await;
-    let video = upload_ok(&app.client, &app.base, 1, testdata("video/vp9_opus.webm")).await;
-    let id = video["id"].as_i64().unwrap();
+    let (id, _) = upload_media(&app, 1, testdata("video/vp9_opus.webm")).await;
     let url = variant_url(&app, id, "preview").await;
     for _ in 0..2 {
         let resp = app.client.get(&url).send().await.unwrap();
@@ -665,12 +605,7 @@ async fn eager_variants_are_rendered_after_upload_and_a_changed_spec_renders_aga
         "[preview.variants.thumb]\nwidth = 160\nheight = 160\nformat = \"jpeg\"\n",
     )
     .await;
-    let resp = app
-        .client
-        .get(variant_url(&app, id, "thumb").await)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_variant(&app, id, "thumb").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-type"), "image/jpeg");
     assert!(header(&resp, "content-disposition").contains(".thumb.jpg"));
@@ -721,20 +656,8 @@ async fn strip_exif_removes_identifying_metadata_losslessly_and_dedups_the_strip
     let c = upload_ok(&app.client, &app.base, 3, stored.clone()).await;
     assert_eq!(c["blake3"], a["blake3"]);
     // Orientation survives: a rotated photo still gets an upright thumb.
-    let rotated = upload_ok(
-        &app.client,
-        &app.base,
-        1,
-        engine_data("exif-orientation/Landscape_6.jpg"),
-    )
-    .await;
-    let id = rotated["id"].as_i64().unwrap();
-    let resp = app
-        .client
-        .get(variant_url(&app, id, "thumb").await)
-        .send()
-        .await
-        .unwrap();
+    let (id, _) = upload_media(&app, 1, engine_data("exif-orientation/Landscape_6.jpg")).await;
+    let resp = get_variant(&app, id, "thumb").await;
     assert_eq!(
         decode(&resp.bytes().await.unwrap()).dimensions(),
         (320, 213)
