@@ -106,15 +106,7 @@ async fn an_upload_over_the_limit_by_content_length_is_refused_at_once() {
 #[tokio::test]
 async fn a_chunked_upload_passing_the_limit_is_refused_at_once() {
     let app = TestApp::start_with("[upload.family_max_bytes]\nimage = 102400\n").await;
-    let head = format!(
-        "POST /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
-        bearer()
-    );
-    let mut payload = testdata("png/gray8.png")[..33].to_vec();
-    payload.resize(200 * 1024, 7);
-    let mut chunk = format!("{:x}\r\n", payload.len()).into_bytes();
-    chunk.extend_from_slice(&payload);
-    chunk.extend_from_slice(b"\r\n");
+    let (head, chunk) = chunked_png_upload(200 * 1024);
     let (took, text) = answer_before_the_rest(&app.base, &head, &chunk).await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.to_lowercase().contains("connection: close"), "{text}");

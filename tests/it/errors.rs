@@ -216,16 +216,8 @@ async fn too_large_by_content_length_is_413_before_the_body_is_read() {
 async fn too_large_while_streaming_is_413_and_the_staging_file_is_removed() {
     // Images may be at most 100 KiB here; the stream declares no length.
     let app = TestApp::start_with("[upload.family_max_bytes]\nimage = 102400\n").await;
-    let head = format!(
-        "POST /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
-        bearer()
-    );
     // A PNG header then endless filler, as HTTP chunks of 16 KiB.
-    let mut payload = testdata("png/gray8.png")[..33].to_vec();
-    payload.resize(16 * 1024, 7);
-    let mut chunk = format!("{:x}\r\n", payload.len()).into_bytes();
-    chunk.extend_from_slice(&payload);
-    chunk.extend_from_slice(b"\r\n");
+    let (head, chunk) = chunked_png_upload(16 * 1024);
     let (status, body) = raw_request(&app.base, &head, 1000, &chunk).await;
     assert_error(status, &body, 413, "too_large");
     assert!(

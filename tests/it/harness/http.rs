@@ -162,3 +162,19 @@ pub fn spawn_upload(
             .send(),
     )
 }
+
+/// A raw chunked upload (`POST /v1/media`, no `Content-Length`) whose body
+/// starts as a PNG and goes on with filler: the request head, and one HTTP
+/// chunk of `len` payload bytes.
+pub fn chunked_png_upload(len: usize) -> (String, Vec<u8>) {
+    let head = format!(
+        "POST /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        bearer()
+    );
+    let mut payload = super::testdata("png/gray8.png")[..33].to_vec();
+    payload.resize(len, 7);
+    let mut chunk = format!("{:x}\r\n", payload.len()).into_bytes();
+    chunk.extend_from_slice(&payload);
+    chunk.extend_from_slice(b"\r\n");
+    (head, chunk)
+}
