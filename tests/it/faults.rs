@@ -178,16 +178,7 @@ async fn crash_rounds(big: bool, seed: u64) {
         acked.total
     );
     for (id, hash) in acked.live.iter().take(50) {
-        let url = signed_url(&d.client, &d.base, *id, json!({})).await;
-        let body = d
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = download(&d.client, &d.base, *id).await;
         assert_eq!(blake3::hash(&body), *hash);
     }
     eprintln!(
@@ -304,16 +295,7 @@ async fn a_data_disk_that_fills_up_refuses_uploads_and_recovers() {
     assert!(status == 201 || status == 507, "{status} {v}");
     // Downloads and the index keep working.
     for (id, content) in stored.iter().take(3) {
-        let url = signed_url(&app.client, &app.base, *id, json!({})).await;
-        let body = app
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = download(&app.client, &app.base, *id).await;
         assert_eq!(body.as_ref(), content.as_slice());
         let (status, meta) = get_json(&app.client, &app.url(&format!("/v1/media/{id}"))).await;
         assert_eq!(status, 200, "{meta}");

@@ -178,3 +178,11 @@ pub fn chunked_png_upload(len: usize) -> (String, Vec<u8>) {
     chunk.extend_from_slice(b"\r\n");
     (head, chunk)
 }
+
+/// The whole content of media `id`, through a freshly signed URL.
+pub async fn download(client: &reqwest::Client, base: &str, id: i64) -> bytes::Bytes {
+    let url = signed_url(client, base, id, json!({})).await;
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "download of media {id}");
+    resp.bytes().await.unwrap()
+}
