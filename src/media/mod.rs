@@ -102,10 +102,17 @@ pub fn file_url(public_base_url: &str, id: i64) -> String {
 pub fn ensure_whole(row: &MediaRow) -> std::result::Result<(), MediaError> {
     match row.corrupt_since_ms {
         None => Ok(()),
-        Some(ms) => Err(MediaError::Corrupt {
-            id: row.id,
-            since: crate::timefmt::rfc3339_ms(ms),
-        }),
+        Some(ms) => Err(MediaError::corrupt(row.id, ms)),
+    }
+}
+
+impl MediaError {
+    /// Media `id`, found damaged at `since_ms` (Unix ms).
+    pub fn corrupt(id: i64, since_ms: i64) -> MediaError {
+        MediaError::Corrupt {
+            id,
+            since: crate::timefmt::rfc3339_ms(since_ms),
+        }
     }
 }
 

@@ -713,10 +713,7 @@ impl BlobStore {
     pub fn verify(&self, hash: &blake3::Hash, size: u64) -> (Verdict, Option<Tier>) {
         match self.locate(hash) {
             None => (Verdict::Missing, None),
-            Some(tier) => {
-                let root = self.root(tier).expect("located in an existing root");
-                (verify_file(&root.blob(hash), size, hash), Some(tier))
-            }
+            Some(tier) => (self.verify_copy(tier, hash, size), Some(tier)),
         }
     }
 

@@ -403,11 +403,10 @@ async fn damaged_blob(state: &HttpState, row: &MediaRow) -> ApiError {
     if let Err(e) = state.media().report_damaged(row.hash).await {
         tracing::error!(error = %e, "cannot record a damaged blob");
     }
-    let since = state.media().now_ms();
-    ApiError::from(crate::media::MediaError::Corrupt {
-        id: row.id,
-        since: crate::timefmt::rfc3339_ms(since),
-    })
+    ApiError::from(crate::media::MediaError::corrupt(
+        row.id,
+        state.media().now_ms(),
+    ))
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
