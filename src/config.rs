@@ -21,6 +21,7 @@ pub use crate::mirror::MysqlConfig;
 pub use crate::policy::UploadConfig;
 pub use crate::preview::PreviewConfig;
 pub use crate::signing::SigningConfig;
+pub use crate::store::{Backend, StoreConfig};
 
 pub const ENV_PREFIX: &str = "MEDIA_STORE_";
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub gc: GcConfig,
     /// Moving old blobs to a second data root (issue #4).
     pub archive: ArchiveConfig,
+    /// Where blobs live: the data folder, or an S3 bucket (issue #13).
+    pub store: StoreConfig,
     pub signing: SigningConfig,
     pub serve: ServeConfig,
     pub cors: CorsConfig,
@@ -91,6 +94,7 @@ impl Default for Config {
             retention: Default::default(),
             gc: Default::default(),
             archive: Default::default(),
+            store: Default::default(),
             signing: SigningConfig::default(),
             serve: ServeConfig::default(),
             cors: CorsConfig::default(),
@@ -206,6 +210,15 @@ impl Config {
         self.archive
             .validate(&self.data_dir)
             .map_err(ConfigError::Invalid)?;
+        self.store.validate().map_err(ConfigError::Invalid)?;
+        if self.store.backend == Backend::S3 && self.archive.root().is_some() {
+            // An S3 archive tier below a local primary is not built yet.
+            return Err(ConfigError::Invalid(
+                "archive.root cannot be combined with store.backend = \"s3\" (the bucket \
+                 holds every blob already)"
+                    .into(),
+            ));
+        }
         if self.serve.unix_socket_mode > 0o777 {
             return Err(ConfigError::Invalid(format!(
                 "serve.unix_socket_mode {:#o} is not a permission mode (at most 0o777)",
@@ -243,6 +256,10 @@ impl Config {
         if self.archive.root != running.archive.root {
             ignored.push("archive.root");
             self.archive.root = running.archive.root.clone();
+        }
+        if self.store != running.store {
+            ignored.push("store");
+            self.store = running.store.clone();
         }
         // The sync worker is built once at start from these.
         if self.mysql != running.mysql {
@@ -322,6 +339,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "log_format",
     "index",
     "archive.root",
+    "store",
     "mysql",
     "serve.unix_socket",
     "serve.unix_socket_mode",

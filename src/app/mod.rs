@@ -71,7 +71,9 @@ impl AppState {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let store = BlobStore::open(&config.data_dir)?.with_archive(config.archive.root())?;
+        let store = BlobStore::open(&config.data_dir)?
+            .with_archive(config.archive.root())?
+            .with_backend(&config.store)?;
         // No upload is in flight before we serve, so every staging file is debris.
         let stale = store.clean_tmp(Duration::ZERO)?;
         let barrier_store = store.clone();
@@ -233,6 +235,7 @@ pub fn external_references(config: &Config) -> anyhow::Result<Option<Arc<dyn Ext
 pub fn run_gc(config: &Config, opts: &GcOptions) -> anyhow::Result<GcSummary> {
     let external = external_references(config)?;
     let (mut index, store) = gc::open_existing(&config.data_dir, config.archive.root())?;
+    let store = store.with_backend(&config.store)?;
     gc::run(
         &mut index,
         &store,
@@ -293,7 +296,9 @@ pub async fn run_import(
 ) -> anyhow::Result<crate::mirror::import::ImportReport> {
     fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
-    let store = BlobStore::open(&config.data_dir)?.with_archive(config.archive.root())?;
+    let store = BlobStore::open(&config.data_dir)?
+        .with_archive(config.archive.root())?
+        .with_backend(&config.store)?;
     let barrier_store = store.clone();
     let barrier: DurabilityBarrier = Arc::new(move |pending| barrier_store.make_durable(pending));
     let index = Index::open(

@@ -71,6 +71,10 @@ pub enum ErrorCode {
     TypeNotAllowed,
     RangeNotSatisfiable,
     IndexUnavailable,
+    /// The S3 bucket did not answer in time (503, with `Retry-After`).
+    StoreUnavailable,
+    /// GC is deleting this content's object right now (503; send it again).
+    BlobBeingCollected,
     DiskFull,
     QuotaExceeded,
     /// A data root is not the disk this store was created on (5xx).
@@ -122,9 +126,12 @@ pub struct UploadForm {
 pub struct Health {
     /// `ok` or `unavailable`.
     status: String,
-    /// `ok` or `failing` for `index`, `data_dir` and, with archival, `archive`.
+    /// `ok` or `failing` for `index`, `data_dir`, with archival `archive`,
+    /// and with the S3 backend `s3`.
     #[schema(value_type = Object)]
     checks: serde_json::Value,
+    /// `local`, or `s3 <endpoint>/<bucket>/<prefix>`.
+    backend: String,
     /// The MySQL mirror's state (detail only; null when off).
     #[schema(value_type = Object)]
     mysql: Option<serde_json::Value>,

@@ -141,12 +141,18 @@ impl Tx<'_> {
     /// Adds one reference to a blob, creating its row (or reviving a zero-count
     /// row, which clears its GC tombstone).
     pub fn add_blob_ref(&self, hash: &blake3::Hash, size: u64, now_ms: i64) -> Result<()> {
-        self.conn().execute(
+        // A row GC has claimed is being deleted from a network store: no
+        // reference may be added until GC forgets it (storage-layout.md, "S3").
+        let changed = self.conn().execute(
             "INSERT INTO blobs (hash, size, refcount, zero_since, created_at)
          VALUES (?1, ?2, 1, NULL, ?3)
-         ON CONFLICT (hash) DO UPDATE SET refcount = refcount + 1, zero_since = NULL",
+         ON CONFLICT (hash) DO UPDATE SET refcount = refcount + 1, zero_since = NULL
+         WHERE gc_claimed_at IS NULL",
             params![hash.as_bytes(), size, now_ms],
         )?;
+        if changed == 0 {
+            return Err(super::IndexError::BlobClaimed);
+        }
         Ok(())
     }
 

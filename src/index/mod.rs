@@ -29,6 +29,7 @@ mod gc;
 pub mod media;
 mod outbox;
 pub mod refs;
+pub mod remote;
 pub mod renditions;
 mod retention;
 mod upload_urls;
@@ -67,6 +68,10 @@ pub enum IndexError {
     DiskFull,
     #[error("index writer has stopped")]
     WriterGone,
+    /// A reference was to be added to a blob that GC is deleting (network
+    /// store): retry once GC has forgotten it.
+    #[error("the content is being removed by garbage collection right now; send it again shortly")]
+    BlobClaimed,
     #[error("index commit failed: {0}")]
     CommitFailed(String),
     #[error(
@@ -98,7 +103,9 @@ impl From<rusqlite_migration::Error> for IndexError {
 impl Classify for IndexError {
     fn kind(&self) -> ErrorKind {
         match self {
-            IndexError::Busy | IndexError::WriterGone => ErrorKind::Unavailable,
+            IndexError::Busy | IndexError::WriterGone | IndexError::BlobClaimed => {
+                ErrorKind::Unavailable
+            }
             IndexError::DiskFull => ErrorKind::InsufficientStorage,
             _ => ErrorKind::Internal,
         }
@@ -106,6 +113,7 @@ impl Classify for IndexError {
     fn code(&self) -> &'static str {
         match self {
             IndexError::Busy | IndexError::WriterGone => "index_unavailable",
+            IndexError::BlobClaimed => "blob_being_collected",
             IndexError::DiskFull => "disk_full",
             _ => "internal",
         }
@@ -133,6 +141,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/sqlite/0005_renditions.sql")),
         M::up(include_str!(
             "../../migrations/sqlite/0006_used_upload_urls.sql"
+        )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0007_remote_blobs.sql"
         )),
     ])
 }

@@ -193,15 +193,20 @@ pub fn run(
         summary.retention = retention::expire(index, retention_cfg, opts, external)?;
     }
     lap(&mut summary, "retention");
-    collect_zero_count_blobs(index, store, opts, &mut summary)?;
-    lap(&mut summary, "blobs");
-    collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
-    if store.has_archive() {
-        collect_unknown_files(index, store, Tier::Archive, opts, &mut summary)?;
+    if store.is_remote() {
+        super::remote::collect(index, store, opts, &mut summary)?;
+        lap(&mut summary, "blobs");
+    } else {
+        collect_zero_count_blobs(index, store, opts, &mut summary)?;
+        lap(&mut summary, "blobs");
+        collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
+        if store.has_archive() {
+            collect_unknown_files(index, store, Tier::Archive, opts, &mut summary)?;
+        }
+        lap(&mut summary, "unknown_files");
+        super::archive::run(index, store, opts, &mut summary)?;
+        lap(&mut summary, "archive");
     }
-    lap(&mut summary, "unknown_files");
-    super::archive::run(index, store, opts, &mut summary)?;
-    lap(&mut summary, "archive");
     let cutoff = opts.now_ms.saturating_sub(millis(opts.tmp_max_age));
     let swept = store.sweep_staging(cutoff, opts.dry_run)?;
     summary.tmp_files_deleted = swept.len() as u64;
@@ -385,7 +390,7 @@ fn delete_redundant(
         };
         match store.verify_copy(Tier::Archive, &hash, size) {
             Verdict::Ok => {}
-            Verdict::Missing => continue,
+            Verdict::Missing | Verdict::Unreachable => continue,
             Verdict::Corrupt => {
                 summary.errors.push(format!(
                     "the archived copy of blob {} is damaged; the primary copy stays (run `media-store fsck --repair`)",

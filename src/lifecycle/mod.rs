@@ -11,6 +11,7 @@ pub mod archive;
 pub mod fsck;
 pub mod gc;
 pub mod refs;
+mod remote;
 pub mod report;
 pub mod retention;
 

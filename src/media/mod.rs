@@ -145,6 +145,101 @@ fn count_upload(deduplicated: bool, size: u64) {
 
 type Result<T, E = MediaError> = std::result::Result<T, E>;
 
+/// How long an upload waits for GC to finish deleting the object of the
+/// content it brings (network store) before answering 503.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A staged blob's object in a network store, held by a pin until the
+/// reference that needs it commits (which must unpin it).
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedBlob {
+    /// The pin to drop in the committing transaction ([`crate::index::Tx::unpin_blob`]).
+    pub pin: i64,
+    /// True when this call put the object (new or healed content); false
+    /// when a whole object was already there (deduplicated).
+    pub written: bool,
+}
+
+/// Pins a hash against GC, waiting while GC is deleting its object.
+/// Returns the pin and the size the index records for the hash, if any.
+async fn pin_hash(
+    index: &Index,
+    clock: &SharedClock,
+    hash: blake3::Hash,
+) -> Result<(i64, Option<u64>)> {
+    use crate::index::remote::Pin;
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        let now = clock.now_ms();
+        let pin = index
+            .write(move |ctx| -> Result<Pin> { Ok(ctx.pin_blob(&hash, now)?) })
+            .await?;
+        match pin {
+            Pin::Pinned { id, recorded } => return Ok((id, recorded)),
+            Pin::Claimed if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Pin::Claimed => return Err(IndexError::BlobClaimed.into()),
+        }
+    }
+}
+
+/// Drops a pin whose reference did not commit (best effort: a pin left
+/// behind only delays GC of that content until pins expire).
+async fn unpin(index: &Index, pin: i64) {
+    let dropped = index
+        .write(move |ctx| -> Result<()> { Ok(ctx.unpin_blob(pin)?) })
+        .await;
+    if let Err(e) = dropped {
+        tracing::warn!(pin, error = %e, "could not drop a blob pin; it expires with gc.pin_max_age");
+    }
+}
+
+/// Step 1 of storing a blob in a network store (storage-layout.md, "S3"):
+/// pins the hash, then puts the object unless a whole one (recorded in the
+/// index, and of the right size in the bucket) is there. The caller's commit
+/// adds the reference and unpins in one transaction; on failure before that,
+/// the pin is dropped here.
+pub async fn pin_and_put(
+    index: &Index,
+    store: &BlobStore,
+    clock: &SharedClock,
+    staged: StagingFile,
+) -> Result<PinnedBlob> {
+    let (hash, size) = (staged.hash(), staged.len());
+    let (pin, recorded) = pin_hash(index, clock, hash).await?;
+    let store = store.clone();
+    let put = crate::tasks::blocking(move || -> Result<bool> {
+        if recorded.is_some() {
+            match store.stat(&hash) {
+                Some((_, stored)) if Some(stored) == recorded && stored == size => {
+                    return Ok(false);
+                }
+                found => {
+                    // "Exists" is not "whole": the new, verified bytes replace it.
+                    tracing::error!(
+                        blob.hash = %hash.to_hex(), stored = ?found.map(|f| f.1), expected = size,
+                        "stored object is missing or has the wrong size; replaced by this upload"
+                    );
+                    metrics::counter!(metric::BLOBS_HEALED).increment(1);
+                }
+            }
+        }
+        store.put(&staged)?;
+        Ok(true)
+    })
+    .await
+    .map_err(MediaError::from)
+    .and_then(|r| r);
+    match put {
+        Ok(written) => Ok(PinnedBlob { pin, written }),
+        Err(e) => {
+            unpin(index, pin).await;
+            Err(e)
+        }
+    }
+}
+
 /// What the client told us about an upload besides its bytes.
 #[derive(Debug, Clone, Default)]
 pub struct UploadMeta {
@@ -382,6 +477,9 @@ impl MediaService {
         mime: &'static str,
         meta: UploadMeta,
     ) -> Result<Ingested> {
+        if self.store.is_remote() {
+            return self.commit_known_remote(hash, size, mime, meta).await;
+        }
         let store = self.store.clone();
         let new = meta.into_row(hash, size, mime);
         let clock = self.clock.clone();
@@ -408,6 +506,53 @@ impl MediaService {
         })
     }
 
+    /// [`MediaService::commit_known`] for a network store: the hash is
+    /// pinned (so GC cannot claim it), the object checked, then the
+    /// reference commits.
+    async fn commit_known_remote(
+        &self,
+        hash: blake3::Hash,
+        size: u64,
+        mime: &'static str,
+        meta: UploadMeta,
+    ) -> Result<Ingested> {
+        let (pin, recorded) = pin_hash(&self.index, &self.clock, hash).await?;
+        let store = self.store.clone();
+        let whole = recorded == Some(size)
+            && crate::tasks::blocking(move || store.stat(&hash))
+                .await
+                .map(|s| s.is_some_and(|(_, stored)| stored == size))
+                .unwrap_or(false);
+        if !whole {
+            unpin(&self.index, pin).await;
+            return Err(MediaError::BlobGone);
+        }
+        let new = meta.into_row(hash, size, mime);
+        let clock = self.clock.clone();
+        let committed = self
+            .index
+            .write(move |ctx| -> Result<MediaRow> {
+                let now = clock.now_ms();
+                ctx.add_blob_ref(&hash, size, now)?;
+                let row = ctx.insert_media(&new, now)?;
+                ctx.unpin_blob(pin)?;
+                Ok(row)
+            })
+            .await;
+        let row = match committed {
+            Ok(row) => row,
+            Err(e) => {
+                unpin(&self.index, pin).await;
+                return Err(e);
+            }
+        };
+        count_upload(true, size);
+        Ok(Ingested {
+            row,
+            deduplicated: true,
+        })
+    }
+
     /// Installs the staged blob (unless the content is already stored) and
     /// records the media row, in one index transaction.
     async fn commit(
@@ -417,6 +562,9 @@ impl MediaService {
         meta: UploadMeta,
         adoption: Option<Adoption>,
     ) -> Result<Ingested> {
+        if self.store.is_remote() {
+            return self.commit_remote(staged, mime, meta, adoption).await;
+        }
         let hash = staged.hash();
         let size = staged.len();
         // A duplicate needs no fsync: its staged copy is about to be dropped.
@@ -496,6 +644,80 @@ impl MediaService {
                 Ok((row, deduplicated))
             })
             .await?;
+        tracing::info!(
+            media.id = row.id,
+            blob.hash = %hash.to_hex(),
+            size_bytes = size,
+            file_type = mime,
+            deduplicated,
+            "stored upload"
+        );
+        count_upload(deduplicated, size);
+        Ok(Ingested { row, deduplicated })
+    }
+
+    /// [`MediaService::commit`] for a network store (storage-layout.md,
+    /// "S3"): the object is put outside the write lock, under a pin that
+    /// keeps GC off the hash, and the reference commits after it.
+    async fn commit_remote(
+        &self,
+        staged: StagingFile,
+        mime: &'static str,
+        meta: UploadMeta,
+        adoption: Option<Adoption>,
+    ) -> Result<Ingested> {
+        let (hash, size) = (staged.hash(), staged.len());
+        let new = meta.into_row(hash, size, mime);
+        let quota = self.quota.load_full();
+        // Refused uploads are refused before any byte goes to the bucket
+        // (checked again at commit, which alone decides).
+        let uploader = new.uploader_id;
+        let quota_check = quota.clone();
+        if adoption.is_none() {
+            self.index
+                .read(move |r| quota::check(r, &quota_check, uploader, size))
+                .await?;
+        }
+        let pinned = pin_and_put(&self.index, &self.store, &self.clock, staged).await?;
+        let clock = self.clock.clone();
+        let pin = pinned.pin;
+        let committed = self
+            .index
+            .write(move |ctx| -> Result<MediaRow> {
+                let now = clock.now_ms();
+                match adoption {
+                    None => quota::check(ctx, &quota, new.uploader_id, size)?,
+                    Some(a) => {
+                        if let Some(conflict) = ctx.adoption_conflict(a.id, a.uploaded_at_ms)? {
+                            return Err(MediaError::Adopt { id: a.id, conflict });
+                        }
+                    }
+                }
+                ctx.add_blob_ref(&hash, size, now)?;
+                let row = match adoption {
+                    None => ctx.insert_media(&new, now)?,
+                    Some(a) => ctx
+                        .insert_media_as(&new, a.id, a.uploaded_at_ms)?
+                        .map_err(|conflict| MediaError::Adopt { id: a.id, conflict })?,
+                };
+                if pinned.written {
+                    let healed = ctx.unmark_corrupt(&hash)?;
+                    if healed > 0 {
+                        tracing::info!(blob.hash = %hash.to_hex(), media = healed, "upload repaired damaged media");
+                    }
+                }
+                ctx.unpin_blob(pin)?;
+                Ok(row)
+            })
+            .await;
+        let row = match committed {
+            Ok(row) => row,
+            Err(e) => {
+                unpin(&self.index, pin).await;
+                return Err(e);
+            }
+        };
+        let deduplicated = !pinned.written;
         tracing::info!(
             media.id = row.id,
             blob.hash = %hash.to_hex(),

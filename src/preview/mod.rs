@@ -25,7 +25,7 @@ use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
 use crate::index::renditions::RenditionBlob;
 use crate::index::{Index, IndexError, Layout, MediaRow};
-use crate::store::{BlobStore, StoreError};
+use crate::store::{BlobStore, StagingFile, StoreError};
 
 pub use media_preview::{Fit, OutputFormat, VariantSpec};
 
@@ -473,7 +473,7 @@ impl PreviewService {
         let staged = self.on_pool(move || {
             let _permit = permit;
             let started = Instant::now();
-            let path = store.read_path(&source).map_err(|e| {
+            let copy = store.local_copy(&source).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     PreviewError::SourceGone
                 } else {
@@ -481,7 +481,8 @@ impl PreviewService {
                 }
             })?;
             let rendered =
-                media_preview::render(media_preview::Input::Path(&path), &mime, &spec, &limits);
+                media_preview::render(media_preview::Input::Path(&copy.path), &mime, &spec, &limits);
+            drop(copy);
             let seconds = started.elapsed().as_secs_f64();
             metrics::counter!(metric::RENDERS, "variant" => name.clone()).increment(1);
             metrics::histogram!(metric::RENDER_SECONDS).record(seconds);
@@ -509,7 +510,7 @@ impl PreviewService {
                 // own source would keep it alive forever.
                 return Ok(None);
             }
-            if !store.contains(&staged.hash()) {
+            if !store.is_remote() && !store.contains(&staged.hash()) {
                 staged.sync()?;
             }
             Ok(Some((
@@ -522,6 +523,9 @@ impl PreviewService {
         .await
         .map_err(|e| PreviewError::Storage(format!("render task: {e}")))??;
 
+        if self.0.store.is_remote() {
+            return self.record_remote(source, variant, fp, staged).await;
+        }
         let store = self.0.store.clone();
         let clock = self.0.clock.clone();
         self.0
@@ -567,6 +571,65 @@ impl PreviewService {
                 Ok(Resolved::Blob(blob))
             })
             .await
+    }
+
+    /// Records a rendition in a network store (storage-layout.md, "S3"):
+    /// its object is put under a pin first, as an upload's is.
+    async fn record_remote(
+        &self,
+        source: blake3::Hash,
+        variant: String,
+        fp: String,
+        staged: Option<(StagingFile, &'static str, u32, u32)>,
+    ) -> Result<Resolved, PreviewError> {
+        let clock = self.0.clock.clone();
+        let Some((staged, mime, width, height)) = staged else {
+            return self
+                .0
+                .index
+                .write(move |ctx| -> Result<Resolved, PreviewError> {
+                    if ctx.blob_refcount(&source)?.is_none() {
+                        return Err(PreviewError::SourceGone);
+                    }
+                    ctx.put_rendition(&source, &variant, &fp, None, clock.now_ms())?;
+                    Ok(Resolved::Original)
+                })
+                .await;
+        };
+        let (hash, size) = (staged.hash(), staged.len());
+        let pinned = crate::media::pin_and_put(&self.0.index, &self.0.store, &clock, staged)
+            .await
+            .map_err(|e| PreviewError::Storage(e.to_string()))?;
+        let pin = pinned.pin;
+        let recorded = self
+            .0
+            .index
+            .write(move |ctx| -> Result<Resolved, PreviewError> {
+                // A source GC has forgotten gets no rendition row (R3).
+                if ctx.blob_refcount(&source)?.is_none() {
+                    ctx.unpin_blob(pin)?;
+                    return Err(PreviewError::SourceGone);
+                }
+                let blob = RenditionBlob {
+                    hash,
+                    size,
+                    mime: mime.to_owned(),
+                    width,
+                    height,
+                };
+                ctx.put_rendition(&source, &variant, &fp, Some(&blob), clock.now_ms())?;
+                ctx.unpin_blob(pin)?;
+                Ok(Resolved::Blob(blob))
+            })
+            .await;
+        if recorded.is_err() {
+            let _ = self
+                .0
+                .index
+                .write(move |ctx| -> Result<(), PreviewError> { Ok(ctx.unpin_blob(pin)?) })
+                .await;
+        }
+        recorded
     }
 
     /// Runs CPU work on the preview threads (the caller holds a permit, so
@@ -629,11 +692,11 @@ impl PreviewService {
         let info = self
             .on_pool(move || {
                 let _permit = permit;
-                let path = store
-                    .read_path(&hash)
+                let copy = store
+                    .local_copy(&hash)
                     .map_err(|e| PreviewError::Storage(e.to_string()))?;
                 let started = Instant::now();
-                let info = media_preview::probe(media_preview::Input::Path(&path), &mime, &limits)
+                let info = media_preview::probe(media_preview::Input::Path(&copy.path), &mime, &limits)
                     .map_err(|e| PreviewError::engine(&e));
                 metrics::counter!(metric::PROBES).increment(1);
                 metrics::histogram!(metric::PROBE_SECONDS).record(started.elapsed().as_secs_f64());

@@ -24,6 +24,13 @@ pub fn parse_hash_hex(s: &str) -> Option<blake3::Hash> {
     blake3::Hash::from_hex(s).ok()
 }
 
+/// Parses `<h0h1>/<h2h3>/<hash>` (an object key below `blobs/`): the hash,
+/// if the name is one and sits in its own shard.
+pub fn parse_blob_relative(rel: &str) -> Option<blake3::Hash> {
+    let hash = parse_hash_hex(rel.rsplit('/').next()?)?;
+    (blob_relative_path(&hash).to_str() == Some(rel)).then_some(hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +47,8 @@ mod tests {
         assert_eq!(parse_hash_hex(&hex), Some(h));
         assert_eq!(parse_hash_hex(&hex.to_uppercase()), None);
         assert_eq!(parse_hash_hex("abc"), None);
+        assert_eq!(parse_blob_relative(p.to_str().unwrap()), Some(h));
+        assert_eq!(parse_blob_relative(&format!("00/00/{hex}")), None);
+        assert_eq!(parse_blob_relative(&hex), None);
     }
 }

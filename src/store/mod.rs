@@ -38,6 +38,7 @@
 
 pub mod external;
 mod layout;
+pub mod s3;
 mod staging;
 
 use std::fs::{self, File, OpenOptions};
@@ -52,6 +53,7 @@ use futures_util::Stream;
 /// tests that inspect a data folder from outside; the service itself builds
 /// blob paths only in this module.
 pub use layout::{blob_relative_path, parse_hash_hex};
+pub use s3::{Backend, S3Config, StoreConfig};
 pub use staging::StagingFile;
 
 use crate::error::{Classify, ErrorKind};
@@ -70,6 +72,12 @@ pub enum StoreError {
     /// written to, so an unmounted disk's empty mount point is not filled.
     #[error("{0}")]
     WrongRoot(String),
+    /// The network store did not answer (or failed) in time: retryable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store's configuration cannot be used (S3 credentials, endpoint).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StoreError {
@@ -92,7 +100,10 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::DiskFull(_) => ErrorKind::InsufficientStorage,
-            StoreError::Io { .. } | StoreError::WrongRoot(_) => ErrorKind::Internal,
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Io { .. } | StoreError::WrongRoot(_) | StoreError::Config(_) => {
+                ErrorKind::Internal
+            }
         }
     }
     fn code(&self) -> &'static str {
@@ -100,6 +111,8 @@ impl Classify for StoreError {
             StoreError::DiskFull(_) => "disk_full",
             StoreError::Io { .. } => "internal",
             StoreError::WrongRoot(_) => "wrong_root",
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Config(_) => "internal",
         }
     }
 }
@@ -149,6 +162,8 @@ pub enum Verdict {
     Missing,
     /// Wrong size or hash (or unreadable).
     Corrupt,
+    /// A network store did not answer: no verdict on the bytes.
+    Unreachable,
 }
 
 /// What a deletion did.
@@ -184,6 +199,9 @@ pub struct BlobStore {
     primary: Root,
     archive: Option<Root>,
     durable: DurableFolders,
+    /// With `[store] backend = "s3"`: the bucket holding every blob; the
+    /// primary root then keeps only staging files (and the index beside it).
+    remote: Option<std::sync::Arc<s3::S3Blobs>>,
 }
 
 /// Shard folders whose own entries (in their parents) this process has made
@@ -373,6 +391,7 @@ impl BlobStore {
             primary,
             archive: None,
             durable: DurableFolders::default(),
+            remote: None,
         })
     }
 
@@ -392,7 +411,87 @@ impl BlobStore {
             primary: Root::open(data_dir)?,
             archive: None,
             durable: DurableFolders::default(),
+            remote: None,
         })
+    }
+
+    /// Puts the blobs in the configured backend. For S3 the bucket carries
+    /// this store's id as an object (`<prefix>store-id`), as a disk root
+    /// carries its marker: a bucket of another store is refused, and so is
+    /// one that holds blobs but no marker.
+    pub fn with_backend(mut self, config: &StoreConfig) -> Result<Self> {
+        if config.backend != Backend::S3 {
+            self.remote = None;
+            return Ok(self);
+        }
+        let remote = s3::S3Blobs::open(&config.s3)?;
+        match remote.read_marker()? {
+            Some(id) if id == self.id => {}
+            Some(other) => {
+                return Err(StoreError::WrongRoot(format!(
+                    "the bucket {} belongs to another store (store-id {other}; this store is {}): \
+                     is store.s3 pointing at the right bucket and prefix?",
+                    remote.location, self.id
+                )));
+            }
+            None if remote.has_blobs()? => {
+                return Err(StoreError::WrongRoot(format!(
+                    "the bucket {} holds blobs but no store-id: it is not this store's; use \
+                     another bucket or prefix",
+                    remote.location
+                )));
+            }
+            None => remote.write_marker(&self.id)?,
+        }
+        self.remote = Some(std::sync::Arc::new(remote));
+        Ok(self)
+    }
+
+    /// Whether blobs live in a network store (S3), where nothing may be
+    /// written under the index's write lock (storage-layout.md, "S3").
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Whether the network store answers; `None` for a local store.
+    pub fn remote_reachable(&self) -> Option<bool> {
+        self.remote.as_ref().map(|r| r.reachable())
+    }
+
+    /// `local`, or `s3` with its endpoint/bucket/prefix (for `/healthz`).
+    pub fn describe_backend(&self) -> String {
+        match &self.remote {
+            None => "local".to_owned(),
+            Some(r) => format!("s3 {}", r.location),
+        }
+    }
+
+    /// Uploads a staged blob to the network store and checks what the store
+    /// reports. Only for a remote store; the caller holds a pin on the hash
+    /// (storage-layout.md, "S3"), never the index's write lock.
+    pub fn put(&self, staged: &StagingFile) -> Result<()> {
+        let remote = self.remote_store()?;
+        remote.put_file(&staged.path, staged.len(), &staged.hash())
+    }
+
+    /// A presigned GET of a blob in the network store, valid for `ttl`.
+    pub fn presign(&self, hash: &blake3::Hash, ttl: Duration) -> Result<String> {
+        self.remote_store()?.presign(hash, ttl)
+    }
+
+    /// Every object of the network store: pages of (entry, size, last
+    /// modified in Unix ms), in key order.
+    pub fn list_remote<E: From<StoreError>>(
+        &self,
+        f: impl FnMut(Vec<(BlobEntry, u64, i64)>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.remote_store()?.list(f)
+    }
+
+    fn remote_store(&self) -> Result<&s3::S3Blobs> {
+        self.remote
+            .as_deref()
+            .ok_or_else(|| StoreError::Config("not an S3 store".into()))
     }
 
     /// This store's id.
@@ -482,6 +581,9 @@ impl BlobStore {
 
     /// Whether each root can be written: (primary, archive if any).
     pub fn writable(&self) -> (bool, Option<bool>) {
+        if self.is_remote() {
+            return (self.primary.writable(), None);
+        }
         (
             self.primary.writable(),
             self.archive.as_ref().map(Root::writable),
@@ -507,6 +609,11 @@ impl BlobStore {
     /// the whole blob. The result must be made durable
     /// ([`BlobStore::make_durable`]) before the blob is recorded as present.
     pub fn install(&self, staged: StagingFile, hash: &blake3::Hash) -> Result<Pending> {
+        if self.is_remote() {
+            return Err(StoreError::Config(
+                "is a bug: install on an S3 store (uploads use put, outside the write lock)".into(),
+            ));
+        }
         self.primary.install(staged, hash, &self.durable)
     }
 
@@ -569,6 +676,9 @@ impl BlobStore {
     /// The root holding this blob, primary first; `None` if neither has it.
     /// "Exists", not "whole": see [`BlobStore::verify`].
     pub fn locate(&self, hash: &blake3::Hash) -> Option<Tier> {
+        if let Some(remote) = &self.remote {
+            return remote.head(hash).ok().flatten().map(|_| Tier::Primary);
+        }
         [Tier::Primary, Tier::Archive]
             .into_iter()
             .find(|t| self.root(*t).is_some_and(|r| r.blob(hash).is_file()))
@@ -581,6 +691,9 @@ impl BlobStore {
     /// The root holding this blob (primary first) and the size of its file
     /// there. A size other than the recorded one means the copy is damaged.
     pub fn stat(&self, hash: &blake3::Hash) -> Option<(Tier, u64)> {
+        if let Some(remote) = &self.remote {
+            return remote.head(hash).ok().flatten().map(|(s, _)| (Tier::Primary, s));
+        }
         [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
             let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
             meta.is_file().then_some((t, meta.len()))
@@ -592,6 +705,10 @@ impl BlobStore {
     /// been installed by a batch that never committed, whose barrier may not
     /// have run. Empty when no root holds the blob.
     pub fn entry(&self, hash: &blake3::Hash) -> Pending {
+        if self.is_remote() {
+            // An acknowledged put is durable in the cluster.
+            return Pending::default();
+        }
         let dirs = self
             .locate(hash)
             .and_then(|t| self.root(t))
@@ -605,6 +722,11 @@ impl BlobStore {
     /// there (an upload may have replaced a damaged copy meanwhile).
     pub fn fingerprint(&self, hash: &blake3::Hash) -> Option<(Tier, u64, u64)> {
         use std::os::unix::fs::MetadataExt as _;
+        if let Some(remote) = &self.remote {
+            // An object's identity: its last modification (a re-put changes it).
+            let (size, modified) = remote.head(hash).ok().flatten()?;
+            return Some((Tier::Primary, modified as u64, size));
+        }
         [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
             let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
             meta.is_file().then_some((t, meta.ino(), meta.len()))
@@ -613,6 +735,9 @@ impl BlobStore {
 
     /// Whether the primary root holds a file for this blob.
     pub fn in_primary(&self, hash: &blake3::Hash) -> bool {
+        if self.is_remote() {
+            return self.contains(hash);
+        }
         self.primary.blob(hash).is_file()
     }
 
@@ -634,6 +759,12 @@ impl BlobStore {
     /// engine hands videos and PDFs to ffmpeg and pdftoppm by name). Never
     /// written through; `NotFound` when neither root holds the blob.
     pub fn read_path(&self, hash: &blake3::Hash) -> io::Result<PathBuf> {
+        if self.is_remote() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an S3 blob has no file name; use local_copy",
+            ));
+        }
         let tier = self
             .locate(hash)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
@@ -642,8 +773,29 @@ impl BlobStore {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
+    /// A local file with the blob's bytes, for an external program that
+    /// needs a file name: the blob's own file on disk, or for S3 a download
+    /// into a staging file, removed when the copy is dropped. Blocking.
+    pub fn local_copy(&self, hash: &blake3::Hash) -> io::Result<LocalCopy> {
+        let Some(remote) = &self.remote else {
+            return Ok(LocalCopy {
+                path: self.read_path(hash)?,
+                _staged: None,
+            });
+        };
+        let mut staged = self.stage().map_err(io::Error::other)?;
+        remote.download(hash, &mut staged)?;
+        Ok(LocalCopy {
+            path: staged.path.clone(),
+            _staged: Some(staged),
+        })
+    }
+
     /// The first `len` bytes of the blob (the whole of a small blob). Blocking.
     pub fn read_whole(&self, hash: &blake3::Hash, len: u64) -> io::Result<Vec<u8>> {
+        if let Some(remote) = &self.remote {
+            return remote.read_whole(hash, len);
+        }
         let mut buf = vec![0; len as usize];
         self.open_file(hash)?.read_exact(&mut buf)?;
         Ok(buf)
@@ -660,6 +812,12 @@ impl BlobStore {
     ) -> io::Result<BlobStream> {
         use std::io::{Seek, SeekFrom};
         use tokio::io::AsyncReadExt as _;
+        if let Some(remote) = &self.remote {
+            if len == 0 {
+                return Ok(Box::pin(futures_util::stream::empty()));
+            }
+            return remote.open_stream(hash, Some(start..start + len));
+        }
         let mut file = self.open_file(hash)?;
         file.seek(SeekFrom::Start(start))?;
         let file = tokio::fs::File::from_std(file).take(len);
@@ -680,7 +838,10 @@ impl BlobStore {
         chunk: usize,
         on_mismatch: Box<dyn FnOnce() + Send>,
     ) -> io::Result<BlobStream> {
-        let inner = self.open_range(hash, 0, size, chunk)?;
+        let inner = match &self.remote {
+            Some(remote) => remote.open_stream(hash, None)?,
+            None => self.open_range(hash, 0, size, chunk)?,
+        };
         Ok(Box::pin(VerifiedStream {
             inner,
             hasher: blake3::Hasher::new(),
@@ -700,6 +861,9 @@ impl BlobStore {
     /// The path of the blob's file in a root, for operators' reports (dry
     /// runs, fsck); never to be opened by callers.
     pub fn describe(&self, tier: Tier, hash: &blake3::Hash) -> String {
+        if let Some(remote) = &self.remote {
+            return format!("s3 {}", remote.key(hash));
+        }
         self.root(tier)
             .map(|r| r.blob(hash).display().to_string())
             .unwrap_or_default()
@@ -711,6 +875,13 @@ impl BlobStore {
     /// first). Files of 1 MiB and more are memory-mapped and hashed on the
     /// rayon pool.
     pub fn verify(&self, hash: &blake3::Hash, size: u64) -> (Verdict, Option<Tier>) {
+        if let Some(remote) = &self.remote {
+            // One GET: a HEAD first would turn an unreachable store into "missing".
+            return match remote.verify(hash, size) {
+                Verdict::Missing => (Verdict::Missing, None),
+                verdict => (verdict, Some(Tier::Primary)),
+            };
+        }
         match self.locate(hash) {
             None => (Verdict::Missing, None),
             Some(tier) => (self.verify_copy(tier, hash, size), Some(tier)),
@@ -727,6 +898,15 @@ impl BlobStore {
         on_shard: impl FnMut(),
         f: impl FnMut(Vec<(BlobEntry, Option<i64>)>) -> Result<(), E>,
     ) -> Result<(), E> {
+        if let Some(remote) = &self.remote {
+            let mut f = f;
+            return match tier {
+                Tier::Primary => remote.list(|page| {
+                    f(page.into_iter().map(|(e, _, modified)| (e, Some(modified))).collect())
+                }),
+                Tier::Archive => Ok(()),
+            };
+        }
         match self.root(tier) {
             Some(root) => walk_blobs(&root.blobs, on_shard, f),
             None => Ok(()),
@@ -735,6 +915,9 @@ impl BlobStore {
 
     /// Number of top-level shard folders of a root (a progress bar's length).
     pub fn shard_count(&self, tier: Tier) -> u64 {
+        if self.is_remote() {
+            return 0;
+        }
         self.root(tier)
             .and_then(|r| fs::read_dir(&r.blobs).ok())
             .map(|d| d.count() as u64)
@@ -744,6 +927,9 @@ impl BlobStore {
     /// The blob file's size and last modification (Unix ms) in a root, if
     /// it exists.
     pub fn file_meta(&self, tier: Tier, hash: &blake3::Hash) -> Option<(u64, i64)> {
+        if let Some(remote) = &self.remote {
+            return remote.head(hash).ok().flatten();
+        }
         let path = self.root(tier)?.blob(hash);
         let meta = fs::symlink_metadata(&path).ok()?;
         Some((meta.len(), mtime_ms(&path)?))
@@ -752,6 +938,9 @@ impl BlobStore {
     /// Deletes every copy of a blob (both roots). Returns how many files went.
     /// Callers decide under the index's write lock that the blob is garbage.
     pub fn delete(&self, hash: &blake3::Hash) -> Result<u64> {
+        if let Some(remote) = &self.remote {
+            return Ok(u64::from(remote.delete(hash)? == Unlinked::Removed));
+        }
         let mut removed = 0;
         for root in std::iter::once(&self.primary).chain(&self.archive) {
             if unlink(&root.blob(hash))? == Unlinked::Removed {
@@ -763,6 +952,9 @@ impl BlobStore {
 
     /// Deletes a blob file the index does not know, in one root.
     pub fn delete_unknown(&self, tier: Tier, hash: &blake3::Hash) -> Result<Unlinked> {
+        if let Some(remote) = &self.remote {
+            return remote.delete(hash);
+        }
         match self.root(tier) {
             Some(root) => unlink(&root.blob(hash)),
             None => Ok(Unlinked::Absent),
@@ -774,6 +966,9 @@ impl BlobStore {
     /// durable. Returns the quarantined file's path; `None` if the blob was
     /// already gone.
     pub fn quarantine(&self, hash: &blake3::Hash, now_ms: i64) -> Result<Option<String>> {
+        if self.is_remote() {
+            return self.quarantine_copy(Tier::Primary, hash, now_ms);
+        }
         match self.locate(hash) {
             Some(tier) => self.quarantine_copy(tier, hash, now_ms),
             None => Ok(None),
@@ -788,6 +983,12 @@ impl BlobStore {
         hash: &blake3::Hash,
         now_ms: i64,
     ) -> Result<Option<String>> {
+        if let Some(remote) = &self.remote {
+            return match tier {
+                Tier::Primary => remote.quarantine(hash, now_ms),
+                Tier::Archive => Ok(None),
+            };
+        }
         let Some(root) = self.root(tier) else {
             return Ok(None);
         };
@@ -813,6 +1014,12 @@ impl BlobStore {
 
     /// Checks the size and hash of the blob's copy in one root.
     pub fn verify_copy(&self, tier: Tier, hash: &blake3::Hash, size: u64) -> Verdict {
+        if let Some(remote) = &self.remote {
+            return match tier {
+                Tier::Primary => remote.verify(hash, size),
+                Tier::Archive => Verdict::Missing,
+            };
+        }
         match self.root(tier) {
             Some(root) => verify_file(&root.blob(hash), size, hash),
             None => Verdict::Missing,
@@ -836,6 +1043,12 @@ impl BlobStore {
     /// is applied only while the same file is there.
     pub fn copy_fingerprint(&self, tier: Tier, hash: &blake3::Hash) -> Option<u64> {
         use std::os::unix::fs::MetadataExt as _;
+        if self.is_remote() {
+            return match tier {
+                Tier::Primary => self.fingerprint(hash).map(|(_, id, _)| id),
+                Tier::Archive => None,
+            };
+        }
         let meta = fs::metadata(self.root(tier)?.blob(hash)).ok()?;
         meta.is_file().then_some(meta.ino())
     }
@@ -923,6 +1136,14 @@ impl BlobStore {
             .as_ref()
             .expect("is a bug: archive operation without an archive root")
     }
+}
+
+/// A local file holding a blob's bytes ([`BlobStore::local_copy`]).
+#[derive(Debug)]
+pub struct LocalCopy {
+    pub path: PathBuf,
+    /// The downloaded copy of an S3 blob, removed when dropped.
+    _staged: Option<StagingFile>,
 }
 
 /// Whether two data roots would share blob files: the same folder makes every
@@ -1101,8 +1322,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-#[cfg(test)]
-pub(crate) mod contract;
+/// The port's contract as checks (used by the backends' tests only).
+#[doc(hidden)]
+pub mod contract;
 
 #[cfg(test)]
 mod tests {

@@ -27,9 +27,15 @@ pub async fn healthz(
 ) -> (StatusCode, Json<Value>) {
     let index_ok = state.media().index().read(|r| r.ping()).await.is_ok();
     let store = state.media().store().clone();
-    let (data_ok, archive_ok) = crate::tasks::blocking(move || store.writable())
-        .await
-        .unwrap_or((false, None));
+    let ((data_ok, archive_ok), remote_ok, backend) = crate::tasks::blocking(move || {
+        (
+            store.writable(),
+            store.remote_reachable(),
+            store.describe_backend(),
+        )
+    })
+    .await
+    .unwrap_or(((false, None), Some(false), String::new()));
     let backlog = state
         .media()
         .index()
@@ -38,11 +44,14 @@ pub async fn healthz(
         .ok();
     // Archived blobs are live data: an archive disk that cannot be used is
     // an outage for them.
-    let healthy = index_ok && data_ok && archive_ok != Some(false);
+    let healthy = index_ok && data_ok && archive_ok != Some(false) && remote_ok != Some(false);
     let word = |ok: bool| if ok { "ok" } else { "failing" };
     let mut checks = json!({ "index": word(index_ok), "data_dir": word(data_ok) });
     if let Some(ok) = archive_ok {
         checks["archive"] = json!(word(ok));
+    }
+    if let Some(ok) = remote_ok {
+        checks["s3"] = json!(word(ok));
     }
     let mut mysql = state.mysql().health(backlog);
     if !has_service_token(&headers, &state) && mysql["last_error"].is_string() {
@@ -51,6 +60,8 @@ pub async fn healthz(
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
         "checks": checks,
+        // `local`, or `s3 <endpoint>/<bucket>/<prefix>`.
+        "backend": backend,
         // Detail only: MySQL being down does not make media-store unhealthy.
         "mysql": mysql,
     });

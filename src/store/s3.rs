@@ -1,0 +1,652 @@
+//! The S3 backend of the blob store: blobs as objects in a bucket (a Garage
+//! cluster on premises), named like the files on disk (`<prefix>blobs/ab/cd/<hash>`).
+//!
+//! Client crate: `object_store` (the `aws` feature). It is what pict-rs uses
+//! for the same job; it signs (SigV4), retries with backoff, streams bodies,
+//! uploads multipart parts in parallel and presigns URLs, and is maintained
+//! by the Apache Arrow project. `rusty-s3` would have left request sending,
+//! retries and multipart bookkeeping to us; `aws-sdk-s3` is several times
+//! larger and its defaults (virtual-host addressing, checksums Garage does not
+//! all know) fight a self-hosted endpoint; `opendal` adds a layer we do not
+//! need over the same requests.
+//!
+//! Requests run on a small runtime of their own: the store's API is blocking
+//! (it is called from blocking threads, like the disk backend's), and the
+//! daemon's executor is never held up by S3 I/O.
+//!
+//! What S3 does not give, and how the store copes (storage-layout.md, "S3"):
+//! Garage answers a `PutObject` with `If-None-Match: *` by overwriting, and a
+//! `DeleteObject` ignores `If-Match`, so there is no put-if-absent and no
+//! guarded delete. Since a key is its content's hash, re-writing an object
+//! writes the same bytes; GC safety comes from the index (pins and claims).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig, WriteMultipart,
+};
+
+use super::{BlobEntry, BlobStream, Result, StoreError, Verdict, layout};
+
+/// `[store]`: where blobs live.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `local`: the data folder's `blobs/` (and the archive root); `s3`: a
+    /// bucket (`[store.s3]`), the data folder keeping the index and staging.
+    pub backend: Backend,
+    pub s3: S3Config,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Local,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// `[store.s3]`. Credentials are never config values: they come from
+/// `MEDIA_STORE_S3_ACCESS_KEY_ID` / `MEDIA_STORE_S3_SECRET_ACCESS_KEY`, or
+/// from the files named here (e.g. systemd credentials).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:3900` (Garage's S3 API).
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    /// Key prefix inside the bucket (several stores may share one bucket).
+    pub prefix: String,
+    /// Path-style requests (`endpoint/bucket/key`), as Garage expects
+    /// without a `root_domain`; false: virtual-hosted (`bucket.endpoint`).
+    pub path_style: bool,
+    pub access_key_id_file: PathBuf,
+    pub secret_access_key_file: PathBuf,
+    /// Blobs above this size are sent as a multipart upload of parts this big.
+    pub part_size: u64,
+    /// Parts of one upload in flight at once (memory per upload is about
+    /// `part_size * (parallel_parts + 1)`).
+    pub parallel_parts: usize,
+    /// A request that has not completed in this time is retried (with
+    /// backoff) until `retry_timeout`, then fails: uploads answer 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "garage".into(),
+            prefix: String::new(),
+            path_style: true,
+            access_key_id_file: PathBuf::new(),
+            secret_access_key_file: PathBuf::new(),
+            part_size: 16 * 1024 * 1024,
+            parallel_parts: 2,
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(3),
+            retry_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.backend != Backend::S3 {
+            return Ok(());
+        }
+        let s3 = &self.s3;
+        if s3.endpoint.is_empty() || s3.bucket.is_empty() {
+            return Err("store.backend = \"s3\" needs store.s3.endpoint and store.s3.bucket".into());
+        }
+        if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
+            return Err(format!(
+                "store.s3.endpoint {:?} must start with http:// or https://",
+                s3.endpoint
+            ));
+        }
+        // S3's own minimum part size (except the last part) is 5 MiB.
+        if s3.part_size < 5 * 1024 * 1024 || s3.parallel_parts == 0 {
+            return Err(
+                "store.s3.part_size must be at least 5 MiB and store.s3.parallel_parts positive"
+                    .into(),
+            );
+        }
+        if !s3.prefix.is_empty() && !s3.prefix.ends_with('/') {
+            return Err(format!(
+                "store.s3.prefix {:?} must end with `/`",
+                s3.prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Metric names of the S3 client (Prometheus text on `GET /metrics`).
+pub mod metric {
+    /// Requests made, by `op` (counter).
+    pub const REQUESTS: &str = "media_store_s3_requests_total";
+    /// Requests that failed after retries, by `op` (counter). A missing
+    /// object asked for is not an error.
+    pub const ERRORS: &str = "media_store_s3_errors_total";
+    /// Time per request, retries included, by `op` (histogram, seconds).
+    pub const SECONDS: &str = "media_store_s3_request_seconds";
+}
+
+/// An S3 request outcome that is not a failure of the store: the object is
+/// not there.
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+/// Runs the S3 runtime down without blocking when the last store handle
+/// goes (a runtime dropped inside async code would panic).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("s3-runtime")
+    }
+}
+
+/// The bucket (and key prefix) holding a store's blobs.
+#[derive(Debug)]
+pub(super) struct S3Blobs {
+    client: Arc<AmazonS3>,
+    prefix: String,
+    part_size: usize,
+    parallel_parts: usize,
+    rt: Runtime,
+    /// `endpoint/bucket`, for reports.
+    pub(super) location: String,
+}
+
+fn read_secret(path: &std::path::Path, env: &str) -> Result<String> {
+    if !path.as_os_str().is_empty() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
+        return Ok(text.trim().to_owned());
+    }
+    std::env::var(env).map_err(|_| {
+        StoreError::Config(format!(
+            "S3 credentials missing: set {env} or store.s3.{}",
+            if env.ends_with("KEY_ID") {
+                "access_key_id_file"
+            } else {
+                "secret_access_key_file"
+            }
+        ))
+    })
+}
+
+impl S3Blobs {
+    pub(super) fn open(config: &S3Config) -> Result<S3Blobs> {
+        let key_id = read_secret(&config.access_key_id_file, "MEDIA_STORE_S3_ACCESS_KEY_ID")?;
+        let secret = read_secret(
+            &config.secret_access_key_file,
+            "MEDIA_STORE_S3_SECRET_ACCESS_KEY",
+        )?;
+        let options = ClientOptions::new()
+            .with_allow_http(true)
+            .with_timeout(config.request_timeout)
+            .with_connect_timeout(config.connect_timeout);
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 5,
+            retry_timeout: config.retry_timeout,
+        };
+        let client = AmazonS3Builder::new()
+            .with_endpoint(config.endpoint.trim_end_matches('/'))
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_access_key_id(key_id)
+            .with_secret_access_key(secret)
+            .with_virtual_hosted_style_request(!config.path_style)
+            .with_client_options(options)
+            .with_retry(retry)
+            .build()
+            .map_err(|e| StoreError::Config(format!("store.s3: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::io("start the S3 client runtime", e))?;
+        Ok(S3Blobs {
+            client: Arc::new(client),
+            prefix: config.prefix.clone(),
+            part_size: config.part_size as usize,
+            parallel_parts: config.parallel_parts,
+            rt: Runtime(Some(rt)),
+            location: format!(
+                "{}/{}/{}",
+                config.endpoint.trim_end_matches('/'),
+                config.bucket,
+                config.prefix
+            ),
+        })
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.0.as_ref().expect("runtime lives as long as the store")
+    }
+
+    /// Runs one request to completion on the S3 runtime, counting it.
+    /// Blocking: never call from async code.
+    fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        let started = Instant::now();
+        let out = self.rt().block_on(fut);
+        observe(op, started, &out);
+        out
+    }
+
+    pub(super) fn key(&self, hash: &blake3::Hash) -> ObjectPath {
+        let rel = layout::blob_relative_path(hash);
+        ObjectPath::from(format!("{}blobs/{}", self.prefix, rel.display()))
+    }
+
+    fn marker_key(&self) -> ObjectPath {
+        ObjectPath::from(format!("{}{}", self.prefix, super::MARKER))
+    }
+
+    /// The store id recorded in the bucket, if any.
+    pub(super) fn read_marker(&self) -> Result<Option<String>> {
+        let key = self.marker_key();
+        match self.run("get", async { self.client.get(&key).await?.bytes().await }) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(unavailable("read the store marker", e)),
+        }
+    }
+
+    pub(super) fn write_marker(&self, id: &str) -> Result<()> {
+        let key = self.marker_key();
+        let body = PutPayload::from(format!("{id}\n"));
+        self.run("put", self.client.put(&key, body))
+            .map(|_| ())
+            .map_err(|e| unavailable("write the store marker", e))
+    }
+
+    /// Whether the bucket (under the prefix) holds any blob object.
+    pub(super) fn has_blobs(&self) -> Result<bool> {
+        let prefix = ObjectPath::from(format!("{}blobs", self.prefix));
+        let first = self.run("list", async {
+            self.client.list(Some(&prefix)).next().await.transpose()
+        });
+        first
+            .map(|o| o.is_some())
+            .map_err(|e| unavailable("list the bucket", e))
+    }
+
+    /// Size and last modification (Unix ms) of the blob's object.
+    pub(super) fn head(&self, hash: &blake3::Hash) -> Result<Option<(u64, i64)>> {
+        let key = self.key(hash);
+        match self.run("head", self.client.head(&key)) {
+            Ok(meta) => Ok(Some((meta.size, meta.last_modified.timestamp_millis()))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(unavailable("look up a blob", e)),
+        }
+    }
+
+    /// Uploads a staged file as the blob of `hash` and checks that the
+    /// bucket reports the expected size. Small files go in one request;
+    /// larger ones as a multipart upload whose parts are sent in parallel,
+    /// read from the staging file as they go (memory bounded by the parts in
+    /// flight, whatever the size). Garage acknowledges a put (and a completed
+    /// multipart upload) only after its write quorum has it.
+    pub(super) fn put_file(&self, path: &std::path::Path, size: u64, hash: &blake3::Hash) -> Result<()> {
+        let key = self.key(hash);
+        let mut file =
+            File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        if size <= self.part_size as u64 {
+            let mut buf = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut buf)
+                .map_err(|e| StoreError::io("read staging file", e))?;
+            self.run("put", self.client.put(&key, PutPayload::from(buf)))
+                .map_err(|e| unavailable("upload a blob", e))?;
+        } else {
+            self.put_multipart(&key, &mut file)?;
+        }
+        match self.head(hash)? {
+            Some((stored, _)) if stored == size => Ok(()),
+            other => Err(StoreError::Unavailable(format!(
+                "the bucket reports {} for blob {} just uploaded ({size} bytes expected)",
+                other.map_or("no object".to_owned(), |(s, _)| format!("{s} bytes")),
+                hash.to_hex()
+            ))),
+        }
+    }
+
+    fn put_multipart(&self, key: &ObjectPath, file: &mut File) -> Result<()> {
+        let started = Instant::now();
+        let upload = self
+            .run("create_multipart", self.client.put_multipart(key))
+            .map_err(|e| unavailable("start a multipart upload", e))?;
+        // `WriteMultipart` spawns each part's request on the current runtime.
+        let _entered = self.rt().enter();
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut buf = vec![0u8; self.part_size];
+        let result = (|| -> Result<()> {
+            loop {
+                let n = read_full(file, &mut buf)
+                    .map_err(|e| StoreError::io("read staging file", e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                self.rt()
+                    .block_on(writer.wait_for_capacity(self.parallel_parts))
+                    .map_err(|e| unavailable("upload a part", e))?;
+                writer.put(Bytes::copy_from_slice(&buf[..n]));
+                metrics::counter!(metric::REQUESTS, "op" => "put_part").increment(1);
+            }
+        })();
+        let out = match result {
+            Ok(()) => self
+                .rt()
+                .block_on(writer.finish())
+                .map(|_| ())
+                .map_err(|e| unavailable("complete a multipart upload", e)),
+            Err(e) => {
+                // Leaves no parts behind in the bucket (best effort; a crash
+                // leaves them to the bucket's incomplete-upload cleanup).
+                let _ = self.rt().block_on(writer.abort());
+                Err(e)
+            }
+        };
+        let result: object_store::Result<()> = out
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: e.to_string().into(),
+            });
+        observe("complete_multipart", started, &result);
+        out
+    }
+
+    /// Opens the blob's bytes `range` (the whole object for `None`) as a
+    /// stream. The request is made here, so a missing object is `NotFound`
+    /// before any byte is promised; the body then flows through a small
+    /// channel from the S3 runtime.
+    pub(super) fn open_stream(&self, hash: &blake3::Hash, range: Option<Range<u64>>) -> io::Result<BlobStream> {
+        let key = self.key(hash);
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let got = self
+            .run("get", self.client.get_opts(&key, options))
+            .map_err(to_io)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        let mut body = got.into_stream();
+        self.rt().spawn(async move {
+            while let Some(chunk) = body.next().await {
+                let failed = chunk.is_err();
+                if tx.send(chunk.map_err(to_io)).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream_from(rx)))
+    }
+
+    /// The blob's first `len` bytes, in memory (small blobs).
+    pub(super) fn read_whole(&self, hash: &blake3::Hash, len: u64) -> io::Result<Vec<u8>> {
+        let key = self.key(hash);
+        let options = GetOptions {
+            range: (len > 0).then_some(GetRange::Bounded(0..len)),
+            ..Default::default()
+        };
+        let bytes = self
+            .run("get", async {
+                self.client.get_opts(&key, options).await?.bytes().await
+            })
+            .map_err(to_io)?;
+        if (bytes.len() as u64) < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the object is shorter than its recorded size",
+            ));
+        }
+        Ok(bytes[..len as usize].to_vec())
+    }
+
+    /// Downloads the whole blob into `sink` (a local staging file), hashing
+    /// as it goes; returns the bytes written.
+    pub(super) fn download(
+        &self,
+        hash: &blake3::Hash,
+        sink: &mut super::StagingFile,
+    ) -> io::Result<u64> {
+        let key = self.key(hash);
+        let started = Instant::now();
+        let result = self.rt().block_on(async {
+            let mut body = self.client.get(&key).await?.into_stream();
+            let mut n = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                n += chunk.len() as u64;
+                sink.write_chunk(&chunk)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "S3",
+                        source: Box::new(e),
+                    })?;
+            }
+            Ok(n)
+        });
+        observe("get", started, &result);
+        result.map_err(to_io)
+    }
+
+    /// Streams the object and checks its size and BLAKE3 hash.
+    pub(super) fn verify(&self, hash: &blake3::Hash, size: u64) -> Verdict {
+        let key = self.key(hash);
+        let started = Instant::now();
+        let result = self.rt().block_on(async {
+            let mut body = self.client.get(&key).await?.into_stream();
+            let mut hasher = blake3::Hasher::new();
+            let mut n = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                n += chunk.len() as u64;
+                hasher.update(&chunk);
+            }
+            Ok((n, hasher.finalize()))
+        });
+        observe("get", started, &result);
+        match result {
+            Ok((n, h)) if n == size && h == *hash => Verdict::Ok,
+            Ok(_) => Verdict::Corrupt,
+            Err(e) if is_not_found(&e) => Verdict::Missing,
+            // Unreachable is not damage: fsck reports it as an error instead.
+            Err(_) => Verdict::Unreachable,
+        }
+    }
+
+    pub(super) fn delete(&self, hash: &blake3::Hash) -> Result<super::Unlinked> {
+        let key = self.key(hash);
+        // S3 answers a delete of a missing key with success, so ask first
+        // only to report what happened; the delete itself is idempotent.
+        let existed = self.head(hash)?.is_some();
+        match self.run("delete", self.client.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(if existed {
+                super::Unlinked::Removed
+            } else {
+                super::Unlinked::Absent
+            }),
+            Err(e) => Err(unavailable("delete a blob", e)),
+        }
+    }
+
+    /// Moves a damaged object aside to `<prefix>quarantine/<hash>.<now_ms>`
+    /// (a server-side copy, then the delete), never deleting it outright.
+    pub(super) fn quarantine(&self, hash: &blake3::Hash, now_ms: i64) -> Result<Option<String>> {
+        let key = self.key(hash);
+        let aside = ObjectPath::from(format!(
+            "{}quarantine/{}.{now_ms}",
+            self.prefix,
+            hash.to_hex()
+        ));
+        match self.run("copy", self.client.copy(&key, &aside)) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(unavailable("quarantine a blob", e)),
+        }
+        self.run("delete", self.client.delete(&key))
+            .map_err(|e| unavailable("quarantine a blob", e))?;
+        Ok(Some(format!("s3 {aside}")))
+    }
+
+    /// Every object under `<prefix>blobs/`, in key order, `page` at a time,
+    /// with its size and last modification (Unix ms).
+    pub(super) fn list<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(Vec<(BlobEntry, u64, i64)>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        const PAGE: usize = 1000;
+        let prefix = ObjectPath::from(format!("{}blobs", self.prefix));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(PAGE);
+        let client = self.client.clone();
+        self.rt().spawn(async move {
+            let mut listing = client.list(Some(&prefix));
+            while let Some(item) = listing.next().await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut page = Vec::with_capacity(PAGE);
+        loop {
+            match rx.blocking_recv() {
+                None => break,
+                Some(Err(e)) => {
+                    let failed: object_store::Result<()> = Err(e);
+                    observe("list", started, &failed);
+                    return Err(unavailable("list the bucket", failed.unwrap_err()).into());
+                }
+                Some(Ok(meta)) => {
+                    let key = meta.location.as_ref();
+                    let rel = key
+                        .strip_prefix(&self.prefix)
+                        .and_then(|k| k.strip_prefix("blobs/"))
+                        .unwrap_or(key);
+                    let entry = match layout::parse_blob_relative(rel) {
+                        Some(hash) => BlobEntry::Blob(hash),
+                        None => BlobEntry::Foreign(key.to_owned()),
+                    };
+                    page.push((entry, meta.size, meta.last_modified.timestamp_millis()));
+                    if page.len() == PAGE {
+                        f(std::mem::take(&mut page))?;
+                    }
+                }
+            }
+        }
+        observe::<()>("list", started, &Ok(()));
+        if !page.is_empty() {
+            f(page)?;
+        }
+        Ok(())
+    }
+
+    /// A presigned GET of the blob, valid for `ttl`.
+    pub(super) fn presign(&self, hash: &blake3::Hash, ttl: Duration) -> Result<String> {
+        use object_store::signer::Signer as _;
+        let key = self.key(hash);
+        self.run(
+            "presign",
+            self.client.signed_url(http::Method::GET, &key, ttl),
+        )
+        .map(|u| u.to_string())
+        .map_err(|e| unavailable("presign a download", e))
+    }
+
+    /// Whether the bucket answers (for `/healthz`).
+    pub(super) fn reachable(&self) -> bool {
+        self.read_marker().is_ok()
+    }
+}
+
+fn observe<T>(op: &'static str, started: Instant, out: &object_store::Result<T>) {
+    metrics::counter!(metric::REQUESTS, "op" => op).increment(1);
+    metrics::histogram!(metric::SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+    if let Err(e) = out
+        && !is_not_found(e)
+    {
+        metrics::counter!(metric::ERRORS, "op" => op).increment(1);
+    }
+}
+
+fn unavailable(what: &str, e: object_store::Error) -> StoreError {
+    StoreError::Unavailable(format!("could not {what} in the S3 bucket: {e}"))
+}
+
+fn to_io(e: object_store::Error) -> io::Error {
+    if is_not_found(&e) {
+        io::Error::new(io::ErrorKind::NotFound, e.to_string())
+    } else {
+        io::Error::other(e.to_string())
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A receiver as a stream (what `tokio-stream`'s wrapper does, in a line).
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
