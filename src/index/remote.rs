@@ -175,9 +175,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let pin = m
-            .immediate(|tx| tx.pin_blob(&h, 2))
-            .unwrap();
+        let pin = m.immediate(|tx| tx.pin_blob(&h, 2)).unwrap();
         let Pin::Pinned { id, recorded } = pin else {
             panic!("{pin:?}")
         };
@@ -193,7 +191,10 @@ mod tests {
         assert_eq!(claimed.len(), 1);
         assert_eq!(m.immediate(|tx| tx.pin_blob(&h, 5)).unwrap(), Pin::Claimed);
         let err = m.immediate(|tx| tx.add_blob_ref(&h, 1, 6)).unwrap_err();
-        assert!(matches!(err, crate::index::IndexError::BlobClaimed), "{err}");
+        assert!(
+            matches!(err, crate::index::IndexError::BlobClaimed),
+            "{err}"
+        );
         assert!(m.immediate(|tx| tx.forget_claimed_blob(&h, 7)).unwrap());
         assert!(matches!(
             m.immediate(|tx| tx.pin_blob(&h, 8)).unwrap(),

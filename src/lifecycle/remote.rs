@@ -47,7 +47,10 @@ pub(super) fn collect(
     }
     let expired = in_write_tx(index, opts, |tx| Ok(tx.expire_pins(pin_cutoff(opts))?))?;
     if expired > 0 {
-        tracing::warn!(pins = expired, "dropped pins of uploads that never finished");
+        tracing::warn!(
+            pins = expired,
+            "dropped pins of uploads that never finished"
+        );
     }
     // Claims an earlier run left first, then new ones; each round is bounded
     // by the batch, and a round that deletes nothing ends the phase.
@@ -102,7 +105,11 @@ fn delete_objects(
     (deleted, false)
 }
 
-fn forget(index: &mut Maintenance, opts: &GcOptions, hashes: &[blake3::Hash]) -> anyhow::Result<()> {
+fn forget(
+    index: &mut Maintenance,
+    opts: &GcOptions,
+    hashes: &[blake3::Hash],
+) -> anyhow::Result<()> {
     if hashes.is_empty() {
         return Ok(());
     }

@@ -696,8 +696,9 @@ impl PreviewService {
                     .local_copy(&hash)
                     .map_err(|e| PreviewError::Storage(e.to_string()))?;
                 let started = Instant::now();
-                let info = media_preview::probe(media_preview::Input::Path(&copy.path), &mime, &limits)
-                    .map_err(|e| PreviewError::engine(&e));
+                let info =
+                    media_preview::probe(media_preview::Input::Path(&copy.path), &mime, &limits)
+                        .map_err(|e| PreviewError::engine(&e));
                 metrics::counter!(metric::PROBES).increment(1);
                 metrics::histogram!(metric::PROBE_SECONDS).record(started.elapsed().as_secs_f64());
                 info

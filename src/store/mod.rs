@@ -692,7 +692,11 @@ impl BlobStore {
     /// there. A size other than the recorded one means the copy is damaged.
     pub fn stat(&self, hash: &blake3::Hash) -> Option<(Tier, u64)> {
         if let Some(remote) = &self.remote {
-            return remote.head(hash).ok().flatten().map(|(s, _)| (Tier::Primary, s));
+            return remote
+                .head(hash)
+                .ok()
+                .flatten()
+                .map(|(s, _)| (Tier::Primary, s));
         }
         [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
             let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
@@ -902,7 +906,10 @@ impl BlobStore {
             let mut f = f;
             return match tier {
                 Tier::Primary => remote.list(|page| {
-                    f(page.into_iter().map(|(e, _, modified)| (e, Some(modified))).collect())
+                    f(page
+                        .into_iter()
+                        .map(|(e, _, modified)| (e, Some(modified)))
+                        .collect())
                 }),
                 Tier::Archive => Ok(()),
             };

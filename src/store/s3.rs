@@ -122,7 +122,9 @@ impl StoreConfig {
         }
         let s3 = &self.s3;
         if s3.endpoint.is_empty() || s3.bucket.is_empty() {
-            return Err("store.backend = \"s3\" needs store.s3.endpoint and store.s3.bucket".into());
+            return Err(
+                "store.backend = \"s3\" needs store.s3.endpoint and store.s3.bucket".into(),
+            );
         }
         if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
             return Err(format!(
@@ -138,10 +140,7 @@ impl StoreConfig {
             );
         }
         if !s3.prefix.is_empty() && !s3.prefix.ends_with('/') {
-            return Err(format!(
-                "store.s3.prefix {:?} must end with `/`",
-                s3.prefix
-            ));
+            return Err(format!("store.s3.prefix {:?} must end with `/`", s3.prefix));
         }
         Ok(())
     }
@@ -265,7 +264,10 @@ impl S3Blobs {
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
-        self.rt.0.as_ref().expect("runtime lives as long as the store")
+        self.rt
+            .0
+            .as_ref()
+            .expect("runtime lives as long as the store")
     }
 
     /// Runs one request to completion on the S3 runtime, counting it.
@@ -335,7 +337,12 @@ impl S3Blobs {
     /// read from the staging file as they go (memory bounded by the parts in
     /// flight, whatever the size). Garage acknowledges a put (and a completed
     /// multipart upload) only after its write quorum has it.
-    pub(super) fn put_file(&self, path: &std::path::Path, size: u64, hash: &blake3::Hash) -> Result<()> {
+    pub(super) fn put_file(
+        &self,
+        path: &std::path::Path,
+        size: u64,
+        hash: &blake3::Hash,
+    ) -> Result<()> {
         let key = self.key(hash);
         let mut file =
             File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
@@ -394,13 +401,13 @@ impl S3Blobs {
                 Err(e)
             }
         };
-        let result: object_store::Result<()> = out
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| object_store::Error::Generic {
-                store: "S3",
-                source: e.to_string().into(),
-            });
+        let result: object_store::Result<()> =
+            out.as_ref()
+                .map(|_| ())
+                .map_err(|e| object_store::Error::Generic {
+                    store: "S3",
+                    source: e.to_string().into(),
+                });
         observe("complete_multipart", started, &result);
         out
     }
@@ -409,7 +416,11 @@ impl S3Blobs {
     /// stream. The request is made here, so a missing object is `NotFound`
     /// before any byte is promised; the body then flows through a small
     /// channel from the S3 runtime.
-    pub(super) fn open_stream(&self, hash: &blake3::Hash, range: Option<Range<u64>>) -> io::Result<BlobStream> {
+    pub(super) fn open_stream(
+        &self,
+        hash: &blake3::Hash,
+        range: Option<Range<u64>>,
+    ) -> io::Result<BlobStream> {
         let key = self.key(hash);
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
@@ -563,9 +574,12 @@ impl S3Blobs {
             match rx.blocking_recv() {
                 None => break,
                 Some(Err(e)) => {
-                    let failed: object_store::Result<()> = Err(e);
-                    observe("list", started, &failed);
-                    return Err(unavailable("list the bucket", failed.unwrap_err()).into());
+                    let message = e.to_string();
+                    observe::<()>("list", started, &Err(e));
+                    return Err(StoreError::Unavailable(format!(
+                        "could not list the S3 bucket: {message}"
+                    ))
+                    .into());
                 }
                 Some(Ok(meta)) => {
                     let key = meta.location.as_ref();

@@ -22,6 +22,7 @@ mod ops;
 mod powercut;
 mod previews;
 mod reload;
+mod s3;
 mod security;
 mod socket;
 mod systemd;

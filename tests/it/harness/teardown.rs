@@ -17,6 +17,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub struct Teardown {
     data: PathBuf,
     archive: Option<PathBuf>,
+    /// With the S3 backend: its config (blobs are checked in the bucket).
+    s3: Option<media_store::store::StoreConfig>,
     mirror: bool,
     /// Set by a test that leaves damage on purpose (fsck's known losses).
     damage: Option<&'static str>,
@@ -29,6 +31,8 @@ impl Teardown {
         Teardown {
             data: data.to_owned(),
             archive: config.archive.root().map(Path::to_owned),
+            s3: (config.store.backend == media_store::store::Backend::S3)
+                .then(|| config.store.clone()),
             mirror: !config.mysql.url.is_empty(),
             damage: None,
             done: false,
@@ -91,7 +95,10 @@ impl Teardown {
         if !self.data.join("index.sqlite3").exists() {
             return Ok(());
         }
-        let problems = consistency_problems(&self.data, self.archive.as_deref());
+        let problems = match &self.s3 {
+            Some(store) => super::fixtures::s3_consistency_problems(&self.data, store),
+            None => consistency_problems(&self.data, self.archive.as_deref()),
+        };
         if problems.is_empty() {
             Ok(())
         } else {

@@ -1,0 +1,490 @@
+//! The S3 blob backend (issue #13) against a real three-node Garage cluster
+//! (`harness::garage`): the blob-store contract, uploads and downloads
+//! through the daemon, GC racing uploads, fsck, and faults (a node down, the
+//! whole cluster down, objects deleted or truncated behind the daemon's back).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use media_store::lifecycle::fsck::{self, FsckOptions};
+use media_store::lifecycle::gc::{self, GcOptions};
+use media_store::store::{BlobStore, StoreConfig};
+use object_store::ObjectStoreExt as _;
+use serde_json::json;
+
+use crate::harness::garage::{Garage, S3Bucket};
+use crate::harness::*;
+
+/// `[store]` TOML for `bucket`, its keys in files under `keys` (as an
+/// operator would pass them: never in the config file).
+fn store_toml(bucket: &S3Bucket, keys: &std::path::Path, extra_s3: &str) -> String {
+    let id = keys.join("s3-key-id");
+    let secret = keys.join("s3-secret");
+    std::fs::write(&id, &bucket.access_key_id).unwrap();
+    std::fs::write(&secret, &bucket.secret_access_key).unwrap();
+    format!(
+        "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
+         prefix = \"media/\"\naccess_key_id_file = {:?}\nsecret_access_key_file = {:?}\n\
+         part_size = 5242880\nretry_timeout = \"3s\"\nconnect_timeout = \"1s\"\n{extra_s3}",
+        bucket.endpoint,
+        bucket.bucket,
+        bucket.region,
+        id.display().to_string(),
+        secret.display().to_string(),
+    )
+}
+
+fn store_config(toml: &str) -> StoreConfig {
+    let table: toml::Table = toml.parse().unwrap();
+    table["store"].clone().try_into().unwrap()
+}
+
+/// The object a blob is kept as, read straight from the bucket (not through
+/// the daemon's code): `None` when there is none.
+async fn object(bucket: &S3Bucket, hash: &blake3::Hash) -> Option<bytes::Bytes> {
+    let hex = hash.to_hex();
+    let key =
+        object_store::path::Path::from(format!("media/blobs/{}/{}/{hex}", &hex[..2], &hex[2..4]));
+    match bucket.store().get(&key).await {
+        Ok(got) => Some(got.bytes().await.unwrap()),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => panic!("reading {key} from the bucket: {e}"),
+    }
+}
+
+async fn shared_bucket() -> S3Bucket {
+    tokio::task::spawn_blocking(|| Garage::shared().create_bucket())
+        .await
+        .unwrap()
+}
+
+/// A PNG's signature and header, then `len` bytes of filler that differ by `seed`.
+fn big_png(len: usize, seed: u64) -> Vec<u8> {
+    let mut body = testdata("png/gray8.png")[..33].to_vec();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    body.extend((0..len).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    body
+}
+
+fn gc_now(grace: Duration) -> GcOptions {
+    GcOptions {
+        grace,
+        tmp_max_age: Duration::from_secs(86_400),
+        batch: 256,
+        dry_run: false,
+        now_ms: media_store::clock::Clock::now_ms(&media_store::clock::SystemClock),
+        progress: false,
+        retention: false,
+        pace: false,
+        archive_after: Duration::ZERO,
+    }
+}
+
+#[test]
+fn s3_passes_the_blob_store_contract() {
+    let bucket = Garage::shared().create_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let config = store_config(&store_toml(&bucket, dir.path(), ""));
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let store = BlobStore::open(&data)
+        .unwrap()
+        .with_backend(&config)
+        .unwrap();
+    assert!(store.is_remote());
+    media_store::store::contract::run(&store);
+    // A blob above the part size goes as a parallel multipart upload.
+    let big = big_png(12 << 20, 1);
+    let hash = media_store::store::contract::put(&store, &big);
+    assert_eq!(store.read_whole(&hash, big.len() as u64).unwrap(), big);
+    assert_eq!(store.delete(&hash).unwrap(), 1);
+
+    // The bucket is now this store's: another store is refused on it.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let refused = BlobStore::open(&other).unwrap().with_backend(&config);
+    let err = refused.expect_err("a second store on the same bucket");
+    assert!(
+        err.to_string().contains("belongs to another store"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_and_downloads_through_s3_keep_every_behaviour() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with(&store_toml(&bucket, keys.path(), "")).await;
+
+    // /healthz names the backend and checks the bucket.
+    let (status, health) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["checks"]["s3"], "ok", "{health}");
+    assert!(
+        health["backend"].as_str().unwrap().starts_with("s3 "),
+        "{health}"
+    );
+
+    // A small and a multipart-sized upload land in the bucket, whole.
+    let small = unique_png(7);
+    let big = big_png(11 << 20, 2);
+    let a = upload_ok(&app.client, &app.base, 1, small.clone()).await;
+    let b = upload_ok(&app.client, &app.base, 1, big.clone()).await;
+    assert_eq!(a["deduplicated"], false);
+    assert_eq!(object(&bucket, &blake3::hash(&small)).await.unwrap(), small);
+    assert_eq!(object(&bucket, &blake3::hash(&big)).await.unwrap(), big);
+    assert!(
+        !app.data
+            .join("blobs")
+            .read_dir()
+            .unwrap()
+            .any(|e| e.unwrap().path().is_dir()),
+        "an S3 store keeps no blob on local disk"
+    );
+    // The same content again is deduplicated, without a second object.
+    let again = upload_ok(&app.client, &app.base, 2, small.clone()).await;
+    assert_eq!(again["deduplicated"], true, "{again}");
+
+    // Downloads: whole (verified as it streams), Range, ETag/304, HEAD.
+    let id_b = b["id"].as_i64().unwrap();
+    assert_eq!(download(&app.client, &app.base, id_b).await, big);
+    let url = signed_url(&app.client, &app.base, id_b, json!({})).await;
+    let ranged = app
+        .client
+        .get(&url)
+        .header("range", "bytes=1000-1999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(
+        header(&ranged, "content-range"),
+        format!("bytes 1000-1999999/{}", big.len())
+    );
+    let etag = header(&ranged, "etag").to_owned();
+    assert_eq!(ranged.bytes().await.unwrap(), big[1000..2_000_000]);
+    let cached = app
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    let head = app.client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(header(&head, "content-length"), big.len().to_string());
+    let id_a = a["id"].as_i64().unwrap();
+    assert_eq!(download(&app.client, &app.base, id_a).await, small);
+
+    // Deleting every media of a content lets GC remove its object.
+    for v in [&a, &again, &b] {
+        assert_eq!(
+            delete_media(&app.client, &app.base, v["id"].as_i64().unwrap()).await,
+            204
+        );
+    }
+    let config = store_config(&store_toml(&bucket, keys.path(), ""));
+    let data = app.data.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        let (mut index, store) = gc::open_existing(&data, None).unwrap();
+        let store = store.with_backend(&config).unwrap();
+        gc::run(
+            &mut index,
+            &store,
+            &Default::default(),
+            &gc_now(Duration::ZERO),
+            None,
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.blobs_deleted, 2, "{summary:?}");
+    assert_eq!(object(&bucket, &blake3::hash(&small)).await, None);
+    assert_eq!(object(&bucket, &blake3::hash(&big)).await, None);
+}
+
+/// storage-layout.md, "S3": GC claims, deletes, forgets; uploads pin. The
+/// upload/GC race of tests/it/gc.rs, against the real cluster: after every
+/// 201 the object is in the bucket and hashes right, and at the end every
+/// media row's object exists and hashes right (teardown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_racing_uploads_on_s3_never_loses_an_object() {
+    const UPLOADERS: u64 = 4;
+    const GC_ROUNDS: u64 = 1000;
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = store_toml(&bucket, keys.path(), "");
+    let app = TestApp::start_with(&format!("{toml}\n[preview]\nprobe = false\n")).await;
+    let config = store_config(&toml);
+    let contents: Arc<Vec<Vec<u8>>> = Arc::new((0..3).map(|i| unique_png(500 + i)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let uploaded = Arc::new(AtomicU64::new(0));
+    let collected = Arc::new(AtomicU64::new(0));
+
+    let gc_task = {
+        let (data, done, collected, uploaded) = (
+            app.data.clone(),
+            done.clone(),
+            collected.clone(),
+            uploaded.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let (mut conn, store) = gc::open_existing(&data, None).unwrap();
+            let store = store.with_backend(&config).unwrap();
+            for round in 0u64.. {
+                let raced_enough = uploaded.load(Ordering::Relaxed) >= 500
+                    && collected.load(Ordering::Relaxed) >= 50;
+                if (round >= GC_ROUNDS && raced_enough)
+                    || round >= 5 * GC_ROUNDS
+                    || started.elapsed() > Duration::from_secs(300)
+                {
+                    break;
+                }
+                let s = gc::run(
+                    &mut conn,
+                    &store,
+                    &Default::default(),
+                    &gc_now(Duration::ZERO),
+                    None,
+                )
+                .unwrap();
+                assert!(s.errors.is_empty(), "{:?}", s.errors);
+                collected.fetch_add(s.blobs_deleted, Ordering::Relaxed);
+            }
+            done.store(true, Ordering::Relaxed);
+        })
+    };
+
+    let mut uploaders = Vec::new();
+    for u in 0..UPLOADERS {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        let (contents, done, uploaded, bucket) = (
+            contents.clone(),
+            done.clone(),
+            uploaded.clone(),
+            bucket.clone(),
+        );
+        uploaders.push(tokio::spawn(async move {
+            let (mut n, mut dedup) = (0u64, 0u64);
+            let mut i = u;
+            while !done.load(Ordering::Relaxed) && n < 20_000 {
+                i = i
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let keep = n % 64 == 0;
+                let unique;
+                let content = if keep {
+                    unique = unique_png(1_000_000 + u * 100_000 + n);
+                    &unique
+                } else {
+                    &contents[(i >> 33) as usize % contents.len()]
+                };
+                let (status, v) = upload_raw(&client, &base, u as i64, content.clone()).await;
+                assert_eq!(status, 201, "{v}");
+                n += 1;
+                uploaded.fetch_add(1, Ordering::Relaxed);
+                dedup += u64::from(v["deduplicated"] == true);
+                // Our row holds a reference: the object must be there, whole, now.
+                let stored = object(&bucket, &blake3::hash(content))
+                    .await
+                    .unwrap_or_else(|| panic!("object lost after a 201 ({v})"));
+                assert_eq!(
+                    blake3::hash(&stored),
+                    blake3::hash(content),
+                    "object corrupt after a 201"
+                );
+                if !keep {
+                    assert_eq!(
+                        delete_media(&client, &base, v["id"].as_i64().unwrap()).await,
+                        204
+                    );
+                }
+            }
+            (n, dedup)
+        }));
+    }
+    gc_task.await.unwrap();
+    let (mut uploads, mut dedups) = (0, 0);
+    for u in uploaders {
+        let (n, d) = u.await.unwrap();
+        uploads += n;
+        dedups += d;
+    }
+    let collected = collected.load(Ordering::Relaxed);
+    eprintln!(
+        "{uploads} uploads ({dedups} deduplicated) raced GC on S3; {collected} objects collected"
+    );
+    assert!(uploads >= 500, "only {uploads} uploads raced GC");
+    assert!(dedups >= 100, "only {dedups} deduplicated uploads");
+    assert!(
+        collected >= 50,
+        "GC collected only {collected} objects: it never really raced"
+    );
+    // Teardown: every media row's object exists and hashes right; no pin or
+    // claim is left.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsck_and_downloads_see_objects_damaged_behind_the_daemons_back() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = store_toml(&bucket, keys.path(), "");
+    let mut app = TestApp::start_with(&toml).await;
+    let (gone, cut) = (unique_png(11), big_png(300_000, 12));
+    let v_gone = upload_ok(&app.client, &app.base, 1, gone.clone()).await;
+    let v_cut = upload_ok(&app.client, &app.base, 1, cut.clone()).await;
+    let key = |h: blake3::Hash| {
+        let hex = h.to_hex();
+        object_store::path::Path::from(format!("media/blobs/{}/{}/{hex}", &hex[..2], &hex[2..4]))
+    };
+    let s3 = bucket.store();
+    s3.delete(&key(blake3::hash(&gone))).await.unwrap();
+    s3.put(
+        &key(blake3::hash(&cut)),
+        cut[..cut.len() / 2].to_vec().into(),
+    )
+    .await
+    .unwrap();
+    // An object the index does not know.
+    s3.put(&key(blake3::hash(b"stray")), b"stray".to_vec().into())
+        .await
+        .unwrap();
+
+    // fsck lists what is wrong (no 500 anywhere, nothing marked yet).
+    let config = store_config(&toml);
+    let data = app.data.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        let (mut index, store) = gc::open_existing(&data, None).unwrap();
+        let store = store.with_backend(&config).unwrap();
+        let opts = FsckOptions {
+            repair: false,
+            progress: false,
+            now_ms: 0,
+        };
+        fsck::run(&mut index, &store, &opts).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.missing,
+        vec![blake3::hash(&gone).to_hex().to_string()],
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary.corrupt,
+        vec![blake3::hash(&cut).to_hex().to_string()],
+        "{summary:?}"
+    );
+    assert_eq!(summary.orphan_files.len(), 1, "{summary:?}");
+
+    // A download of the missing object answers 410 media_corrupt (the
+    // shipped answer for lost content), never 500.
+    let id = v_gone["id"].as_i64().unwrap();
+    let url = signed_url(&app.client, &app.base, id, json!({})).await;
+    let resp = app.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 410);
+    // The truncated object fails the transfer, never a clean wrong body.
+    let id = v_cut["id"].as_i64().unwrap();
+    let url = signed_url(&app.client, &app.base, id, json!({})).await;
+    let resp = app.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.bytes().await.is_err(),
+        "a truncated object streamed as a clean body"
+    );
+    // An upload of the same content heals both.
+    for content in [gone.clone(), cut.clone()] {
+        let v = upload_ok(&app.client, &app.base, 1, content.clone()).await;
+        assert_eq!(v["deduplicated"], false, "{v}");
+        assert_eq!(
+            object(&bucket, &blake3::hash(&content)).await.unwrap(),
+            content
+        );
+    }
+    assert_eq!(
+        download(&app.client, &app.base, v_cut["id"].as_i64().unwrap()).await,
+        cut
+    );
+    app.accept_damage("an object the index does not know stays in the bucket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_is_survived_and_a_cluster_down_answers_503_then_recovers() {
+    let garage = Arc::new(tokio::task::spawn_blocking(Garage::start).await.unwrap());
+    let bucket = {
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.create_bucket())
+            .await
+            .unwrap()
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with(&store_toml(&bucket, keys.path(), "")).await;
+    let before = upload_ok(&app.client, &app.base, 1, unique_png(21)).await;
+
+    // One node of three down (not the one the daemon talks to): writes and
+    // reads still reach their quorum of 2.
+    let g = garage.clone();
+    tokio::task::spawn_blocking(move || g.stop_node(2))
+        .await
+        .unwrap();
+    let during = upload_ok(&app.client, &app.base, 1, big_png(6 << 20, 22)).await;
+    assert_eq!(during["deduplicated"], false);
+    let id = before["id"].as_i64().unwrap();
+    assert_eq!(download(&app.client, &app.base, id).await, unique_png(21));
+    let g = garage.clone();
+    tokio::task::spawn_blocking(move || g.start_node(2))
+        .await
+        .unwrap();
+
+    // The whole cluster down: 503 with Retry-After, nothing half-committed.
+    let g = garage.clone();
+    tokio::task::spawn_blocking(move || g.stop_all())
+        .await
+        .unwrap();
+    let refused = app
+        .client
+        .post(format!("{}/v1/media?uploader_id=1", app.base))
+        .body(unique_png(23))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    let (status, health) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["checks"]["s3"], "failing", "{health}");
+    let (_, listed) = get_json(&app.client, &app.url("/v1/media?uploader_id=1")).await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+
+    // Back up: the same daemon (no restart) uploads again.
+    let g = garage.clone();
+    tokio::task::spawn_blocking(move || g.start_all())
+        .await
+        .unwrap();
+    let after = upload_ok(&app.client, &app.base, 1, unique_png(23)).await;
+    assert_eq!(after["deduplicated"], false);
+    assert_eq!(
+        object(&bucket, &blake3::hash(&unique_png(23)))
+            .await
+            .unwrap(),
+        unique_png(23)
+    );
+    drop(app);
+    drop(garage);
+}
