@@ -270,15 +270,34 @@ impl S3Blobs {
             .expect("runtime lives as long as the store")
     }
 
+    /// Drives `fut` to completion on the S3 runtime, blocking the caller.
+    /// From inside async code (start-up, a handle dropped in a test) the
+    /// blocking happens on a scoped helper thread, since a runtime cannot be
+    /// entered from a thread that drives another.
+    fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| self.rt().block_on(fut))
+                    .join()
+                    .expect("S3 request thread panicked")
+            })
+        } else {
+            self.rt().block_on(fut)
+        }
+    }
+
     /// Runs one request to completion on the S3 runtime, counting it.
-    /// Blocking: never call from async code.
-    fn run<T>(
+    fn run<T: Send>(
         &self,
         op: &'static str,
-        fut: impl Future<Output = object_store::Result<T>>,
+        fut: impl Future<Output = object_store::Result<T>> + Send,
     ) -> object_store::Result<T> {
         let started = Instant::now();
-        let out = self.rt().block_on(fut);
+        let out = self.block_on(fut);
         observe(op, started, &out);
         out
     }
@@ -381,8 +400,7 @@ impl S3Blobs {
                 if n == 0 {
                     return Ok(());
                 }
-                self.rt()
-                    .block_on(writer.wait_for_capacity(self.parallel_parts))
+                self.block_on(writer.wait_for_capacity(self.parallel_parts))
                     .map_err(|e| unavailable("upload a part", e))?;
                 writer.put(Bytes::copy_from_slice(&buf[..n]));
                 metrics::counter!(metric::REQUESTS, "op" => "put_part").increment(1);
@@ -390,14 +408,13 @@ impl S3Blobs {
         })();
         let out = match result {
             Ok(()) => self
-                .rt()
                 .block_on(writer.finish())
                 .map(|_| ())
                 .map_err(|e| unavailable("complete a multipart upload", e)),
             Err(e) => {
                 // Leaves no parts behind in the bucket (best effort; a crash
                 // leaves them to the bucket's incomplete-upload cleanup).
-                let _ = self.rt().block_on(writer.abort());
+                let _ = self.block_on(writer.abort());
                 Err(e)
             }
         };
@@ -472,7 +489,7 @@ impl S3Blobs {
     ) -> io::Result<u64> {
         let key = self.key(hash);
         let started = Instant::now();
-        let result = self.rt().block_on(async {
+        let result = self.block_on(async {
             let mut body = self.client.get(&key).await?.into_stream();
             let mut n = 0u64;
             while let Some(chunk) = body.next().await {
@@ -494,7 +511,7 @@ impl S3Blobs {
     pub(super) fn verify(&self, hash: &blake3::Hash, size: u64) -> Verdict {
         let key = self.key(hash);
         let started = Instant::now();
-        let result = self.rt().block_on(async {
+        let result = self.block_on(async {
             let mut body = self.client.get(&key).await?.into_stream();
             let mut hasher = blake3::Hasher::new();
             let mut n = 0u64;

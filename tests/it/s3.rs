@@ -454,6 +454,7 @@ async fn a_node_down_is_survived_and_a_cluster_down_answers_503_then_recovers() 
     let refused = app
         .client
         .post(format!("{}/v1/media?uploader_id=1", app.base))
+        .header("authorization", bearer())
         .body(unique_png(23))
         .send()
         .await
