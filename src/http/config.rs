@@ -21,6 +21,13 @@ pub struct ServeConfig {
     /// Group given the socket file (e.g. nginx's `www-data`, with mode 0o660);
     /// empty: the daemon's own group.
     pub unix_socket_group: String,
+    /// With the S3 backend: answer a checked download with `302` to a
+    /// presigned GET of the object (valid `s3_redirect_ttl_secs` at most),
+    /// so the bytes flow from the cluster, not through the daemon. The
+    /// client must reach the S3 endpoint; the daemon does not verify those
+    /// bytes (the scrub does).
+    pub s3_redirect: bool,
+    pub s3_redirect_ttl_secs: u64,
 }
 
 /// Cross-origin access to downloads and presigned uploads (never to the service API).
@@ -41,6 +48,8 @@ impl Default for ServeConfig {
             unix_socket: PathBuf::new(),
             unix_socket_mode: 0o660,
             unix_socket_group: String::new(),
+            s3_redirect: false,
+            s3_redirect_ttl_secs: 300,
         }
     }
 }

@@ -474,9 +474,16 @@ impl BlobStore {
         remote.put_file(&staged.path, staged.len(), &staged.hash())
     }
 
-    /// A presigned GET of a blob in the network store, valid for `ttl`.
-    pub fn presign(&self, hash: &blake3::Hash, ttl: Duration) -> Result<String> {
-        self.remote_store()?.presign(hash, ttl)
+    /// A presigned GET of a blob in the network store, valid for `ttl`,
+    /// answered with the given headers (`content-type`, `content-disposition`,
+    /// `cache-control`).
+    pub fn presign(
+        &self,
+        hash: &blake3::Hash,
+        ttl: Duration,
+        response_headers: &[(&str, String)],
+    ) -> Result<String> {
+        self.remote_store()?.presign(hash, ttl, response_headers)
     }
 
     /// Every object of the network store: pages of (entry, size, last

@@ -622,13 +622,26 @@ impl S3Blobs {
         Ok(())
     }
 
-    /// A presigned GET of the blob, valid for `ttl`.
-    pub(super) fn presign(&self, hash: &blake3::Hash, ttl: Duration) -> Result<String> {
-        use object_store::signer::Signer as _;
+    /// A presigned GET of the blob, valid for `ttl`, whose answer carries
+    /// the `response_headers` given (S3's `response-content-type` and
+    /// friends, covered by the signature). Computed locally: no request.
+    pub(super) fn presign(
+        &self,
+        hash: &blake3::Hash,
+        ttl: Duration,
+        response_headers: &[(&str, String)],
+    ) -> Result<String> {
+        use object_store::signer::{SignedUrlOptions, Signer as _};
         let key = self.key(hash);
+        let options = SignedUrlOptions::new().with_query(
+            response_headers
+                .iter()
+                .map(|(k, v)| (format!("response-{k}"), v.clone())),
+        );
         self.run(
             "presign",
-            self.client.signed_url(http::Method::GET, &key, ttl),
+            self.client
+                .signed_url_opts(http::Method::GET, &key, ttl, &options),
         )
         .map(|u| u.to_string())
         .map_err(|e| unavailable("presign a download", e))

@@ -489,3 +489,57 @@ async fn a_node_down_is_survived_and_a_cluster_down_answers_503_then_recovers() 
     drop(app);
     drop(garage);
 }
+
+/// `serve.s3_redirect`: a checked download answers 302 to a presigned GET;
+/// the bucket then serves the bytes, Range, and the type and disposition
+/// the daemon would have sent. A bad signature never gets a redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downloads_can_redirect_to_a_presigned_get_of_the_object() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = store_toml(&bucket, keys.path(), "");
+    let app = TestApp::start_with(&format!("{toml}\n[serve]\ns3_redirect = true\n")).await;
+    let content = big_png(200_000, 31);
+    let v = upload_ok(&app.client, &app.base, 1, content.clone()).await;
+    let id = v["id"].as_i64().unwrap();
+    let url = signed_url(
+        &app.client,
+        &app.base,
+        id,
+        json!({"disposition": "attachment"}),
+    )
+    .await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = header(&resp, "location").to_owned();
+    assert!(location.starts_with(&bucket.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Signature"), "{location}");
+    // Followed: the bytes, with the daemon's headers, and Range from the bucket.
+    let got = reqwest::get(&location).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(header(&got, "content-type"), "image/png");
+    assert!(header(&got, "content-disposition").starts_with("attachment"));
+    assert_eq!(got.bytes().await.unwrap(), content);
+    let ranged = reqwest::Client::new()
+        .get(&location)
+        .header("range", "bytes=10-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(ranged.bytes().await.unwrap(), content[10..100]);
+    // HEAD stays with the daemon (a presigned GET cannot answer it).
+    let head = no_follow.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    // A forged signature is refused before any redirect.
+    let forged = no_follow
+        .get(url.replace("kid=", "kid=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+}

@@ -245,7 +245,18 @@ pub async fn download_file(
             Err(response) => return Ok(response),
         }
     };
+    let head = conditions.head;
     let prepared = prepare(&state, &row, &grant, conditions)?;
+    if !head
+        && matches!(
+            prepared.status,
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT
+        )
+        && state.settings().serve.s3_redirect
+        && state.media().store().is_remote()
+    {
+        return redirect_to_bucket(&state, &row, &grant, &prepared.headers).await;
+    }
     let body = match prepared.plan {
         Plan::Empty => Body::empty(),
         Plan::Json(text) => Body::from(text),
@@ -285,6 +296,46 @@ pub async fn download_file(
     };
     let mut response = (prepared.status, body).into_response();
     *response.headers_mut() = prepared.headers;
+    Ok(response)
+}
+
+/// `302` to a presigned GET of the blob's object (`serve.s3_redirect`): the
+/// signature, expiry and media state were checked here; the bucket answers
+/// Range itself, with the type and disposition this answer would have had.
+/// The presigned URL lives no longer than the signed one, nor than
+/// `serve.s3_redirect_ttl_secs`.
+async fn redirect_to_bucket(
+    state: &HttpState,
+    row: &Media,
+    grant: &Grant,
+    prepared: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let ttl = (grant.remaining.max(1) as u64).min(state.settings().serve.s3_redirect_ttl_secs);
+    let mut overrides = Vec::new();
+    for (name, key) in [
+        (header::CONTENT_TYPE, "content-type"),
+        (header::CONTENT_DISPOSITION, "content-disposition"),
+        (header::CACHE_CONTROL, "cache-control"),
+    ] {
+        if let Some(v) = prepared.get(&name).and_then(|v| v.to_str().ok()) {
+            overrides.push((key, v.to_owned()));
+        }
+    }
+    let store = state.media().store().clone();
+    let hash = row.hash;
+    let location = crate::tasks::blocking(move || {
+        store.presign(&hash, std::time::Duration::from_secs(ttl), &overrides)
+    })
+    .await
+    .map_err(|e| internal("presign task failed", e))?
+    .map_err(|e| ApiError::from(crate::media::MediaError::from(e)))?;
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    put(headers, header::LOCATION, &location);
+    put(headers, header::CACHE_CONTROL, "no-store");
+    if let Some(etag) = prepared.get(header::ETAG) {
+        headers.insert(header::ETAG, etag.clone());
+    }
     Ok(response)
 }
 
