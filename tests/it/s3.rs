@@ -14,6 +14,7 @@ use object_store::ObjectStoreExt as _;
 use serde_json::json;
 
 use crate::harness::garage::{Garage, S3Bucket};
+use crate::harness::nginx::Nginx;
 use crate::harness::*;
 
 /// `[store]` TOML for `bucket`, its keys in files under `keys` (as an
@@ -538,6 +539,77 @@ async fn downloads_can_redirect_to_a_presigned_get_of_the_object() {
     // A forged signature is refused before any redirect.
     let forged = no_follow
         .get(url.replace("kid=", "kid=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+}
+
+/// `serve.nginx_accel` with the S3 backend: the daemon checks the signed URL
+/// and hands nginx a presigned path (`X-Accel-Redirect: /_s3/…`); the shipped
+/// config's `/_s3/` location streams the object from the cluster, with the
+/// daemon's type and disposition, Range, HEAD and 304 from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nginx_offloads_downloads_by_proxying_to_the_cluster() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = store_toml(&bucket, keys.path(), "");
+    let app = TestApp::start_with(&format!("{toml}\n[serve]\nnginx_accel = true\n")).await;
+    let nginx = Nginx::start_with_s3(
+        app.base.trim_start_matches("http://"),
+        bucket.endpoint.trim_start_matches("http://"),
+    );
+    let content = big_png(300_000, 41);
+    let v = upload_ok(&app.client, &app.base, 1, content.clone()).await;
+    let id = v["id"].as_i64().unwrap();
+    let path = sign_with(
+        &app.client,
+        &app.base,
+        id,
+        json!({"disposition": "attachment"}),
+    )
+    .await;
+
+    let direct = app.client.get(app.url(&path)).send().await.unwrap();
+    let accel = header(&direct, "x-accel-redirect").to_owned();
+    assert!(
+        accel.starts_with(&format!("/_s3/{}/media/blobs/", bucket.bucket)),
+        "{accel}"
+    );
+    assert!(direct.bytes().await.unwrap().is_empty());
+
+    let resp = app.client.get(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", nginx.error_log());
+    assert!(resp.headers().get("x-accel-redirect").is_none());
+    assert_eq!(header(&resp, "content-type"), "image/png");
+    assert!(header(&resp, "content-disposition").starts_with("attachment"));
+    assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+    let etag = header(&resp, "etag").to_owned();
+    assert_eq!(resp.bytes().await.unwrap(), content);
+    let ranged = app
+        .client
+        .get(nginx.url(&path))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206, "{}", nginx.error_log());
+    assert_eq!(ranged.bytes().await.unwrap(), content[100..200]);
+    let head = app.client.head(nginx.url(&path)).send().await.unwrap();
+    assert_eq!(head.status(), 200, "{}", nginx.error_log());
+    assert_eq!(header(&head, "content-length"), content.len().to_string());
+    let cached = app
+        .client
+        .get(nginx.url(&path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304, "{}", nginx.error_log());
+    // A tampered URL never reaches the bucket.
+    let forged = app
+        .client
+        .get(nginx.url(&path.replace("kid=", "kid=x")))
         .send()
         .await
         .unwrap();

@@ -257,6 +257,11 @@ pub async fn download_file(
     {
         return redirect_to_bucket(&state, &row, &grant, &prepared.headers).await;
     }
+    let mut prepared = prepared;
+    if prepared.headers.contains_key(X_ACCEL_REDIRECT) && state.media().store().is_remote() {
+        let target = bucket_accel_target(&state, &row, &prepared.headers).await?;
+        put(&mut prepared.headers, X_ACCEL_REDIRECT.clone(), &target);
+    }
     let body = match prepared.plan {
         Plan::Empty => Body::empty(),
         Plan::Json(text) => Body::from(text),
@@ -299,18 +304,31 @@ pub async fn download_file(
     Ok(response)
 }
 
-/// `302` to a presigned GET of the blob's object (`serve.s3_redirect`): the
-/// signature, expiry and media state were checked here; the bucket answers
-/// Range itself, with the type and disposition this answer would have had.
-/// The presigned URL lives no longer than the signed one, nor than
-/// `serve.s3_redirect_ttl_secs`.
-async fn redirect_to_bucket(
+const X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
+
+/// Where nginx fetches an S3 blob (`serve.nginx_accel` with the S3 backend):
+/// `/_s3/` then a presigned GET's path and query (valid 60 s, with the type
+/// and disposition as response overrides); the shipped config's `/_s3/`
+/// location proxies it to the cluster.
+async fn bucket_accel_target(
     state: &HttpState,
     row: &Media,
-    grant: &Grant,
     prepared: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let ttl = (grant.remaining.max(1) as u64).min(state.settings().serve.s3_redirect_ttl_secs);
+) -> Result<String, ApiError> {
+    let url = presigned_get(state, row, 60, prepared).await?;
+    let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let path_and_query = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    Ok(format!("/_s3{path_and_query}"))
+}
+
+/// A presigned GET of the row's blob, valid `ttl_secs`, answered with the
+/// type, disposition and cache headers of `prepared`.
+async fn presigned_get(
+    state: &HttpState,
+    row: &Media,
+    ttl_secs: u64,
+    prepared: &HeaderMap,
+) -> Result<String, ApiError> {
     let mut overrides = Vec::new();
     for (name, key) in [
         (header::CONTENT_TYPE, "content-type"),
@@ -323,12 +341,27 @@ async fn redirect_to_bucket(
     }
     let store = state.media().store().clone();
     let hash = row.hash;
-    let location = crate::tasks::blocking(move || {
-        store.presign(&hash, std::time::Duration::from_secs(ttl), &overrides)
+    crate::tasks::blocking(move || {
+        store.presign(&hash, std::time::Duration::from_secs(ttl_secs), &overrides)
     })
     .await
     .map_err(|e| internal("presign task failed", e))?
-    .map_err(|e| ApiError::from(crate::media::MediaError::from(e)))?;
+    .map_err(|e| ApiError::from(crate::media::MediaError::from(e)))
+}
+
+/// `302` to a presigned GET of the blob's object (`serve.s3_redirect`): the
+/// signature, expiry and media state were checked here; the bucket answers
+/// Range itself, with the type and disposition this answer would have had.
+/// The presigned URL lives no longer than the signed one, nor than
+/// `serve.s3_redirect_ttl_secs`.
+async fn redirect_to_bucket(
+    state: &HttpState,
+    row: &Media,
+    grant: &Grant,
+    prepared: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let ttl = (grant.remaining.max(1) as u64).min(state.settings().serve.s3_redirect_ttl_secs);
+    let location = presigned_get(state, row, ttl, prepared).await?;
     let mut response = StatusCode::FOUND.into_response();
     let headers = response.headers_mut();
     put(headers, header::LOCATION, &location);
@@ -556,11 +589,7 @@ fn prepare(
             settings.serve.accel_prefix,
             state.media().store().accel_path(&row.hash)
         );
-        put(
-            &mut headers,
-            HeaderName::from_static("x-accel-redirect"),
-            &target,
-        );
+        put(&mut headers, X_ACCEL_REDIRECT, &target);
         return Ok(Prepared {
             status: StatusCode::OK,
             headers,

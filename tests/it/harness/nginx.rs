@@ -32,6 +32,7 @@ pub fn site_config(
     blobs: &Path,
     archive_blobs: &Path,
     access_log: &Path,
+    s3: &str,
 ) -> String {
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/media-store.conf"),
@@ -71,6 +72,14 @@ pub fn site_config(
             "access_log /var/log/nginx/media-store.access.log media_store;",
             format!("access_log {} media_store;", access_log.display()),
         ),
+        (
+            "proxy_pass http://127.0.0.1:3900; # @s3",
+            format!("proxy_pass http://{s3}; # @s3"),
+        ),
+        (
+            "proxy_set_header Host 127.0.0.1:3900; # @s3_host",
+            format!("proxy_set_header Host {s3}; # @s3_host"),
+        ),
     ] {
         assert_eq!(
             site.matches(from).count(),
@@ -100,6 +109,17 @@ impl Nginx {
     /// [`Nginx::start`] with the archive root's `blobs/` folder for the
     /// fallback location.
     pub fn start_with_archive(upstream: &str, blobs: &Path, archive_blobs: &Path) -> Nginx {
+        Nginx::start_configured(upstream, blobs, archive_blobs, "127.0.0.1:3900")
+    }
+
+    /// [`Nginx::start`] in front of a daemon whose blobs are in S3, at the
+    /// endpoint `s3` (`host:port`).
+    pub fn start_with_s3(upstream: &str, s3: &str) -> Nginx {
+        let none = Path::new("/nonexistent/media-store-blobs");
+        Nginx::start_configured(upstream, none, none, s3)
+    }
+
+    fn start_configured(upstream: &str, blobs: &Path, archive_blobs: &Path, s3: &str) -> Nginx {
         let binary = nginx_binary();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
@@ -115,6 +135,7 @@ impl Nginx {
                 blobs,
                 archive_blobs,
                 &p.join("access.log"),
+                s3,
             );
             std::fs::write(p.join("site.conf"), site).unwrap();
             // Workers must read the blobs: as root they would otherwise run as nobody.
