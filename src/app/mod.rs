@@ -74,6 +74,7 @@ impl AppState {
         let store = BlobStore::open(&config.data_dir)?
             .with_archive(config.archive.root())?
             .with_backend(&config.store)?;
+        check_blob_backend(&config.data_dir, &store)?;
         // No upload is in flight before we serve, so every staging file is debris.
         let stale = store.clean_tmp(Duration::ZERO)?;
         let barrier_store = store.clone();
@@ -383,6 +384,66 @@ pub fn sign_url_offline(
         &known,
     )
     .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+/// Refuses to serve from a backend the index's blobs are not in
+/// (storage-layout.md, "S3"): switching `store.backend` is done by
+/// `media-store migrate-store`, which records the switch once every blob is
+/// copied. A new, empty index takes the configured backend.
+fn check_blob_backend(data_dir: &Path, store: &BlobStore) -> anyhow::Result<()> {
+    let mut index = crate::index::Maintenance::create(data_dir)?;
+    let configured = store.backend_name();
+    let recorded = index.reader().blob_backend()?;
+    let holds_blobs = index.reader().count_blobs()? > 0;
+    match recorded.as_deref() {
+        Some(r) if r == configured => Ok(()),
+        None if !holds_blobs || configured == "local" => {
+            index.immediate(|tx| Ok::<_, anyhow::Error>(tx.set_blob_backend(configured)?))
+        }
+        r => anyhow::bail!(
+            "the index's blobs are in the {} backend but store.backend is \"{configured}\": \
+             run `media-store migrate-store --to {configured}` first (it copies every blob, \
+             verified, and switches when all are there), or set store.backend back",
+            r.unwrap_or("local")
+        ),
+    }
+}
+
+/// `media-store migrate-store --to s3|local`: copies every blob of the
+/// configured data folder from the backend it is in to the other one
+/// (`[store.s3]` names the bucket either way). With the daemon running (its
+/// lock held) only the copy is made; stopped, the copy is completed and the
+/// switch recorded, after which the daemon must be started with
+/// `store.backend` set to the target.
+pub fn migrate_store(
+    config: &Config,
+    to: crate::store::Backend,
+    progress: bool,
+) -> anyhow::Result<crate::lifecycle::migrate::MigrateSummary> {
+    use crate::store::{Backend, StoreConfig};
+    let from_backend = match to {
+        Backend::S3 => Backend::Local,
+        Backend::Local => Backend::S3,
+    };
+    let with = |backend| StoreConfig {
+        backend,
+        s3: config.store.s3.clone(),
+    };
+    let (mut index, base) = gc::open_existing(&config.data_dir, config.archive.root())?;
+    let from = base.clone().with_backend(&with(from_backend))?;
+    let target = base.with_backend(&with(to))?;
+    let lock = lock_data_dir(&config.data_dir).ok();
+    let mut summary =
+        crate::lifecycle::migrate::run(&mut index, &from, &target, progress, lock.is_some())?;
+    if lock.is_none() {
+        summary.note = Some(
+            "the daemon is running: blobs copied, switch not recorded; stop the daemon and run \
+             migrate-store again (it copies only what is new), then start it with the new \
+             store.backend"
+                .into(),
+        );
+    }
+    Ok(summary)
 }
 
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {

@@ -103,6 +103,19 @@ pub enum Command {
         #[arg(long)]
         adopt_existing: bool,
     },
+    /// Copy every blob to the other backend (`s3`: the bucket of [store.s3];
+    /// `local`: the data folder), verifying each; resumable after a kill.
+    /// With the daemon stopped, the switch is recorded once all are there;
+    /// then start the daemon with store.backend set to the target.
+    /// Exit: 0 done, 1 some blobs could not be copied (or not switched), 2 error.
+    MigrateStore {
+        /// The backend to move the blobs to.
+        #[arg(long, value_parser = ["s3", "local"])]
+        to: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a signed download URL for a media id as JSON {"url", "expires_at"},
     /// offline, with the config's active signing key.
     SignUrl {
@@ -156,6 +169,37 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let view = crate::app::sign_url_offline(&config, *id, *ttl, variant, *attachment)?;
             println!("{}", serde_json::to_string(&view)?);
             Ok(0)
+        }
+        Command::MigrateStore { to, json } => {
+            let config = cli.load_config(None)?;
+            crate::telemetry::init_tracing(&config.log, config.log_format);
+            let to = match to.as_str() {
+                "s3" => crate::store::Backend::S3,
+                _ => crate::store::Backend::Local,
+            };
+            let summary = crate::app::migrate_store(&config, to, !*json)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "migrate-store {} -> {}: {} blobs, {} copied ({} bytes), {} already there, {} failed; switched: {}",
+                    summary.from,
+                    summary.to,
+                    summary.blobs,
+                    summary.copied,
+                    summary.bytes_copied,
+                    summary.already_there,
+                    summary.failed.len(),
+                    summary.switched
+                );
+                for f in &summary.failed {
+                    println!("could not copy {f}");
+                }
+                if let Some(note) = &summary.note {
+                    println!("{note}");
+                }
+            }
+            Ok(if summary.switched { 0 } else { 1 })
         }
         Command::InitArchive { adopt_existing } => {
             let config = cli.load_config(None)?;

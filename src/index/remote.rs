@@ -127,7 +127,36 @@ impl Tx<'_> {
     }
 }
 
+/// `meta` key naming the backend the index's blobs are in (`local` when
+/// absent): set by `migrate-store` once every blob is copied and verified.
+const BACKEND_KEY: &str = "blob_backend";
+
+impl Tx<'_> {
+    /// Records which backend holds the blobs (after a complete migration).
+    pub fn set_blob_backend(&self, backend: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [BACKEND_KEY, backend],
+        )?;
+        Ok(())
+    }
+}
+
 impl Reader<'_> {
+    /// The backend recorded as holding the blobs (`None`: never recorded,
+    /// an index from before backends, whose blobs are local).
+    pub fn blob_backend(&self) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [BACKEND_KEY],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Rows GC claimed and has not forgotten yet (an earlier run stopped
     /// between deleting objects and forgetting rows): resumed first.
     pub fn claimed_blobs(&self, limit: usize) -> Result<Vec<(blake3::Hash, u64)>> {

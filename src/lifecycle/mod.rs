@@ -10,6 +10,7 @@
 pub mod archive;
 pub mod fsck;
 pub mod gc;
+pub mod migrate;
 pub mod refs;
 mod remote;
 pub mod report;

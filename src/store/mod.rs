@@ -495,6 +495,50 @@ impl BlobStore {
         self.remote_store()?.list(f)
     }
 
+    /// `local` or `s3`: the name `migrate-store` records in the index.
+    pub fn backend_name(&self) -> &'static str {
+        if self.is_remote() { "s3" } else { "local" }
+    }
+
+    /// Copies one blob from `source` (another backend of the same store)
+    /// into this one, checking its BLAKE3 hash and size on the way, and
+    /// makes it durable here. A whole copy already here is left as is (a
+    /// resumed migration). Blocking.
+    pub fn copy_from(&self, source: &BlobStore, hash: &blake3::Hash, size: u64) -> Result<Copied> {
+        if self.stat(hash).is_some_and(|(_, s)| s == size) {
+            return Ok(Copied::AlreadyThere);
+        }
+        let local = match source.local_copy(hash) {
+            Ok(local) => local,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::SourceMissing),
+            Err(e) => return Err(StoreError::io("read the blob to copy", e)),
+        };
+        let mut input =
+            File::open(&local.path).map_err(|e| StoreError::io("open the blob to copy", e))?;
+        let mut staged = self.stage()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => staged.write_chunk(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io("read the blob to copy", e)),
+            }
+        }
+        if staged.hash() != *hash || staged.len() != size {
+            return Ok(Copied::SourceCorrupt);
+        }
+        if self.is_remote() {
+            self.put(&staged)?;
+        } else {
+            staged.sync()?;
+            let pending = self.install(staged, hash)?;
+            self.make_durable(pending)
+                .map_err(|e| StoreError::io("sync the copied blob", e))?;
+        }
+        Ok(Copied::Copied)
+    }
+
     fn remote_store(&self) -> Result<&s3::S3Blobs> {
         self.remote
             .as_deref()
@@ -1150,6 +1194,18 @@ impl BlobStore {
             .as_ref()
             .expect("is a bug: archive operation without an archive root")
     }
+}
+
+/// What [`BlobStore::copy_from`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    Copied,
+    /// A whole copy was there already.
+    AlreadyThere,
+    /// The source has no copy (lost: fsck reports it).
+    SourceMissing,
+    /// The source's bytes do not match the hash; nothing was copied.
+    SourceCorrupt,
 }
 
 /// A local file holding a blob's bytes ([`BlobStore::local_copy`]).

@@ -250,10 +250,12 @@ fn listening_ports(pid: u32) -> Vec<u16> {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 the inode.
-            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                if let Some(port) = f[1].rsplit(':').next() {
-                    ports.extend(u16::from_str_radix(port, 16).ok());
-                }
+            if f.len() > 9
+                && f[3] == "0A"
+                && inodes.iter().any(|i| i == f[9])
+                && let Some(port) = f[1].rsplit(':').next()
+            {
+                ports.extend(u16::from_str_radix(port, 16).ok());
             }
         }
     }
