@@ -106,7 +106,7 @@ impl Default for S3Config {
             path_style: true,
             access_key_id_file: PathBuf::new(),
             secret_access_key_file: PathBuf::new(),
-            part_size: 16 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
             parallel_parts: 2,
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(3),
