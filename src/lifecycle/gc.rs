@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::report::progress;
+use super::report::{WriteLockUse, progress};
 use super::retention::{self, RetentionSummary};
 use super::{ArchiveConfig, ExternalReferences, GcConfig, RetentionConfig};
 use crate::index::{Maintenance, Tx, ZeroCountBlob};
@@ -101,6 +101,8 @@ pub struct GcSummary {
     pub duration_ms: u64,
     /// Time per phase: retention, blobs, unknown_files, archive, tmp.
     pub phases_ms: std::collections::BTreeMap<&'static str, u64>,
+    /// How long the run held the index's write lock (uploads wait meanwhile).
+    pub write_lock: WriteLockUse,
 }
 
 impl GcSummary {
@@ -163,6 +165,7 @@ impl GcSummary {
         for e in &self.errors {
             s.push_str(&format!("error: {e}\n"));
         }
+        s.push_str(&self.write_lock.to_text());
         s
     }
 }
@@ -178,6 +181,7 @@ pub fn run(
     external: Option<&dyn ExternalReferences>,
 ) -> anyhow::Result<GcSummary> {
     let started = Instant::now();
+    WriteLockUse::start(index, store);
     let mut summary = GcSummary {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -210,6 +214,7 @@ pub fn run(
     }
     lap(&mut summary, "tmp");
     summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.write_lock = WriteLockUse::take(index);
     Ok(summary)
 }
 
