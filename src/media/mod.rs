@@ -396,6 +396,12 @@ impl MediaService {
                 if recorded.is_none() || stored != recorded {
                     return Err(MediaError::BlobGone);
                 }
+                if ctx.blob_refcount(&hash)? == Some(0) {
+                    // As in `commit`: no live row vouched for this file (a
+                    // batch that failed may have installed it), so its folder
+                    // entry is made durable before this row commits.
+                    ctx.require_durable(store.entry(&hash));
+                }
                 ctx.add_blob_ref(&hash, size, now)?;
                 Ok(ctx.insert_media(&new, now)?)
             })

@@ -1089,19 +1089,35 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes the folders' entries durable. `syncfs` flushes one file system
+/// only, and one barrier may span two (an index batch with new uploads in the
+/// primary root and a deduplicated zero-count blob in the archive root): the
+/// folders are grouped by device, and each group gets its own syncs.
 /// Returns how many syncs it made.
 fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
     if skip_sync("dir-barrier") {
         return Ok(0);
     }
-    if dirs.len() >= SYNCFS_FROM {
-        let fd = File::open(&dirs[0])?;
-        nix::unistd::syncfs(&fd).map_err(io::Error::from)?;
-        Ok(1)
-    } else {
-        dirs.iter().try_for_each(|d| fsync_dir(d))?;
-        Ok(dirs.len() as u64)
+    let mut by_device: std::collections::BTreeMap<u64, Vec<&PathBuf>> = Default::default();
+    for dir in dirs {
+        by_device
+            .entry(fs::metadata(dir)?.dev())
+            .or_default()
+            .push(dir);
     }
+    let mut syncs = 0;
+    for group in by_device.values() {
+        if group.len() >= SYNCFS_FROM {
+            let fd = File::open(group[0])?;
+            nix::unistd::syncfs(&fd).map_err(io::Error::from)?;
+            syncs += 1;
+        } else {
+            group.iter().try_for_each(|d| fsync_dir(d))?;
+            syncs += group.len() as u64;
+        }
+    }
+    Ok(syncs)
 }
 
 fn unlink(path: &Path) -> Result<Unlinked> {
