@@ -31,6 +31,7 @@ mod outbox;
 pub mod refs;
 pub mod renditions;
 mod retention;
+mod runs;
 mod upload_urls;
 
 use std::ops::Deref;
@@ -51,6 +52,7 @@ pub use outbox::OutboxEntry;
 pub use refs::{AttachOutcome, Released, Usage};
 pub use renditions::RenditionRow;
 pub use retention::RetentionRule;
+pub use runs::RunFigures;
 
 use crate::error::{Classify, ErrorKind};
 use crate::store::Pending;

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod refs;
 pub mod report;
 pub mod retention;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -38,14 +38,14 @@ pub struct WriteLockUse {
     pub held_us_total: u64,
     /// The longest hold of one transaction (µs).
     pub held_us_max: u64,
-    /// Bytes the blob store hashed while one of the run's transactions was
-    /// open: 0 unless verification happened under the lock. (In the daemon,
-    /// a download re-checking a damaged blob at that moment counts too.)
+    /// Bytes the run's blob store handle hashed while one of the run's
+    /// transactions was open: 0 unless verification happened under the lock.
+    /// (Every run, the daemon's background GC included, opens a store handle
+    /// of its own, so nothing else is counted here.)
     pub bytes_hashed_under_lock: u64,
-    /// File and folder syncs (fsync, fdatasync, syncfs) the blob store made
-    /// while one of the run's transactions was open: 0 unless durability work
-    /// happened under the lock. (In the daemon, uploads' syncs at that moment
-    /// count too.)
+    /// File and folder syncs (fsync, fdatasync, syncfs) the run's blob store
+    /// handle made while one of the run's transactions was open: 0 unless
+    /// durability work happened under the lock.
     pub syncs_under_lock: u64,
 }
 

@@ -320,8 +320,15 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
             "media_store_corrupt_reads_total",
             "media_store_blobs_healed_total",
             "media_store_index_writer_failed_batches_total",
+            "media_store_rendition_render_seconds",
+            "media_store_renditions_rendered_total",
         ];
-        if name.starts_with("media_store_mysql_") || on_first_event.contains(&name) {
+        // `media-store fsck` runs reach /metrics once one has run
+        // (`metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root`).
+        if name.starts_with("media_store_mysql_")
+            || name.starts_with("media_store_fsck_")
+            || on_first_event.contains(&name)
+        {
             continue;
         }
         assert!(
@@ -336,6 +343,119 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
     ] {
         assert!(v(family, &[]) >= 0.0);
     }
+}
+
+/// `media-store gc` and `media-store fsck` run in processes of their own;
+/// what they did reaches the daemon's `/metrics` through the index (issue
+/// #12, point 6: "GC, archival and fsck results and durations"), and the
+/// stored-blob gauges are split by root (the archive's figures as of the last
+/// GC run, the primary's the rest).
+#[tokio::test]
+async fn metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, root) = (dir.path().join("data"), dir.path().join("archive"));
+    std::fs::create_dir(&root).unwrap();
+    let toml = format!(
+        "[archive]\nroot = {:?}\nafter_days = 0\n",
+        root.display().to_string()
+    );
+    let (code, out, err) = run_cli(&data, &toml, &["init-archive"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut d = TestDaemon::start(&data, &dir.path().join("run"), &toml);
+    let (a, b, c) = (unique_png(21), unique_png(22), unique_png(23));
+    for body in [&a, &b] {
+        upload_ok(&d.client, &d.base, 1, body.clone()).await;
+    }
+    let (code, out, err) = run_cli(&data, &toml, &["gc", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json_of(&out)["blobs_archived"], 2, "{out}");
+    assert_eq!(json_of(&out)["archive_blobs"], 2, "{out}");
+    upload_ok(&d.client, &d.base, 1, c.clone()).await;
+    let (code, out, err) = run_cli(&data, &toml, &["fsck", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Damage the one primary blob: a second fsck finds it and repairs.
+    let mut bytes = c.clone();
+    bytes[40] ^= 0xff;
+    std::fs::write(blob_path(&data, &c), &bytes).unwrap();
+    let (code, out, err) = run_cli(&data, &toml, &["fsck", "--repair", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    d.accept_damage("fsck quarantined a blob damaged on purpose");
+
+    let page = d
+        .client
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v = |name: &str, labels: &[&str]| {
+        sample(&page, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{page}"))
+    };
+    let archive = ["root=\"archive\""];
+    let primary = ["root=\"primary\""];
+    assert_eq!(v("media_store_blobs", &archive), 2.0);
+    assert_eq!(v("media_store_blobs", &primary), 1.0);
+    assert_eq!(
+        v("media_store_blob_bytes", &archive),
+        (a.len() + b.len()) as f64
+    );
+    assert_eq!(v("media_store_blob_bytes", &primary), c.len() as f64);
+    let cli = ["source=\"cli\""];
+    assert_eq!(
+        v("media_store_gc_runs_total", &["result=\"ok\"", cli[0]]),
+        1.0
+    );
+    assert_eq!(v("media_store_archive_blobs_moved_total", &cli), 2.0);
+    assert!(v("media_store_gc_last_run_timestamp_seconds", &cli) > 1.7e9);
+    assert!(v("media_store_gc_last_run_duration_seconds", &cli) >= 0.0);
+    assert_eq!(v("media_store_fsck_runs_total", &["result=\"clean\""]), 1.0);
+    assert_eq!(
+        v("media_store_fsck_runs_total", &["result=\"problems\""]),
+        1.0
+    );
+    assert_eq!(v("media_store_fsck_quarantined_total", &[]), 1.0);
+    assert_eq!(v("media_store_fsck_media_marked_total", &[]), 1.0);
+    assert_eq!(v("media_store_fsck_last_blobs_checked", &[]), 3.0);
+    assert_eq!(
+        v("media_store_fsck_last_problems", &["kind=\"corrupt\""]),
+        1.0
+    );
+    assert!(v("media_store_fsck_last_run_timestamp_seconds", &[]) > 1.7e9);
+    assert!(
+        v(
+            "media_store_lifecycle_last_write_lock_held_max_seconds",
+            &["command=\"fsck\""]
+        ) > 0.0
+    );
+    // Previews: the worker queue is exported; once the uploads' background
+    // probes are done, nothing waits or runs.
+    assert!(v("media_store_preview_jobs_queued", &[]) >= 0.0);
+    let mut idle = false;
+    for _ in 0..100 {
+        let page = d
+            .client
+            .get(d.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let jobs = |name| sample(&page, name, &[]).unwrap();
+        if jobs("media_store_preview_jobs_queued") == 0.0
+            && jobs("media_store_preview_jobs_running") == 0.0
+        {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        idle,
+        "preview jobs still counted 10 s after the last upload"
+    );
 }
 
 #[tokio::test]
