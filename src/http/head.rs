@@ -177,7 +177,11 @@ impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> HeadCheck<IO> {
     /// Reads more of the socket into `buf`.
     fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.buf.reserve(READ_CHUNK);
-        let io = Pin::new(self.io.as_mut().expect("is a bug: connection used after drop"));
+        let io = Pin::new(
+            self.io
+                .as_mut()
+                .expect("is a bug: connection used after drop"),
+        );
         let mut read = ReadBuf::uninit(self.buf.spare_capacity_mut());
         ready!(io.poll_read(cx, &mut read))?;
         let n = read.filled().len();
