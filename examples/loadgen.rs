@@ -9,6 +9,9 @@
 //!   seed-index DATA_DIR ROWS             fills an index with ROWS media rows (for list latency)
 //!   list URL TOKEN QUERIES               runs listing queries, reports p50/p99 per query shape
 //!   upload-files URL TOKEN FILE...       uploads each file (raw), prints the media ids as a JSON list
+//!   download URL TOKEN CONNS SECS SIZE   uploads one SIZE-byte PNG, then downloads it
+//!                                        through its signed URL from CONNS keep-alive
+//!                                        connections for SECS seconds
 //!   variant URL TOKEN PARALLEL VARIANT ID...
 //!                                        signs and downloads VARIANT of each media id from
 //!                                        PARALLEL tasks (for `benches/renditions.sh`)
@@ -36,6 +39,7 @@ fn main() {
         "durable-seq" => durable_seq(&a(1), n(2) as usize, n(3) as usize),
         "seed-index" => seed_index(&a(1), n(2)),
         "list" => rt.block_on(list(a(1), a(2), n(3) as usize)),
+        "download" => rt.block_on(download(a(1), a(2), n(3) as usize, n(4), n(5) as usize)),
         "upload-files" => rt.block_on(upload_files(a(1), a(2), args[3..].to_vec())),
         "variant" => rt.block_on(variant(
             a(1),
@@ -135,6 +139,76 @@ async fn small(url: String, token: String, clients: usize, count: usize, size: u
     println!(
         "{}",
         json!({"mode": "small", "uploads": lat.len(), "failed": failed, "secs": secs,
+               "per_sec": lat.len() as f64 / secs, "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99)})
+    );
+}
+
+/// Signed whole-file downloads of one small blob over keep-alive connections
+/// (each task keeps its own connection: a client with a pool of one).
+async fn download(url: String, token: String, conns: usize, secs: u64, size: usize) {
+    let setup = reqwest::Client::new();
+    let resp = setup
+        .post(format!("{url}/v1/media?uploader_id=1"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(png_body(size, rand::random()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let resp = setup
+        .post(format!("{url}/v1/media/{id}/url"))
+        .header("authorization", format!("Bearer {token}"))
+        .json(&json!({"ttl_secs": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let signed = format!(
+        "{url}{}",
+        resp.json::<serde_json::Value>().await.unwrap()["url"]
+            .as_str()
+            .unwrap()
+    );
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let signed = signed.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap();
+                let (mut lat, mut failed) = (Vec::new(), 0);
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    match client.get(&signed).send().await {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(b) if b.len() == size => {}
+                            _ => failed += 1,
+                        },
+                        _ => failed += 1,
+                    }
+                    lat.push(t.elapsed());
+                }
+                (lat, failed)
+            })
+        })
+        .collect();
+    let (mut lat, mut failed) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        lat.extend(l);
+        failed += f;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "{}",
+        json!({"mode": "download", "requests": lat.len(), "failed": failed, "secs": secs,
                "per_sec": lat.len() as f64 / secs, "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99)})
     );
 }

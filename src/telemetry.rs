@@ -87,6 +87,7 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                 "media_store_http_request_duration_seconds",
                 "media_store_index_writer_commit_seconds",
                 "media_store_gc_run_seconds",
+                "media_store_maintenance_write_lock_held_seconds",
             ] {
                 builder = builder
                     .set_buckets_for_metric(Matcher::Full(name.into()), SECONDS_BUCKETS)

@@ -246,6 +246,17 @@ pub fn run_gc(config: &Config, opts: &GcOptions) -> anyhow::Result<GcSummary> {
     )
 }
 
+/// Adds a `media-store gc` run (`Err`: it failed) to its record in the index,
+/// which the daemon exports on `/metrics` (`lifecycle::runs`).
+pub fn record_gc_run(
+    config: &Config,
+    run: Result<&GcSummary, ()>,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let mut index = crate::index::Maintenance::open_existing(&config.data_dir)?;
+    crate::lifecycle::runs::record_gc_cli(&mut index, run, now_ms)
+}
+
 /// The daemon's own GC loop (`gc.interval` > 0): runs retention + GC on its
 /// own connection every interval, exactly as `media-store gc` would. Stops
 /// when the returned handle is aborted or dropped with the runtime.
@@ -268,8 +279,7 @@ pub fn spawn_background_gc(state: AppState) -> tokio::task::JoinHandle<()> {
             .await;
             match &outcome {
                 Ok(Ok(s)) => crate::lifecycle::gc::record_metrics(s, state.clock().now_ms()),
-                _ => metrics::counter!(crate::lifecycle::gc::metric::RUNS, "result" => "failed")
-                    .increment(1),
+                _ => crate::lifecycle::gc::record_failed_run(),
             }
             match outcome {
                 Ok(Ok(s)) => tracing::info!(

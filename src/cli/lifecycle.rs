@@ -51,7 +51,15 @@ pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
     if let Some(grace) = args.grace {
         opts.grace = grace;
     }
-    let summary = crate::app::run_gc(config, &opts)?;
+    let run = crate::app::run_gc(config, &opts);
+    // For the daemon's /metrics (best effort: the run's own outcome stands).
+    if let Err(e) = crate::app::record_gc_run(config, run.as_ref().map_err(|_| ()), now) {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record the run for /metrics"
+        );
+    }
+    let summary = run?;
     emit(if args.json {
         serde_json::to_string_pretty(&summary)? + "\n"
     } else {
@@ -76,7 +84,18 @@ pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
         progress: !args.json,
         now_ms: crate::clock::SystemClock.now_ms(),
     };
-    let summary = fsck::run(&mut index, &store, &opts)?;
+    let run = fsck::run(&mut index, &store, &opts);
+    // For the daemon's /metrics (best effort: the run's own outcome stands).
+    let now = crate::clock::SystemClock.now_ms();
+    let recorded =
+        crate::lifecycle::runs::record_fsck(&mut index, run.as_ref().map_err(|_| ()), now);
+    if let Err(e) = recorded {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record the run for /metrics"
+        );
+    }
+    let summary = run?;
     emit(if args.json {
         serde_json::to_string_pretty(&summary)? + "\n"
     } else {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod head;
 pub mod limits;
 pub mod multipart;
 pub mod observe;
@@ -127,6 +128,9 @@ pub fn router(state: HttpState) -> Router {
                 )
             }),
         )
+        // Inside `observe`, so that a refused request head is logged and
+        // counted like any request.
+        .layer(middleware::from_fn(head::answer_bad_head))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

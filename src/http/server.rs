@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::http::head::HeadCheck;
 use crate::http::state::HttpState;
 
 /// Serves `state` on `listener` until `shutdown` completes, then stops accepting
@@ -109,8 +110,14 @@ async fn accept_loop<L>(
         };
         let peer = peer(&addr);
         let router = router.clone();
+        // Request heads hyper would refuse with an empty body get our JSON
+        // answer instead (see `http::head`).
+        let (io, bad_head) = HeadCheck::new(io);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(peer);
+            if let Some(bad) = bad_head.lock().expect("bad head slot").take() {
+                request.extensions_mut().insert(bad);
+            }
             router.clone().oneshot(request)
         });
         let mut builder = hyper::server::conn::http1::Builder::new();

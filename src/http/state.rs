@@ -116,6 +116,9 @@ impl HttpState {
         if let Err(e) = self.0.media.observe_stored().await {
             tracing::warn!(error = %e, "cannot read the stored-blob totals for /metrics");
         }
+        if let Err(e) = self.0.refs.observe_runs().await {
+            tracing::warn!(error = %e, "cannot read the lifecycle runs for /metrics");
+        }
     }
 
     /// Admission counters checked against `settings().limits`.

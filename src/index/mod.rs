@@ -32,6 +32,7 @@ pub mod refs;
 pub mod remote;
 pub mod renditions;
 mod retention;
+mod runs;
 mod upload_urls;
 
 use std::ops::Deref;
@@ -52,6 +53,7 @@ pub use outbox::OutboxEntry;
 pub use refs::{AttachOutcome, Released, Usage};
 pub use renditions::RenditionRow;
 pub use retention::RetentionRule;
+pub use runs::RunFigures;
 
 use crate::error::{Classify, ErrorKind};
 use crate::store::Pending;
@@ -448,6 +450,10 @@ pub mod metric {
     pub const COMMIT_SECONDS: &str = "media_store_index_writer_commit_seconds";
     /// Batches that did not commit (counter).
     pub const FAILED_BATCHES: &str = "media_store_index_writer_failed_batches_total";
+    /// How long each write transaction of lifecycle work (GC, archival,
+    /// retention, fsck repair) held SQLite's write lock, which the writer's
+    /// batches wait for (histogram).
+    pub const MAINTENANCE_LOCK_SECONDS: &str = "media_store_maintenance_write_lock_held_seconds";
 }
 
 fn run_batch(
@@ -527,6 +533,46 @@ fn run_batch(
 /// result whole.
 pub struct Maintenance {
     conn: Connection,
+    lock: WriteLockStats,
+    /// Counters of outside work, sampled around each transaction: see
+    /// [`Maintenance::watch_work`].
+    work: Vec<(&'static str, WorkCounter)>,
+}
+
+/// A monotonic counter read by [`Maintenance::watch_work`].
+type WorkCounter = Box<dyn Fn() -> u64 + Send>;
+
+/// How a [`Maintenance`] connection used SQLite's write lock: every upload
+/// commit of the daemon waits while it is held (up to its busy timeout), so
+/// lifecycle work keeps its transactions short and does its long work (hashing,
+/// fsyncs) before taking the lock or after releasing it (storage-layout.md L7,
+/// A7).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WriteLockStats {
+    /// Write transactions (`BEGIN IMMEDIATE` … `COMMIT`/`ROLLBACK`).
+    pub transactions: u64,
+    /// Total time the lock was held, from `BEGIN IMMEDIATE` acquiring it to
+    /// `COMMIT` returning (the WAL fsync included), in microseconds.
+    pub held_us_total: u64,
+    /// The longest single hold, in microseconds.
+    pub held_us_max: u64,
+    /// Each watched counter's growth while a transaction was open (see
+    /// [`Maintenance::watch_work`]).
+    pub work_under_lock: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl WriteLockStats {
+    fn record(&mut self, held: Duration, work: impl Iterator<Item = (&'static str, u64)>) {
+        let us = held.as_micros().min(u64::MAX as u128) as u64;
+        self.transactions += 1;
+        self.held_us_total = self.held_us_total.saturating_add(us);
+        self.held_us_max = self.held_us_max.max(us);
+        for (name, n) in work {
+            let total = self.work_under_lock.entry(name).or_default();
+            *total = total.saturating_add(n);
+        }
+        metrics::histogram!(metric::MAINTENANCE_LOCK_SECONDS).record(held.as_secs_f64());
+    }
 }
 
 impl Maintenance {
@@ -543,7 +589,7 @@ impl Maintenance {
         }
         let conn = open_connection(&path)?;
         conn.busy_handler(Some(poll_for_lock))?;
-        Ok(Maintenance { conn })
+        Ok(Maintenance::new(conn))
     }
 
     /// Opens (creating and migrating if needed) the index of a new data
@@ -551,7 +597,31 @@ impl Maintenance {
     pub fn create(data_dir: &Path) -> Result<Maintenance> {
         let conn = open_connection(&path_in(data_dir))?;
         conn.busy_handler(Some(poll_for_lock))?;
-        Ok(Maintenance { conn })
+        Ok(Maintenance::new(conn))
+    }
+
+    fn new(conn: Connection) -> Maintenance {
+        Maintenance {
+            conn,
+            lock: WriteLockStats::default(),
+            work: Vec::new(),
+        }
+    }
+
+    /// Counts outside work done while this connection holds the write lock:
+    /// `counter` (monotonic) is read before and after each transaction, and
+    /// the difference added to [`WriteLockStats::work_under_lock`] under
+    /// `name` (watching a name again replaces its counter). Lifecycle runs
+    /// watch the blob store's hashed bytes and syncs, so that their reports
+    /// show any such work done under the lock (there must be none).
+    pub fn watch_work(&mut self, name: &'static str, counter: impl Fn() -> u64 + Send + 'static) {
+        self.work.retain(|(n, _)| *n != name);
+        self.work.push((name, Box::new(counter)));
+    }
+
+    /// The write-lock use since the last call (or since opening), and resets it.
+    pub fn take_lock_stats(&mut self) -> WriteLockStats {
+        std::mem::take(&mut self.lock)
     }
 
     /// Reads outside any write transaction.
@@ -568,11 +638,22 @@ impl Maintenance {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| E::from(IndexError::from(e)))?;
+        // The lock is held from here until the commit (or rollback) returns.
+        let locked = std::time::Instant::now();
+        let before: Vec<u64> = self.work.iter().map(|(_, w)| w()).collect();
         let out = f(&Tx {
             reader: Reader { conn: &tx },
-        })?;
-        tx.commit().map_err(|e| E::from(IndexError::from(e)))?;
-        Ok(out)
+        })
+        .and_then(|out| {
+            tx.commit()
+                .map(|()| out)
+                .map_err(|e| E::from(IndexError::from(e)))
+        });
+        let held = locked.elapsed();
+        let work = self.work.iter().zip(before);
+        self.lock
+            .record(held, work.map(|((name, w), b)| (*name, w() - b)));
+        out
     }
 }
 

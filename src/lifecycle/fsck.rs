@@ -19,9 +19,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::report::progress;
+use super::report::{WriteLockUse, progress};
 use crate::index::Maintenance;
-use crate::store::{BlobEntry, BlobStore, Tier, Verdict};
+use crate::store::{BlobEntry, BlobStore, Pending, Tier, Verdict};
 
 pub use crate::index::CountMismatch;
 
@@ -62,6 +62,8 @@ pub struct FsckSummary {
     pub media_marked: u64,
     pub media_unmarked: u64,
     pub duration_ms: u64,
+    /// How long repair held the index's write lock (uploads wait meanwhile).
+    pub write_lock: WriteLockUse,
 }
 
 impl FsckSummary {
@@ -120,6 +122,7 @@ impl FsckSummary {
                 self.media_marked,
                 self.media_unmarked
             ));
+            s.push_str(&self.write_lock.to_text());
         }
         s
     }
@@ -133,7 +136,36 @@ pub fn run(
     store: &BlobStore,
     opts: &FsckOptions,
 ) -> anyhow::Result<FsckSummary> {
+    let scan = scan(index, store, opts)?;
+    finish(index, store, opts, scan)
+}
+
+/// What [`scan`] found, before any repair: the summary so far, and each
+/// verdict with the file it was reached on (inode and change time).
+pub struct Scan {
+    summary: FsckSummary,
+    suspects: Suspects,
+    started: Instant,
+}
+
+impl Scan {
+    /// The findings so far (nothing repaired yet).
+    pub fn summary(&self) -> &FsckSummary {
+        &self.summary
+    }
+}
+
+/// Step 1 of [`run`]: checks every blob, every count and every file, reading
+/// only (no write lock is taken). [`finish`] then repairs, if asked. The two
+/// are apart so that tests can change the store in between, as a concurrent
+/// upload or archive move would.
+pub fn scan(
+    index: &mut Maintenance,
+    store: &BlobStore,
+    opts: &FsckOptions,
+) -> anyhow::Result<Scan> {
     let started = Instant::now();
+    WriteLockUse::start(index, store);
     let mut summary = FsckSummary {
         repaired: opts.repair,
         ..Default::default()
@@ -158,10 +190,10 @@ pub fn run(
         for ((hash, size, refcount), copies) in rows.iter().zip(copies) {
             let hex = hash.to_hex().to_string();
             summary.blobs_checked += 1;
-            let whole: Vec<Tier> = copies
+            let whole: Vec<(Tier, u64)> = copies
                 .iter()
                 .filter(|c| c.1 == Verdict::Ok)
-                .map(|c| c.0)
+                .map(|c| (c.0, c.2))
                 .collect();
             let damaged: Vec<(Tier, u64)> = copies
                 .iter()
@@ -189,15 +221,15 @@ pub fn run(
                 continue;
             }
             summary.bytes_checked += size;
-            if whole == [Tier::Archive] && damaged.is_empty() {
+            if whole.len() == 1 && whole[0].0 == Tier::Archive && damaged.is_empty() {
                 summary.blobs_archived += 1;
             }
-            for (tier, ino) in damaged {
+            for (tier, id) in damaged {
                 summary.corrupt_copies.push(store.describe(tier, hash));
-                suspects.corrupt_copies.push((*hash, tier, ino));
+                suspects.corrupt_copies.push((*hash, tier, id));
             }
             if marked.contains(hash) {
-                suspects.healthy_marked.push(*hash);
+                suspects.healthy_marked.push((*hash, whole));
             }
         }
         bar.inc(rows.len() as u64);
@@ -212,11 +244,31 @@ pub fn run(
     if store.has_archive() {
         orphan_files(index, store, Tier::Archive, opts, &mut summary)?;
     }
+    Ok(Scan {
+        summary,
+        suspects,
+        started,
+    })
+}
 
+/// Step 2 of [`run`]: with `opts.repair`, applies the scan's verdicts under
+/// the write lock (see [`repair`]); returns the finished summary.
+pub fn finish(
+    index: &mut Maintenance,
+    store: &BlobStore,
+    opts: &FsckOptions,
+    scan: Scan,
+) -> anyhow::Result<FsckSummary> {
+    let Scan {
+        mut summary,
+        suspects,
+        started,
+    } = scan;
     if opts.repair {
         repair(index, store, opts.now_ms, &suspects, &mut summary)?;
     }
     summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.write_lock = WriteLockUse::take(index);
     Ok(summary)
 }
 
@@ -272,8 +324,9 @@ fn orphan_files(
     Ok(())
 }
 
-/// What the scan found wrong, with the inode of each damaged file: repair
-/// acts on a file only if it is still the one judged.
+/// What the scan found wrong, with the id of each file judged (inode and
+/// change time, `BlobStore::copy_fingerprint`): repair acts on a file only if
+/// it is still the one judged.
 #[derive(Default)]
 struct Suspects {
     /// Referenced blobs with no file in any root.
@@ -282,8 +335,21 @@ struct Suspects {
     corrupt: Vec<(blake3::Hash, Vec<(Tier, u64)>)>,
     /// Damaged copies of blobs that have another, whole copy.
     corrupt_copies: Vec<(blake3::Hash, Tier, u64)>,
-    /// Blobs found whole whose media are marked corrupt.
-    healthy_marked: Vec<blake3::Hash>,
+    /// Blobs found whole whose media are marked corrupt, with the ids of
+    /// their whole copies.
+    healthy_marked: Vec<(blake3::Hash, Vec<(Tier, u64)>)>,
+}
+
+/// Suspects handled per write transaction (a few file renames and row
+/// updates each, never a hash or a sync).
+const REPAIR_BATCH: usize = 256;
+
+/// One verdict of the scan, to apply.
+enum Fix<'a> {
+    Corrupt(&'a blake3::Hash, &'a [(Tier, u64)]),
+    CorruptCopy(&'a blake3::Hash, Tier, u64),
+    Missing(&'a blake3::Hash),
+    HealthyMarked(&'a blake3::Hash, &'a [(Tier, u64)]),
 }
 
 /// Applies the scan's verdicts under the write lock, like GC: no upload
@@ -291,8 +357,16 @@ struct Suspects {
 /// committed row. Nothing is re-hashed under the lock: each verdict was
 /// reached outside it, and is applied only if the same file is still there
 /// (an upload may have replaced a damaged copy, an archive move may have
-/// raced the scan). A blob found missing is marked only if it is still
-/// missing and still referenced.
+/// raced the scan, GC may have deleted it and an upload put a new file, even
+/// one with the same inode number, under its name). A blob found missing is
+/// marked only if it is still missing and still referenced.
+///
+/// Nothing is synced under the lock either: the verdicts go in transactions
+/// of [`REPAIR_BATCH`], and each batch's quarantine moves are made durable
+/// after its commit. A power cut in between may undo a move whose media are
+/// marked already: the damaged file is then back under `blobs/`, where the
+/// next fsck finds it again (and downloads of the marked media answer 410
+/// meanwhile).
 fn repair(
     index: &mut Maintenance,
     store: &BlobStore,
@@ -301,38 +375,72 @@ fn repair(
     summary: &mut FsckSummary,
 ) -> anyhow::Result<()> {
     let same_file =
-        |tier: Tier, hash: &blake3::Hash, ino: u64| store.copy_fingerprint(tier, hash) == Some(ino);
-    index.immediate(|tx| -> anyhow::Result<()> {
-        summary.counts_fixed = tx.recount_mismatches(now_ms)?;
-        for (hash, damaged) in &suspects.corrupt {
-            if !damaged
-                .iter()
-                .all(|(tier, ino)| same_file(*tier, hash, *ino))
-            {
-                continue;
-            }
-            for (tier, _) in damaged {
-                if let Some(moved) = store.quarantine_copy(*tier, hash, now_ms)? {
+        |tier: Tier, hash: &blake3::Hash, id: u64| store.copy_fingerprint(tier, hash) == Some(id);
+    summary.counts_fixed = index.immediate(|tx| tx.recount_mismatches(now_ms))?;
+    let fixes: Vec<Fix<'_>> = (suspects.corrupt.iter())
+        .map(|(h, damaged)| Fix::Corrupt(h, damaged))
+        .chain((suspects.corrupt_copies.iter()).map(|(h, t, id)| Fix::CorruptCopy(h, *t, *id)))
+        .chain(suspects.missing.iter().map(Fix::Missing))
+        .chain((suspects.healthy_marked.iter()).map(|(h, whole)| Fix::HealthyMarked(h, whole)))
+        .collect();
+    for batch in fixes.chunks(REPAIR_BATCH) {
+        let mut moves = Pending::default();
+        let started = std::time::Instant::now();
+        index.immediate(|tx| -> anyhow::Result<()> {
+            let mut quarantine = |tier: Tier, hash: &blake3::Hash| -> anyhow::Result<()> {
+                if let Some((moved, pending)) =
+                    store.quarantine_copy_unsynced(tier, hash, now_ms)?
+                {
                     summary.quarantined.push(moved);
+                    moves.merge(pending);
+                }
+                Ok(())
+            };
+            for fix in batch {
+                match *fix {
+                    Fix::Corrupt(hash, damaged) => {
+                        if !damaged.iter().all(|(tier, id)| same_file(*tier, hash, *id)) {
+                            continue;
+                        }
+                        for (tier, _) in damaged {
+                            quarantine(*tier, hash)?;
+                        }
+                        summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
+                    }
+                    Fix::CorruptCopy(hash, tier, id) => {
+                        if same_file(tier, hash, id) {
+                            quarantine(tier, hash)?;
+                        }
+                    }
+                    Fix::Missing(hash) => {
+                        if !store.contains(hash) && tx.still_referenced(hash)? {
+                            summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
+                        }
+                    }
+                    Fix::HealthyMarked(hash, whole) => {
+                        // Only while a copy found whole is still there: a
+                        // download may have found it damaged and quarantined
+                        // it since.
+                        if whole.iter().any(|(tier, id)| same_file(*tier, hash, *id)) {
+                            summary.media_unmarked += tx.unmark_corrupt(hash)?;
+                        }
+                    }
                 }
             }
-            summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
+            Ok(())
+        })?;
+        // After the commit, outside the lock.
+        store
+            .make_durable(moves)
+            .map_err(|e| anyhow::anyhow!("cannot make quarantine moves durable: {e}"))?;
+        // Leave the lock free for a while before the next batch, as GC does
+        // (`gc::pace`): the daemon's writer polls for it.
+        if fixes.len() > REPAIR_BATCH {
+            std::thread::sleep(started.elapsed().clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_millis(250),
+            ));
         }
-        for (hash, tier, ino) in &suspects.corrupt_copies {
-            if same_file(*tier, hash, *ino)
-                && let Some(moved) = store.quarantine_copy(*tier, hash, now_ms)?
-            {
-                summary.quarantined.push(moved);
-            }
-        }
-        for hash in &suspects.missing {
-            if !store.contains(hash) && tx.still_referenced(hash)? {
-                summary.media_marked += tx.mark_corrupt(hash, now_ms)?;
-            }
-        }
-        for hash in &suspects.healthy_marked {
-            summary.media_unmarked += tx.unmark_corrupt(hash)?;
-        }
-        Ok(())
-    })
+    }
+    Ok(())
 }

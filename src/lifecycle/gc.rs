@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::report::progress;
+use super::report::{WriteLockUse, progress};
 use super::retention::{self, RetentionSummary};
 use super::{ArchiveConfig, ExternalReferences, GcConfig, RetentionConfig};
 use crate::index::{Maintenance, Tx, ZeroCountBlob};
@@ -88,6 +88,10 @@ pub struct GcSummary {
     /// Primary copies of blobs already whole in the archive (left by a move
     /// that was interrupted), deleted.
     pub redundant_copies_deleted: u64,
+    /// Blobs the index knows that the archive root holds after the run, and
+    /// their bytes (0 without an archive root).
+    pub archive_blobs: u64,
+    pub archive_bytes: u64,
     /// Paths under `blobs/` that are not blob files; reported, never deleted.
     pub foreign_files: Vec<String>,
     /// In a dry run: the blob files that would be deleted.
@@ -101,6 +105,8 @@ pub struct GcSummary {
     pub duration_ms: u64,
     /// Time per phase: retention, blobs, unknown_files, archive, tmp.
     pub phases_ms: std::collections::BTreeMap<&'static str, u64>,
+    /// How long the run held the index's write lock (uploads wait meanwhile).
+    pub write_lock: WriteLockUse,
 }
 
 impl GcSummary {
@@ -163,6 +169,7 @@ impl GcSummary {
         for e in &self.errors {
             s.push_str(&format!("error: {e}\n"));
         }
+        s.push_str(&self.write_lock.to_text());
         s
     }
 }
@@ -178,6 +185,7 @@ pub fn run(
     external: Option<&dyn ExternalReferences>,
 ) -> anyhow::Result<GcSummary> {
     let started = Instant::now();
+    WriteLockUse::start(index, store);
     let mut summary = GcSummary {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -205,6 +213,12 @@ pub fn run(
         }
         lap(&mut summary, "unknown_files");
         super::archive::run(index, store, opts, &mut summary)?;
+        summary.archive_blobs += summary.blobs_archived;
+        summary.archive_bytes += summary.bytes_archived;
+        if store.has_archive() && !opts.dry_run {
+            let (blobs, bytes) = (summary.archive_blobs, summary.archive_bytes);
+            index.immediate(|tx| tx.put_archive_stored(blobs, bytes, opts.now_ms))?;
+        }
         lap(&mut summary, "archive");
     }
     let cutoff = opts.now_ms.saturating_sub(millis(opts.tmp_max_age));
@@ -215,6 +229,7 @@ pub fn run(
     }
     lap(&mut summary, "tmp");
     summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.write_lock = WriteLockUse::take(index);
     Ok(summary)
 }
 
@@ -343,6 +358,10 @@ fn collect_unknown_files(
                             if tier == Tier::Primary && store.archived_whole(&hash, size) =>
                         {
                             redundant.push(hash)
+                        }
+                        Some(size) if tier == Tier::Archive => {
+                            summary.archive_blobs += 1;
+                            summary.archive_bytes += size;
                         }
                         Some(_) => {}
                         None if modified.is_some_and(|m| m <= cutoff) => unknown.push(hash),
@@ -501,8 +520,9 @@ pub fn pace(opts: &GcOptions, tx_started: Instant) {
     }
 }
 
-/// Metric names of the daemon's background GC runs (`gc.interval`; a
-/// `media-store gc` process has its own summary and exit code instead).
+/// Metric names of GC runs: the daemon's background runs (`gc.interval`,
+/// `source="daemon"`) and `media-store gc` runs (`source="cli"`, recorded in
+/// the index and exported by the daemon: `lifecycle::runs`).
 pub mod metric {
     /// Runs, by `result` (`ok`, `failed`) (counter).
     pub const RUNS: &str = "media_store_gc_runs_total";
@@ -524,16 +544,28 @@ pub mod metric {
     pub const LAST_RUN: &str = "media_store_gc_last_run_timestamp_seconds";
 }
 
-/// Records a run's summary, finished at `now_ms`, in the metrics.
+/// Records a background run's summary, finished at `now_ms`, in the
+/// metrics (`source="daemon"`; `media-store gc` runs reach them as
+/// `source="cli"` through `lifecycle::runs`).
 pub fn record_metrics(s: &GcSummary, now_ms: i64) {
-    metrics::counter!(metric::RUNS, "result" => "ok").increment(1);
+    use super::runs::metric::{GC_LAST_DURATION, LAST_LOCK_HELD_MAX};
+    let d = "daemon";
+    metrics::counter!(metric::RUNS, "result" => "ok", "source" => d).increment(1);
     metrics::histogram!(metric::RUN_SECONDS).record(s.duration_ms as f64 / 1000.0);
-    metrics::counter!(metric::BLOBS_DELETED).increment(s.blobs_deleted);
-    metrics::counter!(metric::BYTES_FREED).increment(s.bytes_freed);
-    metrics::counter!(metric::MEDIA_EXPIRED)
+    metrics::counter!(metric::BLOBS_DELETED, "source" => d).increment(s.blobs_deleted);
+    metrics::counter!(metric::BYTES_FREED, "source" => d).increment(s.bytes_freed);
+    metrics::counter!(metric::MEDIA_EXPIRED, "source" => d)
         .increment(s.retention.orphans_expired + s.retention.aged_expired);
-    metrics::counter!(metric::BLOBS_ARCHIVED).increment(s.blobs_archived);
-    metrics::counter!(metric::BYTES_ARCHIVED).increment(s.bytes_archived);
-    metrics::counter!(metric::ERRORS).increment(s.errors.len() as u64);
-    metrics::gauge!(metric::LAST_RUN).set(now_ms as f64 / 1000.0);
+    metrics::counter!(metric::BLOBS_ARCHIVED, "source" => d).increment(s.blobs_archived);
+    metrics::counter!(metric::BYTES_ARCHIVED, "source" => d).increment(s.bytes_archived);
+    metrics::counter!(metric::ERRORS, "source" => d).increment(s.errors.len() as u64);
+    metrics::gauge!(metric::LAST_RUN, "source" => d).set(now_ms as f64 / 1000.0);
+    metrics::gauge!(GC_LAST_DURATION, "source" => d).set(s.duration_ms as f64 / 1000.0);
+    metrics::gauge!(LAST_LOCK_HELD_MAX, "command" => "gc", "source" => d)
+        .set(s.write_lock.held_us_max as f64 / 1e6);
+}
+
+/// Records a background run that failed.
+pub fn record_failed_run() {
+    metrics::counter!(metric::RUNS, "result" => "failed", "source" => "daemon").increment(1);
 }

@@ -15,6 +15,7 @@ pub mod refs;
 mod remote;
 pub mod report;
 pub mod retention;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -180,5 +181,147 @@ impl Classify for LifecycleError {
             LifecycleError::GroupMismatch { .. } => "group_mismatch",
             LifecycleError::Task(_) => "internal",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Long work stays outside the index's write lock (storage-layout.md L7,
+    //! A7): every upload commit of the daemon waits while a lifecycle run
+    //! holds it, and fails with 503 after its busy timeout. The store counts
+    //! the bytes it hashes and the syncs it makes, the index connection what
+    //! of those happened while it held the lock; these tests fail when
+    //! hashing or syncing moves under it.
+
+    use super::fsck::{self, FsckOptions};
+    use super::gc::{self, GcOptions};
+    use crate::index::{Maintenance, NewMedia};
+    use crate::store::{ArchiveCopy, BlobStore, Tier};
+
+    const LEN: usize = 1 << 20;
+
+    /// `n` blobs of 1 MiB in the primary root, each used by one media row.
+    fn with_blobs(store: &BlobStore, index: &mut Maintenance, n: u64) -> Vec<blake3::Hash> {
+        (0..n)
+            .map(|i| {
+                let mut content = vec![0x5a; LEN];
+                content[..8].copy_from_slice(&i.to_le_bytes());
+                let mut staged = store.stage().unwrap();
+                staged.write_chunks(&[&content]).unwrap();
+                staged.sync().unwrap();
+                let hash = staged.hash();
+                store
+                    .make_durable(store.install(staged, &hash).unwrap())
+                    .unwrap();
+                index
+                    .immediate(|tx| {
+                        tx.add_blob_ref(&hash, LEN as u64, 0)?;
+                        tx.insert_media(
+                            &NewMedia {
+                                uploader_id: 1,
+                                file_type: "application/octet-stream".into(),
+                                hash,
+                                size: LEN as u64,
+                                original_name: None,
+                            },
+                            0,
+                        )
+                    })
+                    .unwrap();
+                hash
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fsck_repair_hashes_nothing_under_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut index = Maintenance::create(dir.path()).unwrap();
+        let hashes = with_blobs(&store, &mut index, 8);
+        // Half of them damaged in place (same size): repair quarantines them.
+        for hash in &hashes[..4] {
+            let path = store.describe(Tier::Primary, hash);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[LEN - 1] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let (hashed, syncs) = (store.bytes_hashed(), store.syncs());
+        let opts = FsckOptions {
+            repair: true,
+            progress: false,
+            now_ms: 1,
+        };
+        let s = fsck::run(&mut index, &store, &opts).unwrap();
+        assert_eq!((s.quarantined.len(), s.media_marked), (4, 4), "{s:?}");
+        assert!(
+            store.bytes_hashed() - hashed >= 8 * LEN as u64,
+            "the scan hashed every blob"
+        );
+        assert!(
+            store.syncs() > syncs,
+            "the quarantine moves were made durable"
+        );
+        assert_eq!(
+            s.write_lock.transactions, 2,
+            "recount, then one batch: {s:?}"
+        );
+        assert_eq!(
+            s.write_lock.bytes_hashed_under_lock, 0,
+            "repair re-hashed under the write lock: {s:?}"
+        );
+        assert_eq!(
+            s.write_lock.syncs_under_lock, 0,
+            "repair synced under the write lock: {s:?}"
+        );
+    }
+
+    #[test]
+    fn the_redundant_copy_sweep_verifies_archive_copies_before_taking_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, root) = (dir.path().join("data"), dir.path().join("archive"));
+        std::fs::create_dir_all(&root).unwrap();
+        let store = BlobStore::open(&data).unwrap();
+        store.init_archive(&root, false).unwrap();
+        let store = store.with_archive(Some(&root)).unwrap();
+        let mut index = Maintenance::create(&data).unwrap();
+        let hashes = with_blobs(&store, &mut index, 8);
+        // A move interrupted after its step 2: a whole, durable archive copy
+        // of each, the primary copy still there.
+        let staged: Vec<_> = hashes
+            .iter()
+            .map(|h| match store.stage_archive_copy(h, LEN as u64).unwrap() {
+                ArchiveCopy::Staged(copy) => copy,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        store
+            .make_durable(store.install_archive_copies(staged).unwrap())
+            .unwrap();
+        let (hashed, syncs) = (store.bytes_hashed(), store.syncs());
+        let opts = GcOptions {
+            pace: false,
+            ..GcOptions::from_config(&Default::default(), &Default::default(), 1)
+        };
+        let s = gc::run(&mut index, &store, &Default::default(), &opts, None).unwrap();
+        assert_eq!(s.redundant_copies_deleted, 8, "{s:?}");
+        assert!(hashes.iter().all(|h| !store.in_primary(h)));
+        assert!(
+            store.bytes_hashed() - hashed >= 8 * LEN as u64,
+            "every archive copy was verified before its primary went"
+        );
+        assert!(s.write_lock.transactions >= 1, "{s:?}");
+        assert!(
+            store.syncs() > syncs,
+            "the archive copies' folders were synced"
+        );
+        assert_eq!(
+            s.write_lock.bytes_hashed_under_lock, 0,
+            "the sweep hashed under the write lock: {s:?}"
+        );
+        assert_eq!(
+            s.write_lock.syncs_under_lock, 0,
+            "the sweep synced under the write lock: {s:?}"
+        );
     }
 }

@@ -22,6 +22,14 @@ impl References {
         References { index, clock }
     }
 
+    /// Sets the metrics of the recorded `media-store gc` and `fsck` runs
+    /// (for a scrape of `/metrics`; see `lifecycle::runs`).
+    pub async fn observe_runs(&self) -> Result<()> {
+        let records = self.index.read(|r| r.run_records()).await?;
+        super::runs::export(&records);
+        Ok(())
+    }
+
     /// Attaches a media to a message of a group (idempotent).
     pub async fn attach(&self, message_id: i64, media_id: i64, group_id: i64) -> Result<Attached> {
         let now = self.clock.now_ms();

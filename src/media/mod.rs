@@ -128,9 +128,10 @@ pub mod metric {
     pub const UPLOADS: &str = "media_store_uploads_total";
     /// Bytes not written because the content was already stored (counter).
     pub const DEDUP_SAVED_BYTES: &str = "media_store_dedup_saved_bytes_total";
-    /// Blob rows in the index, primary and archive together (gauge, read at scrape).
+    /// Blob rows in the index, by `root` (`primary`, `archive` when
+    /// archival is on) (gauge, read at scrape).
     pub const BLOBS: &str = "media_store_blobs";
-    /// Bytes of those blobs (gauge, read at scrape).
+    /// Bytes of those blobs, by `root` (gauge, read at scrape).
     pub const BLOB_BYTES: &str = "media_store_blob_bytes";
 }
 
@@ -494,6 +495,12 @@ impl MediaService {
                 if recorded.is_none() || stored != recorded {
                     return Err(MediaError::BlobGone);
                 }
+                if ctx.blob_refcount(&hash)? == Some(0) {
+                    // As in `commit`: no live row vouched for this file (a
+                    // batch that failed may have installed it), so its folder
+                    // entry is made durable before this row commits.
+                    ctx.require_durable(store.entry(&hash));
+                }
                 ctx.add_blob_ref(&hash, size, now)?;
                 Ok(ctx.insert_media(&new, now)?)
             })
@@ -737,11 +744,28 @@ impl MediaService {
             .ok_or(MediaError::NotFound(id))
     }
 
-    /// Sets the stored-blob gauges from the index (for a metrics scrape).
+    /// Sets the stored-blob gauges from the index (for a metrics scrape), by
+    /// `root`. The archive root's figures are those of the last GC run (only
+    /// GC moves blobs there or deletes them there); the primary root's are
+    /// the index's totals less those.
     pub async fn observe_stored(&self) -> Result<()> {
-        let (blobs, bytes) = self.index.read(|r| r.blob_totals()).await?;
-        metrics::gauge!(metric::BLOBS).set(blobs as f64);
-        metrics::gauge!(metric::BLOB_BYTES).set(bytes as f64);
+        let ((blobs, bytes), archived) = self
+            .index
+            .read(|r| Ok::<_, IndexError>((r.blob_totals()?, r.archive_stored()?)))
+            .await?;
+        let (archived_blobs, archived_bytes) = match self.store.has_archive() {
+            true => archived.unwrap_or((0, 0)),
+            false => (0, 0),
+        };
+        let primary = [("root", "primary")];
+        metrics::gauge!(metric::BLOBS, &primary).set(blobs.saturating_sub(archived_blobs) as f64);
+        metrics::gauge!(metric::BLOB_BYTES, &primary)
+            .set(bytes.saturating_sub(archived_bytes) as f64);
+        if self.store.has_archive() {
+            let archive = [("root", "archive")];
+            metrics::gauge!(metric::BLOBS, &archive).set(archived_blobs as f64);
+            metrics::gauge!(metric::BLOB_BYTES, &archive).set(archived_bytes as f64);
+        }
         Ok(())
     }
 

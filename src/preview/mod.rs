@@ -42,6 +42,37 @@ pub mod metric {
     pub const PROBES: &str = "media_store_media_probed_total";
     /// Probe time (histogram, seconds).
     pub const PROBE_SECONDS: &str = "media_store_media_probe_seconds";
+    /// Renders and probes waiting for a worker (`preview.workers`) (gauge).
+    pub const JOBS_QUEUED: &str = "media_store_preview_jobs_queued";
+    /// Renders and probes holding a worker (gauge).
+    pub const JOBS_RUNNING: &str = "media_store_preview_jobs_running";
+}
+
+/// A worker slot (`preview.workers`), counted in [`metric::JOBS_RUNNING`]
+/// until dropped.
+struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!(metric::JOBS_RUNNING).decrement(1.0);
+    }
+}
+
+/// A job waiting for a slot, counted in [`metric::JOBS_QUEUED`] until dropped
+/// (also when its waiting is cancelled).
+struct Queued;
+
+impl Queued {
+    fn new() -> Queued {
+        metrics::gauge!(metric::JOBS_QUEUED).increment(1.0);
+        Queued
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        metrics::gauge!(metric::JOBS_QUEUED).decrement(1.0);
+    }
 }
 
 /// `[preview]`: renditions and upload metadata.
@@ -318,6 +349,9 @@ struct Inner {
 impl PreviewService {
     pub fn new(store: BlobStore, index: Index, config: PreviewConfig, clock: SharedClock) -> Self {
         let workers = Arc::new(Semaphore::new(config.worker_count()));
+        // Exported from the start (dashboards show 0, not "no data").
+        metrics::gauge!(metric::JOBS_QUEUED).increment(0.0);
+        metrics::gauge!(metric::JOBS_RUNNING).increment(0.0);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.worker_count())
             .thread_name(|i| format!("preview-{i}"))
@@ -460,13 +494,7 @@ impl PreviewService {
         if let Some(found) = self.recorded(source, &variant, &fp).await? {
             return Ok(found);
         }
-        let permit = self
-            .0
-            .workers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| PreviewError::Storage(e.to_string()))?;
+        let permit = self.slot().await?;
         let store = self.0.store.clone();
         let limits = self.0.config.load().limits();
         let name = variant.clone();
@@ -632,6 +660,16 @@ impl PreviewService {
         recorded
     }
 
+    /// Waits for a worker slot.
+    async fn slot(&self) -> Result<Slot, PreviewError> {
+        let queued = Queued::new();
+        let permit = self.0.workers.clone().acquire_owned().await;
+        drop(queued);
+        let permit = permit.map_err(|e| PreviewError::Storage(e.to_string()))?;
+        metrics::gauge!(metric::JOBS_RUNNING).increment(1.0);
+        Ok(Slot(permit))
+    }
+
     /// Runs CPU work on the preview threads (the caller holds a permit, so
     /// at most `workers` jobs are ever queued or running there).
     async fn on_pool<T: Send + 'static>(
@@ -679,13 +717,7 @@ impl PreviewService {
     /// Probes the media's content and records its layout on every media row
     /// of that content still without one.
     pub async fn probe(&self, media: &MediaRow) -> Result<Layout, PreviewError> {
-        let permit = self
-            .0
-            .workers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| PreviewError::Storage(e.to_string()))?;
+        let permit = self.slot().await?;
         let store = self.0.store.clone();
         let limits = self.0.config.load().limits();
         let (hash, mime) = (media.hash, media.file_type.clone());

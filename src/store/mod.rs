@@ -202,6 +202,28 @@ pub struct BlobStore {
     /// With `[store] backend = "s3"`: the bucket holding every blob; the
     /// primary root then keeps only staging files (and the index beside it).
     remote: Option<std::sync::Arc<s3::S3Blobs>>,
+    /// Hashing and syncing done through this store and its clones.
+    work: std::sync::Arc<Work>,
+}
+
+/// Work counters ([`BlobStore::bytes_hashed`], [`BlobStore::syncs`]):
+/// lifecycle runs check that none of this happens while they hold the
+/// index's write lock.
+#[derive(Debug, Default)]
+struct Work {
+    hashed: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl Work {
+    fn add_hashed(&self, n: u64) {
+        self.hashed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn add_syncs(&self, n: u64) {
+        self.syncs
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Shard folders whose own entries (in their parents) this process has made
@@ -392,6 +414,7 @@ impl BlobStore {
             archive: None,
             durable: DurableFolders::default(),
             remote: None,
+            work: Default::default(),
         })
     }
 
@@ -412,6 +435,7 @@ impl BlobStore {
             archive: None,
             durable: DurableFolders::default(),
             remote: None,
+            work: Default::default(),
         })
     }
 
@@ -675,7 +699,7 @@ impl BlobStore {
         let mut dirs = pending.dirs;
         dirs.sort();
         dirs.dedup();
-        make_dirs_durable(&dirs)?;
+        self.work.add_syncs(make_dirs_durable(&dirs)?);
         // Every folder in here had its own entries synced: a shard among
         // them was installed into, so its parents were in this set too.
         self.durable.extend(&dirs);
@@ -772,11 +796,10 @@ impl BlobStore {
         Pending { dirs }
     }
 
-    /// Identifies the file now holding the blob (root, inode, size): a
+    /// Identifies the file now holding the blob (root, [`file_id`], size): a
     /// verdict reached on one file is applied only if the same file is still
     /// there (an upload may have replaced a damaged copy meanwhile).
     pub fn fingerprint(&self, hash: &blake3::Hash) -> Option<(Tier, u64, u64)> {
-        use std::os::unix::fs::MetadataExt as _;
         if let Some(remote) = &self.remote {
             // An object's identity: its last modification (a re-put changes it).
             let (size, modified) = remote.head(hash).ok().flatten()?;
@@ -784,7 +807,7 @@ impl BlobStore {
         }
         [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
             let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
-            meta.is_file().then_some((t, meta.ino(), meta.len()))
+            meta.is_file().then_some((t, file_id(&meta), meta.len()))
         })
     }
 
@@ -1047,6 +1070,28 @@ impl BlobStore {
                 Tier::Archive => Ok(None),
             };
         }
+        let Some((moved, pending)) = self.quarantine_copy_unsynced(tier, hash, now_ms)? else {
+            return Ok(None);
+        };
+        self.make_durable(pending)
+            .map_err(|e| StoreError::io("sync a quarantine move", e))?;
+        Ok(Some(moved))
+    }
+
+    /// [`BlobStore::quarantine_copy`] without its syncs: the move is made
+    /// durable by [`BlobStore::make_durable`] on the returned [`Pending`]
+    /// (fsck repair does that after releasing the index's write lock).
+    pub fn quarantine_copy_unsynced(
+        &self,
+        tier: Tier,
+        hash: &blake3::Hash,
+        now_ms: i64,
+    ) -> Result<Option<(String, Pending)>> {
+        if self.is_remote() {
+            return Ok(self
+                .quarantine_copy(tier, hash, now_ms)?
+                .map(|moved| (moved, Pending::default())));
+        }
         let Some(root) = self.root(tier) else {
             return Ok(None);
         };
@@ -1062,12 +1107,13 @@ impl BlobStore {
                 return Err(StoreError::io(format!("quarantine {}", from.display()), e));
             }
         }
-        for dir in [&folder, &root.dir] {
-            fsync_dir(dir).map_err(|e| StoreError::io(format!("sync {}", dir.display()), e))?;
-        }
-        let shard = from.parent().expect("blob paths have a shard");
-        fsync_dir(shard).map_err(|e| StoreError::io(format!("sync {}", shard.display()), e))?;
-        Ok(Some(to.display().to_string()))
+        // Both halves of the rename and the quarantine folder's own entry;
+        // the blob's whole chain of folders, so that `make_durable` may
+        // remember its shard as durable (its rule for every shard it syncs).
+        let mut dirs = root.entry_chain(hash);
+        dirs.extend([folder, root.dir.clone()]);
+        let pending = Pending { dirs };
+        Ok(Some((to.display().to_string(), pending)))
     }
 
     /// Checks the size and hash of the blob's copy in one root.
@@ -1079,14 +1125,40 @@ impl BlobStore {
             };
         }
         match self.root(tier) {
-            Some(root) => verify_file(&root.blob(hash), size, hash),
+            Some(root) => verify_file(&root.blob(hash), size, hash, &self.work),
             None => Verdict::Missing,
         }
     }
 
-    /// Checks every copy of the blob (both roots), each with the inode of
-    /// its file ([`BlobStore::copy_fingerprint`]); roots without a copy are
-    /// left out.
+    /// Bytes this store (and its clones) has read and hashed so far, to verify
+    /// blobs or copy them to the archive: lifecycle runs check that none of it
+    /// happens while they hold the index's write lock.
+    pub fn bytes_hashed(&self) -> u64 {
+        self.work.hashed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// File and folder syncs (fsync, fdatasync, syncfs) this store (and its
+    /// clones) has made so far for durability work and quarantines (uploads'
+    /// own staging syncs are not counted).
+    pub fn syncs(&self) -> u64 {
+        self.work.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A handle on [`BlobStore::bytes_hashed`]'s counter.
+    pub fn hashed_counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let work = self.work.clone();
+        move || work.hashed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A handle on [`BlobStore::syncs`]'s counter.
+    pub fn syncs_counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let work = self.work.clone();
+        move || work.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks every copy of the blob (both roots), each with the id of its
+    /// file ([`BlobStore::copy_fingerprint`]); roots without a copy are left
+    /// out.
     pub fn verify_copies(&self, hash: &blake3::Hash, size: u64) -> Vec<(Tier, Verdict, u64)> {
         [Tier::Primary, Tier::Archive]
             .into_iter()
@@ -1097,10 +1169,10 @@ impl BlobStore {
             .collect()
     }
 
-    /// The inode of the blob's copy in one root: a verdict reached on a file
-    /// is applied only while the same file is there.
+    /// Identifies the blob's copy in one root (its inode and change time, see
+    /// [`file_id`]): a verdict reached on a file is applied only while the
+    /// same file is there.
     pub fn copy_fingerprint(&self, tier: Tier, hash: &blake3::Hash) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt as _;
         if self.is_remote() {
             return match tier {
                 Tier::Primary => self.fingerprint(hash).map(|(_, id, _)| id),
@@ -1108,7 +1180,7 @@ impl BlobStore {
             };
         }
         let meta = fs::metadata(self.root(tier)?.blob(hash)).ok()?;
-        meta.is_file().then_some(meta.ino())
+        meta.is_file().then_some(file_id(&meta))
     }
 
     // ---- archive tier ------------------------------------------------
@@ -1148,6 +1220,7 @@ impl BlobStore {
                 Err(e) => return Err(StoreError::io("read blob to archive", e)),
             };
             staged.write_chunk(&buf[..n])?;
+            self.work.add_hashed(n as u64);
         }
         if staged.hash() != *hash || staged.len() != size {
             // Never spread a damaged copy; fsck reports and quarantines it.
@@ -1156,6 +1229,7 @@ impl BlobStore {
         // Each copy's own fdatasync: a writeback error on this file is seen
         // on this descriptor (one `syncfs` on another could miss it).
         staged.sync_as("archive-copy-sync")?;
+        self.work.add_syncs(1);
         Ok(ArchiveCopy::Staged(Box::new(staged)))
     }
 
@@ -1288,6 +1362,20 @@ pub(crate) fn skip_sync(_: &str) -> bool {
     false
 }
 
+/// Tells one file apart from any other that held the same name: its inode
+/// number mixed with its change time (nanoseconds). The inode number alone is
+/// not enough: a file GC unlinks frees its number, and the next file created
+/// (an upload of the same content, say) often gets it back at once (ext4).
+/// Any change of the file's metadata (a rename, a write) changes the id too,
+/// which only makes a verdict skipped, never wrongly applied.
+fn file_id(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let ctime_ns = (meta.ctime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(meta.ctime_nsec() as u64);
+    meta.ino() ^ ctime_ns.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// From this many files or folders to flush, one `syncfs` is cheaper than an
 /// fsync of each.
 const SYNCFS_FROM: usize = 4;
@@ -1297,16 +1385,35 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<()> {
+/// Makes the folders' entries durable. `syncfs` flushes one file system
+/// only, and one barrier may span two (an index batch with new uploads in the
+/// primary root and a deduplicated zero-count blob in the archive root): the
+/// folders are grouped by device, and each group gets its own syncs.
+/// Returns how many syncs it made.
+fn make_dirs_durable(dirs: &[PathBuf]) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
     if skip_sync("dir-barrier") {
-        return Ok(());
+        return Ok(0);
     }
-    if dirs.len() >= SYNCFS_FROM {
-        let fd = File::open(&dirs[0])?;
-        nix::unistd::syncfs(&fd).map_err(io::Error::from)
-    } else {
-        dirs.iter().try_for_each(|d| fsync_dir(d))
+    let mut by_device: std::collections::BTreeMap<u64, Vec<&PathBuf>> = Default::default();
+    for dir in dirs {
+        by_device
+            .entry(fs::metadata(dir)?.dev())
+            .or_default()
+            .push(dir);
     }
+    let mut syncs = 0;
+    for group in by_device.values() {
+        if group.len() >= SYNCFS_FROM {
+            let fd = File::open(group[0])?;
+            nix::unistd::syncfs(&fd).map_err(io::Error::from)?;
+            syncs += 1;
+        } else {
+            group.iter().try_for_each(|d| fsync_dir(d))?;
+            syncs += group.len() as u64;
+        }
+    }
+    Ok(syncs)
 }
 
 fn unlink(path: &Path) -> Result<Unlinked> {
@@ -1326,7 +1433,7 @@ fn mtime_ms(path: &Path) -> Option<i64> {
 /// spread over the cores); mapping them costs more than it saves.
 const MMAP_FROM: u64 = 1 << 20;
 
-fn verify_file(path: &Path, size: u64, hash: &blake3::Hash) -> Verdict {
+fn verify_file(path: &Path, size: u64, hash: &blake3::Hash, work: &Work) -> Verdict {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Verdict::Missing,
@@ -1335,6 +1442,7 @@ fn verify_file(path: &Path, size: u64, hash: &blake3::Hash) -> Verdict {
     if meta.len() != size {
         return Verdict::Corrupt;
     }
+    work.add_hashed(size);
     let actual = if size < MMAP_FROM {
         fs::read(path).map(|bytes| blake3::hash(&bytes))
     } else {

@@ -43,10 +43,14 @@ async fn traffic(
     big: bool,
 ) -> tokio::task::JoinSet<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..6u64 {
+    // Built before the round's kill timer starts: a client costs about 50 ms
+    // of CPU in a debug build (rustls' configuration, since object_store came
+    // in), and six of them built inside the tasks took most of the 10-300 ms
+    // before the kill, so that hardly any upload was acknowledged.
+    let clients: Vec<reqwest::Client> = (0..6).map(|_| reqwest::Client::new()).collect();
+    for (c, client) in (0..6u64).zip(clients) {
         let (base, acked) = (base.clone(), acked.clone());
         tasks.spawn(async move {
-            let client = reqwest::Client::new();
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 31 + c);
             for n in 0..1000u64 {
                 let roll: u32 = rng.random_range(0..12);

@@ -320,8 +320,15 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
             "media_store_corrupt_reads_total",
             "media_store_blobs_healed_total",
             "media_store_index_writer_failed_batches_total",
+            "media_store_rendition_render_seconds",
+            "media_store_renditions_rendered_total",
         ];
-        if name.starts_with("media_store_mysql_") || on_first_event.contains(&name) {
+        // `media-store fsck` runs reach /metrics once one has run
+        // (`metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root`).
+        if name.starts_with("media_store_mysql_")
+            || name.starts_with("media_store_fsck_")
+            || on_first_event.contains(&name)
+        {
             continue;
         }
         assert!(
@@ -336,6 +343,119 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
     ] {
         assert!(v(family, &[]) >= 0.0);
     }
+}
+
+/// `media-store gc` and `media-store fsck` run in processes of their own;
+/// what they did reaches the daemon's `/metrics` through the index (issue
+/// #12, point 6: "GC, archival and fsck results and durations"), and the
+/// stored-blob gauges are split by root (the archive's figures as of the last
+/// GC run, the primary's the rest).
+#[tokio::test]
+async fn metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, root) = (dir.path().join("data"), dir.path().join("archive"));
+    std::fs::create_dir(&root).unwrap();
+    let toml = format!(
+        "[archive]\nroot = {:?}\nafter_days = 0\n",
+        root.display().to_string()
+    );
+    let (code, out, err) = run_cli(&data, &toml, &["init-archive"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut d = TestDaemon::start(&data, &dir.path().join("run"), &toml);
+    let (a, b, c) = (unique_png(21), unique_png(22), unique_png(23));
+    for body in [&a, &b] {
+        upload_ok(&d.client, &d.base, 1, body.clone()).await;
+    }
+    let (code, out, err) = run_cli(&data, &toml, &["gc", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json_of(&out)["blobs_archived"], 2, "{out}");
+    assert_eq!(json_of(&out)["archive_blobs"], 2, "{out}");
+    upload_ok(&d.client, &d.base, 1, c.clone()).await;
+    let (code, out, err) = run_cli(&data, &toml, &["fsck", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Damage the one primary blob: a second fsck finds it and repairs.
+    let mut bytes = c.clone();
+    bytes[40] ^= 0xff;
+    std::fs::write(blob_path(&data, &c), &bytes).unwrap();
+    let (code, out, err) = run_cli(&data, &toml, &["fsck", "--repair", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    d.accept_damage("fsck quarantined a blob damaged on purpose");
+
+    let page = d
+        .client
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v = |name: &str, labels: &[&str]| {
+        sample(&page, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{page}"))
+    };
+    let archive = ["root=\"archive\""];
+    let primary = ["root=\"primary\""];
+    assert_eq!(v("media_store_blobs", &archive), 2.0);
+    assert_eq!(v("media_store_blobs", &primary), 1.0);
+    assert_eq!(
+        v("media_store_blob_bytes", &archive),
+        (a.len() + b.len()) as f64
+    );
+    assert_eq!(v("media_store_blob_bytes", &primary), c.len() as f64);
+    let cli = ["source=\"cli\""];
+    assert_eq!(
+        v("media_store_gc_runs_total", &["result=\"ok\"", cli[0]]),
+        1.0
+    );
+    assert_eq!(v("media_store_archive_blobs_moved_total", &cli), 2.0);
+    assert!(v("media_store_gc_last_run_timestamp_seconds", &cli) > 1.7e9);
+    assert!(v("media_store_gc_last_run_duration_seconds", &cli) >= 0.0);
+    assert_eq!(v("media_store_fsck_runs_total", &["result=\"clean\""]), 1.0);
+    assert_eq!(
+        v("media_store_fsck_runs_total", &["result=\"problems\""]),
+        1.0
+    );
+    assert_eq!(v("media_store_fsck_quarantined_total", &[]), 1.0);
+    assert_eq!(v("media_store_fsck_media_marked_total", &[]), 1.0);
+    assert_eq!(v("media_store_fsck_last_blobs_checked", &[]), 3.0);
+    assert_eq!(
+        v("media_store_fsck_last_problems", &["kind=\"corrupt\""]),
+        1.0
+    );
+    assert!(v("media_store_fsck_last_run_timestamp_seconds", &[]) > 1.7e9);
+    assert!(
+        v(
+            "media_store_lifecycle_last_write_lock_held_max_seconds",
+            &["command=\"fsck\""]
+        ) > 0.0
+    );
+    // Previews: the worker queue is exported; once the uploads' background
+    // probes are done, nothing waits or runs.
+    assert!(v("media_store_preview_jobs_queued", &[]) >= 0.0);
+    let mut idle = false;
+    for _ in 0..100 {
+        let page = d
+            .client
+            .get(d.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let jobs = |name| sample(&page, name, &[]).unwrap();
+        if jobs("media_store_preview_jobs_queued") == 0.0
+            && jobs("media_store_preview_jobs_running") == 0.0
+        {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        idle,
+        "preview jobs still counted 10 s after the last upload"
+    );
 }
 
 #[tokio::test]
@@ -534,4 +654,163 @@ async fn each_uploader_is_held_to_its_upload_rate() {
     // Another uploader is not affected.
     upload_ok(&app.client, &app.base, 2, unique_png(5)).await;
     app.stop().await;
+}
+
+/// Every response in `text` (each with a `Content-Length` body), in order:
+/// (status, head in lower case, body).
+fn responses(text: &str) -> Vec<(u16, String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(end) = rest.find("\r\n\r\n") {
+        let head = rest[..end].to_ascii_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        let body_end = (end + 4 + len).min(rest.len());
+        out.push((status, head, rest[end + 4..body_end].to_owned()));
+        rest = &rest[body_end..];
+    }
+    out
+}
+
+/// Asserts that `r` is our JSON refusal with `status` and `code`, closing the connection.
+fn assert_refusal(r: &(u16, String, String), status: u16, code: &str) {
+    assert_eq!(r.0, status, "{r:?}");
+    assert!(r.1.contains("content-type: application/json"), "{r:?}");
+    assert!(r.1.contains("connection: close"), "{r:?}");
+    assert!(r.1.contains("x-request-id:"), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.2).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().len() > 20, "{v}");
+}
+
+/// Issue #12, point 5: hyper refuses some request heads itself, before any
+/// code of ours runs, with an empty body (a `Content-Length` that overflows,
+/// is negative or disagrees with another, a malformed header line, too many
+/// headers, an overlong target). The daemon reads each head first
+/// (`http::head`) and answers those with its JSON envelope instead; requests
+/// before it on the same connection, kept alive or pipelined, are answered
+/// first and in order, and a body that merely contains such text is a body.
+#[tokio::test]
+async fn request_heads_hyper_would_refuse_get_our_json_answer_after_earlier_requests() {
+    let app = TestApp::start().await;
+    let addr = host_port(&app.base);
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    let long_target = format!("/v1/media?x={}", "a".repeat(70_000));
+    let cases: Vec<(String, String, u16, &str)> = vec![
+        (
+            "/v1/media?uploader_id=1".into(),
+            "Content-Length: 99999999999999999999999\r\n".into(),
+            400,
+            "bad_header",
+        ),
+        (
+            "/v1/media?uploader_id=1".into(),
+            "Content-Length: -1\r\n".into(),
+            400,
+            "bad_header",
+        ),
+        (
+            "/v1/media?uploader_id=1".into(),
+            "Content-Length: 5\r\nContent-Length: 6\r\n".into(),
+            400,
+            "bad_header",
+        ),
+        (
+            "/healthz".into(),
+            "Bad Header: x\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        ("/healthz".into(), many, 431, "headers_too_large"),
+        (long_target, String::new(), 414, "uri_too_long"),
+    ];
+    for (target, headers, status, code) in &cases {
+        let mut conn = TcpStream::connect(&addr).await.unwrap();
+        let head = format!("POST {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let (text, closed) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+        assert!(closed, "{code}: the connection stays open: {text}");
+        let got = responses(&text);
+        assert_eq!(got.len(), 1, "{text}");
+        assert_refusal(&got[0], *status, code);
+    }
+
+    // Kept alive: one request answered, then the bad head on the same connection.
+    let mut conn = TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    conn.write_all(b"POST /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551616\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, closed) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert!(closed, "{text}");
+    assert_refusal(&responses(&text)[0], 400, "bad_header");
+
+    // Pipelined in one write: an upload whose body holds text that looks
+    // like a bad head (it is a body: the framing follows Content-Length), a
+    // download of its metadata, then a bad head, then bytes never read.
+    let mut png = unique_png(31);
+    png.extend_from_slice(b"\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+    let auth = bearer();
+    let mut bytes = format!(
+        "POST /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+        png.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&png);
+    bytes.extend_from_slice(
+        format!("GET /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n")
+            .as_bytes(),
+    );
+    bytes.extend_from_slice(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1e9\r\n\r\n");
+    bytes.extend_from_slice(&[b'z'; 4096]);
+    let mut conn = TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(&bytes).await.unwrap();
+    let (text, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    assert!(closed, "{text}");
+    let got = responses(&text);
+    assert_eq!(got.len(), 3, "{text}");
+    assert_eq!(got[0].0, 201, "{:?}", got[0]);
+    let stored: serde_json::Value = serde_json::from_str(&got[0].2).unwrap();
+    assert_eq!(
+        stored["blake3"],
+        blake3::hash(&png).to_hex().as_str(),
+        "the whole body was the upload"
+    );
+    assert_eq!(got[1].0, 200, "{:?}", got[1]);
+    assert!(got[1].2.contains(stored["blake3"].as_str().unwrap()));
+    assert_refusal(&got[2], 400, "bad_header");
+
+    // After a chunked body the daemon stops reading heads ahead of hyper (it
+    // does not follow chunked framing): hyper's own answer stands there,
+    // still a 4xx.
+    let mut conn = TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "POST /v1/media?uploader_id=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            unique_png(32).len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    conn.write_all(&unique_png(32)).await.unwrap();
+    conn.write_all(b"\r\n0\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    let got = responses(&text);
+    assert_eq!(got[0].0, 201, "{text}");
+    assert_eq!(got[1].0, 400, "{text}");
 }
