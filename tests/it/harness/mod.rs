@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod fixtures;
+pub mod garage;
 pub mod http;
 pub mod mariadb;
 pub mod nginx;
