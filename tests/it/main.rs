@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod files;
 mod fsck;
+mod garage;
 mod gc;
 mod integrity;
 mod lifecycle;

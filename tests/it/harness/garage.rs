@@ -8,19 +8,22 @@
 //! so writes and reads need 2 of the 3 nodes. The cluster is bootstrapped
 //! through `garage json-api` (the admin API over RPC: JSON in, JSON out, no
 //! table parsing): connect the nodes, assign each a role in zone `dc1`, apply
-//! layout version 1, wait until every node sees all three up.
+//! layout version 1, wait until the cluster is healthy (about 3 s). Nodes
+//! wait [`RPC_TIMEOUT`] for each other, not Garage's 5 minutes.
 //!
 //! [`Garage::shared`] is one cluster per test binary (each test takes its own
 //! bucket and key from [`Garage::create_bucket`]); [`Garage::start`] gives a
-//! dedicated cluster a test may kill, pause and restart. Servers die with the
-//! test process (PR_SET_PDEATHSIG, as for MariaDB).
+//! dedicated cluster a test may kill (SIGKILL), pause (SIGSTOP) and restart
+//! (same folders and ports). Servers die with the test process
+//! (PR_SET_PDEATHSIG, as for MariaDB).
 //!
 //! What Garage 2.5 does and does not do over S3 (If-None-Match, checksums,
 //! ETags, multipart, presigned URLs, ranges) is written down, and checked, at
 //! the top of tests/it/garage.rs.
 //!
-//! The methods block (subprocesses, polling): an async test that runs the
-//! daemon in-process on its own runtime calls them from `spawn_blocking`.
+//! The methods block (subprocesses, polling; `start_node` up to a few
+//! seconds): a test whose in-process daemon (`TestApp`) runs on the test's
+//! own runtime calls them through `tokio::task::spawn_blocking`.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -40,6 +43,11 @@ const NODES: usize = 3;
 const REGION: &str = "garage";
 /// One admin command (a local RPC round trip); a paused node would hang it.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node waits for another's answer before it asks a third one.
+/// Garage's default is 300 s: a node that is alive but stalled (SIGSTOP, a
+/// hung disk) then holds requests that picked it for 5 minutes, which no test
+/// should wait for; 10 s is ample for 1 MiB blocks on loopback.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Start-up, bootstrap and rejoin; generous for a loaded 2-core machine.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -103,15 +111,17 @@ impl S3Bucket {
         self.builder_at(&self.endpoint)
     }
 
-    /// [`S3Bucket::builder_at`] node `i`, with short timeouts and few retries,
-    /// so that a test against a dead cluster fails in seconds, not minutes.
+    /// [`S3Bucket::builder_at`] node `i`, with a short connect timeout and few
+    /// retries, so that a test against a dead cluster fails in seconds; the
+    /// request timeout outlasts two of Garage's [`RPC_TIMEOUT`]s in a row (what
+    /// a GET can take while a node is stalled).
     pub fn store_at(&self, i: usize) -> AmazonS3 {
         self.builder_at(&self.endpoints[i])
             .with_client_options(
                 ClientOptions::new()
                     .with_allow_http(true)
                     .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(30)),
+                    .with_timeout(Duration::from_secs(60)),
             )
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
@@ -167,6 +177,8 @@ pub struct Garage {
     _alive: nix::fcntl::Flock<File>,
     rpc_secret: String,
     admin_token: String,
+    /// `rpc_timeout_msec`; None: Garage's default (300 s).
+    rpc_timeout: Option<Duration>,
     nodes: Vec<Node>,
     procs: Mutex<[Proc; NODES]>,
 }
@@ -274,8 +286,15 @@ impl Garage {
         &SHARED
     }
 
-    /// A dedicated cluster (a few seconds: three servers, bootstrap, layout).
+    /// A dedicated cluster (a few seconds: three servers, bootstrap, layout),
+    /// with [`RPC_TIMEOUT`] between nodes.
     pub fn start() -> Garage {
+        Garage::start_with_rpc_timeout(Some(RPC_TIMEOUT))
+    }
+
+    /// [`Garage::start`] with another `rpc_timeout_msec`; None: Garage's
+    /// default, 300 s, for which a paused node stalls some requests 5 minutes.
+    pub fn start_with_rpc_timeout(rpc_timeout: Option<Duration>) -> Garage {
         sweep_stale_dirs();
         let binary = garage_binary();
         let dir = tempfile::Builder::new()
@@ -286,6 +305,7 @@ impl Garage {
         let mut garage = Garage {
             rpc_secret: hex(&rand::random::<[u8; 32]>()),
             admin_token: hex(&rand::random::<[u8; 32]>()),
+            rpc_timeout,
             nodes: (0..NODES)
                 .map(|i| Node {
                     dir: dir.path().join(format!("node{i}")),
@@ -379,6 +399,10 @@ impl Garage {
     fn write_config(&self, i: usize, peers: &[String]) {
         let n = &self.nodes[i];
         let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+        let rpc_timeout = self
+            .rpc_timeout
+            .map(|t| format!("rpc_timeout_msec = {}\n", t.as_millis()))
+            .unwrap_or_default();
         // sqlite: bundled in the default build, no system library needed;
         // fsync off (Garage's default): the tests kill processes, they do not
         // cut power, and the page cache survives a SIGKILL.
@@ -392,7 +416,7 @@ rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{secret}"
 bootstrap_peers = [{peers}]
-
+{rpc_timeout}
 [s3_api]
 s3_region = "{REGION}"
 api_bind_addr = "127.0.0.1:{s3}"
@@ -613,6 +637,31 @@ admin_token = "{token}"
         }
     }
 
+    /// Waits until every answering node sees node `i` down: after
+    /// [`Garage::pause_node`], once their pings have failed (about 1.5 min).
+    pub fn wait_seen_down(&self, i: usize) {
+        let hex = self.nodes[i].hex_id();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let seen_down = self.live().iter().all(|&j| {
+                self.json_api(j, "GetClusterStatus", &Value::Null)
+                    .is_ok_and(|s| {
+                        s["nodes"].as_array().is_some_and(|nodes| {
+                            nodes.iter().any(|n| n["id"] == hex && n["isUp"] == false)
+                        })
+                    })
+            });
+            if seen_down {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage nodes still see node {i} up after 180 s"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// A fresh bucket and a key allowed read, write and owner on it (and on
     /// nothing else), so tests on the shared cluster are isolated.
     pub fn create_bucket(&self) -> S3Bucket {
@@ -704,7 +753,24 @@ admin_token = "{token}"
             "garage node {i} did not restart on its ports:\n{}",
             self.log_tails()
         );
+        self.reconnect();
         self.wait_rejoined(false);
+    }
+
+    /// Has each answering node connect to the others now: by itself Garage
+    /// may take up to 30 s to reconnect a restarted node (its peering retry
+    /// interval), which a test would spend waiting.
+    fn reconnect(&self) {
+        let live = self.live();
+        for &j in &live {
+            let others: Vec<&str> = live
+                .iter()
+                .filter(|&&k| k != j)
+                .map(|&k| self.nodes[k].id.as_str())
+                .collect();
+            // Best effort: wait_rejoined judges the outcome.
+            let _ = self.json_api(j, "ConnectClusterNodes", &json!(others));
+        }
     }
 
     /// SIGKILL every node.
@@ -727,6 +793,7 @@ admin_token = "{token}"
                 );
             }
         }
+        self.reconnect();
         self.wait_rejoined(true);
     }
 
