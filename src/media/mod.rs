@@ -146,6 +146,62 @@ fn count_upload(deduplicated: bool, size: u64) {
 
 type Result<T, E = MediaError> = std::result::Result<T, E>;
 
+/// Before any blob step of an upload's commit: the uploader's quota, or for
+/// an adoption (`media-store import`) that its id and time are free.
+fn admit_upload(
+    ctx: &crate::index::WriteCtx<'_>,
+    adoption: Option<Adoption>,
+    quota: &Quota,
+    new: &NewMedia,
+) -> Result<()> {
+    match adoption {
+        None => quota::check(ctx, quota, new.uploader_id, new.size),
+        Some(a) => match ctx.adoption_conflict(a.id, a.uploaded_at_ms)? {
+            Some(conflict) => Err(MediaError::Adopt { id: a.id, conflict }),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Inserts the upload's media row: the next id, or the adopted one.
+fn record(
+    ctx: &crate::index::WriteCtx<'_>,
+    adoption: Option<Adoption>,
+    new: &NewMedia,
+    now_ms: i64,
+) -> Result<MediaRow> {
+    match adoption {
+        None => Ok(ctx.insert_media(new, now_ms)?),
+        Some(a) => ctx
+            .insert_media_as(new, a.id, a.uploaded_at_ms)?
+            .map_err(|conflict| MediaError::Adopt { id: a.id, conflict }),
+    }
+}
+
+/// Media whose copy was lost or damaged are whole again once an upload
+/// has written the content anew.
+fn heal(ctx: &crate::index::WriteCtx<'_>, hash: &blake3::Hash) -> Result<()> {
+    let healed = ctx.unmark_corrupt(hash)?;
+    if healed > 0 {
+        tracing::info!(blob.hash = %hash.to_hex(), media = healed, "upload repaired damaged media");
+    }
+    Ok(())
+}
+
+/// Logs and counts a recorded upload.
+fn stored(row: MediaRow, mime: &str, deduplicated: bool) -> Ingested {
+    tracing::info!(
+        media.id = row.id,
+        blob.hash = %row.hash.to_hex(),
+        size_bytes = row.size,
+        file_type = mime,
+        deduplicated,
+        "stored upload"
+    );
+    count_upload(deduplicated, row.size);
+    Ingested { row, deduplicated }
+}
+
 /// How long an upload waits for GC to finish deleting the object of the
 /// content it brings (network store) before answering 503.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -595,14 +651,7 @@ impl MediaService {
             .write(move |ctx| -> Result<(MediaRow, bool)> {
                 let now = clock.now_ms();
                 // Before any file step: a refused upload leaves nothing behind.
-                match adoption {
-                    None => quota::check(ctx, &quota, new.uploader_id, size)?,
-                    Some(a) => {
-                        if let Some(conflict) = ctx.adoption_conflict(a.id, a.uploaded_at_ms)? {
-                            return Err(MediaError::Adopt { id: a.id, conflict });
-                        }
-                    }
-                }
+                admit_upload(ctx, adoption, &quota, &new)?;
                 // Under the writer (and SQLite's write lock, which `gc` also takes),
                 // "row and file exist" cannot change before this transaction ends.
                 let count = ctx.blob_refcount(&hash)?;
@@ -635,32 +684,14 @@ impl MediaService {
                     ctx.require_durable(pending);
                 }
                 ctx.add_blob_ref(&hash, size, now)?;
-                let row = match adoption {
-                    None => ctx.insert_media(&new, now)?,
-                    Some(a) => ctx
-                        .insert_media_as(&new, a.id, a.uploaded_at_ms)?
-                        .map_err(|conflict| MediaError::Adopt { id: a.id, conflict })?,
-                };
+                let row = record(ctx, adoption, &new, now)?;
                 if !deduplicated {
-                    // Media whose copy was lost or damaged are whole again.
-                    let healed = ctx.unmark_corrupt(&hash)?;
-                    if healed > 0 {
-                        tracing::info!(blob.hash = %hash.to_hex(), media = healed, "upload repaired damaged media");
-                    }
+                    heal(ctx, &hash)?;
                 }
                 Ok((row, deduplicated))
             })
             .await?;
-        tracing::info!(
-            media.id = row.id,
-            blob.hash = %hash.to_hex(),
-            size_bytes = size,
-            file_type = mime,
-            deduplicated,
-            "stored upload"
-        );
-        count_upload(deduplicated, size);
-        Ok(Ingested { row, deduplicated })
+        Ok(stored(row, mime, deduplicated))
     }
 
     /// [`MediaService::commit`] for a network store (storage-layout.md,
@@ -692,26 +723,11 @@ impl MediaService {
             .index
             .write(move |ctx| -> Result<MediaRow> {
                 let now = clock.now_ms();
-                match adoption {
-                    None => quota::check(ctx, &quota, new.uploader_id, size)?,
-                    Some(a) => {
-                        if let Some(conflict) = ctx.adoption_conflict(a.id, a.uploaded_at_ms)? {
-                            return Err(MediaError::Adopt { id: a.id, conflict });
-                        }
-                    }
-                }
+                admit_upload(ctx, adoption, &quota, &new)?;
                 ctx.add_blob_ref(&hash, size, now)?;
-                let row = match adoption {
-                    None => ctx.insert_media(&new, now)?,
-                    Some(a) => ctx
-                        .insert_media_as(&new, a.id, a.uploaded_at_ms)?
-                        .map_err(|conflict| MediaError::Adopt { id: a.id, conflict })?,
-                };
+                let row = record(ctx, adoption, &new, now)?;
                 if pinned.written {
-                    let healed = ctx.unmark_corrupt(&hash)?;
-                    if healed > 0 {
-                        tracing::info!(blob.hash = %hash.to_hex(), media = healed, "upload repaired damaged media");
-                    }
+                    heal(ctx, &hash)?;
                 }
                 ctx.unpin_blob(pin)?;
                 Ok(row)
@@ -725,16 +741,7 @@ impl MediaService {
             }
         };
         let deduplicated = !pinned.written;
-        tracing::info!(
-            media.id = row.id,
-            blob.hash = %hash.to_hex(),
-            size_bytes = size,
-            file_type = mime,
-            deduplicated,
-            "stored upload"
-        );
-        count_upload(deduplicated, size);
-        Ok(Ingested { row, deduplicated })
+        Ok(stored(row, mime, deduplicated))
     }
 
     pub async fn get(&self, id: i64) -> Result<MediaRow> {
