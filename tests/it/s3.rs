@@ -41,12 +41,17 @@ fn store_config(toml: &str) -> StoreConfig {
     table["store"].clone().try_into().unwrap()
 }
 
+/// The key of a blob's object under the tests' `media/` prefix: the
+/// documented on-disk layout's relative path.
+fn object_key(hash: &blake3::Hash) -> object_store::path::Path {
+    let rel = media_store::store::blob_relative_path(hash);
+    object_store::path::Path::from(format!("media/blobs/{}", rel.display()))
+}
+
 /// The object a blob is kept as, read straight from the bucket (not through
 /// the daemon's code): `None` when there is none.
 async fn object(bucket: &S3Bucket, hash: &blake3::Hash) -> Option<bytes::Bytes> {
-    let hex = hash.to_hex();
-    let key =
-        object_store::path::Path::from(format!("media/blobs/{}/{}/{hex}", &hex[..2], &hex[2..4]));
+    let key = object_key(hash);
     match bucket.store().get(&key).await {
         Ok(got) => Some(got.bytes().await.unwrap()),
         Err(object_store::Error::NotFound { .. }) => None,
@@ -344,10 +349,7 @@ async fn fsck_and_downloads_see_objects_damaged_behind_the_daemons_back() {
     let (gone, cut) = (unique_png(11), big_png(300_000, 12));
     let v_gone = upload_ok(&app.client, &app.base, 1, gone.clone()).await;
     let v_cut = upload_ok(&app.client, &app.base, 1, cut.clone()).await;
-    let key = |h: blake3::Hash| {
-        let hex = h.to_hex();
-        object_store::path::Path::from(format!("media/blobs/{}/{}/{hex}", &hex[..2], &hex[2..4]))
-    };
+    let key = |h: blake3::Hash| object_key(&h);
     let s3 = bucket.store();
     s3.delete(&key(blake3::hash(&gone))).await.unwrap();
     s3.put(
@@ -673,9 +675,7 @@ async fn migrate_store_moves_every_blob_to_s3_and_back_resumably() {
         );
     }
     // As after a kill mid-copy: one object missing; a re-run copies just it.
-    let hex = blake3::hash(&contents[1]).to_hex();
-    let key =
-        object_store::path::Path::from(format!("media/blobs/{}/{}/{hex}", &hex[..2], &hex[2..4]));
+    let key = object_key(&blake3::hash(&contents[1]));
     bucket.store().delete(&key).await.unwrap();
     let again = migrate(Backend::S3, local_toml.clone()).await.unwrap();
     assert_eq!((again.copied, again.already_there), (1, 2), "{again:?}");
