@@ -211,13 +211,17 @@ impl Config {
             .validate(&self.data_dir)
             .map_err(ConfigError::Invalid)?;
         self.store.validate().map_err(ConfigError::Invalid)?;
-        if self.store.backend == Backend::S3 && self.archive.root().is_some() {
-            // An S3 archive tier below a local primary is not built yet.
+        if self.store.backend == Backend::S3
+            && (self.archive.root().is_some() || self.archive.in_bucket())
+        {
             return Err(ConfigError::Invalid(
-                "archive.root cannot be combined with store.backend = \"s3\" (the bucket \
-                 holds every blob already)"
+                "archive.root and archive.backend = \"s3\" cannot be combined with \
+                 store.backend = \"s3\" (the bucket holds every blob already)"
                     .into(),
             ));
+        }
+        if self.archive.in_bucket() {
+            self.store.s3.validate().map_err(ConfigError::Invalid)?;
         }
         if self.serve.unix_socket_mode > 0o777 {
             return Err(ConfigError::Invalid(format!(
@@ -256,6 +260,10 @@ impl Config {
         if self.archive.root != running.archive.root {
             ignored.push("archive.root");
             self.archive.root = running.archive.root.clone();
+        }
+        if self.archive.backend != running.archive.backend {
+            ignored.push("archive.backend");
+            self.archive.backend = running.archive.backend;
         }
         if self.store != running.store {
             ignored.push("store");
@@ -339,6 +347,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "log_format",
     "index",
     "archive.root",
+    "archive.backend",
     "store",
     "mysql",
     "serve.unix_socket",

@@ -71,9 +71,7 @@ impl AppState {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let store = BlobStore::open(&config.data_dir)?
-            .with_archive(config.archive.root())?
-            .with_backend(&config.store)?;
+        let store = with_configured_tiers(BlobStore::open(&config.data_dir)?, &config)?;
         check_blob_backend(&config.data_dir, &store)?;
         // No upload is in flight before we serve, so every staging file is debris.
         let stale = store.clean_tmp(Duration::ZERO)?;
@@ -235,8 +233,7 @@ pub fn external_references(config: &Config) -> anyhow::Result<Option<Arc<dyn Ext
 /// gc` and the daemon's background task do it.
 pub fn run_gc(config: &Config, opts: &GcOptions) -> anyhow::Result<GcSummary> {
     let external = external_references(config)?;
-    let (mut index, store) = gc::open_existing(&config.data_dir, config.archive.root())?;
-    let store = store.with_backend(&config.store)?;
+    let (mut index, store) = open_existing_store(config)?;
     gc::run(
         &mut index,
         &store,
@@ -307,9 +304,7 @@ pub async fn run_import(
 ) -> anyhow::Result<crate::mirror::import::ImportReport> {
     fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
-    let store = BlobStore::open(&config.data_dir)?
-        .with_archive(config.archive.root())?
-        .with_backend(&config.store)?;
+    let store = with_configured_tiers(BlobStore::open(&config.data_dir)?, config)?;
     let barrier_store = store.clone();
     let barrier: DurabilityBarrier = Arc::new(move |pending| barrier_store.make_durable(pending));
     let index = Index::open(
@@ -396,6 +391,23 @@ pub fn sign_url_offline(
     .map_err(|e| anyhow::anyhow!("{}", e.message))
 }
 
+/// Adds the configured archive tier (a root or the bucket) and backend.
+fn with_configured_tiers(store: BlobStore, config: &Config) -> anyhow::Result<BlobStore> {
+    Ok(store
+        .with_archive(config.archive.root())?
+        .with_backend(&config.store)?
+        .with_archive_bucket(config.archive.in_bucket().then_some(&config.store))?)
+}
+
+/// The index and blob store of an existing data folder, for a lifecycle
+/// run (`gc`, `fsck`): a folder without an index is refused.
+pub fn open_existing_store(
+    config: &Config,
+) -> anyhow::Result<(crate::index::Maintenance, BlobStore)> {
+    let (index, store) = gc::open_existing(&config.data_dir, None)?;
+    Ok((index, with_configured_tiers(store, config)?))
+}
+
 /// Refuses to serve from a backend the index's blobs are not in
 /// (storage-layout.md, "S3"): switching `store.backend` is done by
 /// `media-store migrate-store`, which records the switch once every blob is
@@ -431,6 +443,12 @@ pub fn migrate_store(
     progress: bool,
 ) -> anyhow::Result<crate::lifecycle::migrate::MigrateSummary> {
     use crate::store::{Backend, StoreConfig};
+    if config.archive.in_bucket() {
+        anyhow::bail!(
+            "archive.backend = \"s3\": the bucket is the archive tier already; migrate-store \
+             moves a whole store between backends, so set archive.backend = \"local\" first"
+        );
+    }
     let from_backend = match to {
         Backend::S3 => Backend::Local,
         Backend::Local => Backend::S3,

@@ -76,9 +76,7 @@ pub fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<i32> {
 
 pub fn fsck(config: &Config, args: &FsckArgs) -> anyhow::Result<i32> {
     crate::telemetry::init_tracing(&config.log, config.log_format);
-    let (mut index, store) =
-        crate::lifecycle::gc::open_existing(&config.data_dir, config.archive.root())?;
-    let store = store.with_backend(&config.store)?;
+    let (mut index, store) = crate::app::open_existing_store(config)?;
     let opts = FsckOptions {
         repair: args.repair,
         progress: !args.json,

@@ -132,6 +132,11 @@ impl Tx<'_> {
     /// Marks the media rows using the hash as corrupt since `now_ms` (rows
     /// marked already keep their time). Returns how many were marked.
     pub fn mark_corrupt(&self, hash: &blake3::Hash, now_ms: i64) -> Result<u64> {
+        // The archive bucket no longer vouches for the content (migration 0008).
+        self.conn().execute(
+            "UPDATE blobs SET archived_at = NULL WHERE hash = ?1",
+            [hash.as_bytes()],
+        )?;
         Ok(self.conn().execute(
             "UPDATE media SET corrupt_since = ?2 WHERE hash = ?1 AND corrupt_since IS NULL",
             params![hash.as_bytes(), now_ms],

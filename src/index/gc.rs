@@ -82,7 +82,8 @@ impl Reader<'_> {
     /// (archival's progress bar).
     pub fn count_archivable(&self, cutoff_ms: i64) -> Result<u64> {
         Ok(self.conn.query_row(
-            "SELECT count(*) FROM blobs WHERE refcount > 0 AND created_at <= ?1",
+            "SELECT count(*) FROM blobs
+             WHERE refcount > 0 AND created_at <= ?1 AND archived_at IS NULL",
             [cutoff_ms],
             |r| r.get(0),
         )?)
@@ -102,6 +103,7 @@ impl Reader<'_> {
             .prepare_cached(
                 "SELECT b.hash, b.size FROM blobs b
                  WHERE b.hash > ?1 AND b.refcount > 0 AND b.created_at <= ?2
+                   AND b.archived_at IS NULL
                    AND NOT EXISTS (SELECT 1 FROM media m
                                    WHERE m.hash = b.hash AND m.uploaded_at > ?2)
                  ORDER BY b.hash LIMIT ?3",

@@ -147,6 +147,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0007_remote_blobs.sql"
         )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0008_archive_bucket.sql"
+        )),
     ])
 }
 

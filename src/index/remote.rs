@@ -127,6 +127,66 @@ impl Tx<'_> {
     }
 }
 
+impl Tx<'_> {
+    /// Records that the archive bucket holds a whole copy of the blob (its
+    /// primary copy is unlinked in the same transaction). Refused for a row
+    /// GC has claimed or forgotten meanwhile.
+    pub fn mark_archived(&self, hash: &blake3::Hash, now_ms: i64) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE blobs SET archived_at = ?2 WHERE hash = ?1 AND gc_claimed_at IS NULL",
+            params![hash.as_bytes(), now_ms],
+        )? == 1)
+    }
+
+    /// A local copy now stands for the blob (an upload installed one):
+    /// archival puts it to the bucket again later.
+    pub fn clear_archived(&self, hash: &blake3::Hash) -> Result<()> {
+        self.conn().execute(
+            "UPDATE blobs SET archived_at = NULL WHERE hash = ?1",
+            [hash.as_bytes()],
+        )?;
+        Ok(())
+    }
+}
+
+impl Reader<'_> {
+    /// Whether the archive bucket holds the blob (its object was put and
+    /// checked, and no damage was found since).
+    pub fn blob_archived(&self, hash: &blake3::Hash) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT archived_at IS NOT NULL FROM blobs WHERE hash = ?1",
+                [hash.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Whether GC has claimed the hash's row (it is deleting its copies).
+    pub fn blob_claimed(&self, hash: &blake3::Hash) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT gc_claimed_at IS NOT NULL FROM blobs WHERE hash = ?1",
+                [hash.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Blobs and bytes the archive bucket holds, by the index.
+    pub fn archived_in_bucket(&self) -> Result<(u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE archived_at IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+}
+
 /// `meta` key naming the backend the index's blobs are in (`local` when
 /// absent): set by `migrate-store` once every blob is copied and verified.
 const BACKEND_KEY: &str = "blob_backend";

@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use super::gc::{GcOptions, GcSummary, in_write_tx, millis};
 use super::report::progress;
 use crate::index::Maintenance;
-use crate::store::{ArchiveCopy, BlobStore, Pending, Tier, Unlinked, Verdict};
+use crate::index::remote::Pin;
+use crate::store::{ArchiveCopy, BlobStore, Copied, Pending, Tier, Unlinked, Verdict};
 
 /// One archival pass (a GC phase). Does nothing when the store has no archive root.
 pub fn run(
@@ -63,7 +64,11 @@ pub fn run(
             }
             continue;
         }
-        move_batch(index, store, &candidates, opts, summary)?;
+        if store.has_archive_bucket() {
+            move_batch_to_bucket(index, store, &candidates, opts, summary)?;
+        } else {
+            move_batch(index, store, &candidates, opts, summary)?;
+        }
     }
     bar.finish_and_clear();
     Ok(())
@@ -142,6 +147,72 @@ fn move_batch(
                     summary.bytes_archived += size;
                 }
                 Ok(Unlinked::Absent) => {}
+                Err(e) => summary.errors.push(e.to_string()),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A batch's move to the archive bucket (storage-layout.md, "S3 archive
+/// tier"): the hashes are pinned (GC claims no pinned row and sweeps no
+/// pinned object), each primary copy is verified and put to the bucket
+/// outside any transaction, then one write transaction records each put
+/// object as archived, unlinks its primary copy and drops the pins. A crash
+/// before that transaction leaves pins (expired by GC after
+/// `gc.tmp_max_age`) and objects the index does not count as archived: the
+/// next move puts them again, or GC sweeps them once their rows are gone.
+fn move_batch_to_bucket(
+    index: &mut Maintenance,
+    store: &BlobStore,
+    candidates: &[(blake3::Hash, u64)],
+    opts: &GcOptions,
+    summary: &mut GcSummary,
+) -> anyhow::Result<()> {
+    let pinned: Vec<(blake3::Hash, u64, i64)> = in_write_tx(index, opts, |tx| {
+        let mut pinned = Vec::with_capacity(candidates.len());
+        for (hash, size) in candidates {
+            if let Pin::Pinned { id, .. } = tx.pin_blob(hash, opts.now_ms)? {
+                pinned.push((*hash, *size, id));
+            }
+        }
+        Ok(pinned)
+    })?;
+    // Hashing is CPU work and puts wait on the network: overlap them.
+    let outcomes: Vec<_> = pinned
+        .par_iter()
+        .map(|(hash, size, _)| store.put_archive_object(hash, *size))
+        .collect();
+    in_write_tx(index, opts, |tx| {
+        for ((hash, size, pin), outcome) in pinned.iter().zip(outcomes) {
+            tx.unpin_blob(*pin)?;
+            match outcome {
+                Ok(Copied::Copied | Copied::AlreadyThere) => {}
+                Ok(Copied::SourceMissing) => continue,
+                Ok(Copied::SourceCorrupt) => {
+                    summary.errors.push(format!(
+                        "blob {} does not match its hash; not archived (run `media-store fsck`)",
+                        hash.to_hex()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    summary
+                        .errors
+                        .push(format!("cannot archive blob {}: {e}", hash.to_hex()));
+                    continue;
+                }
+            }
+            // Claims skip pinned rows: the row is missing only if GC
+            // forgot it before the pin was taken.
+            if !tx.mark_archived(hash, opts.now_ms)? {
+                continue;
+            }
+            match store.delete_primary_copy(hash) {
+                Ok(Unlinked::Removed) | Ok(Unlinked::Absent) => {
+                    summary.blobs_archived += 1;
+                    summary.bytes_archived += size;
+                }
                 Err(e) => summary.errors.push(e.to_string()),
             }
         }

@@ -164,6 +164,15 @@ pub fn scan(
     store: &BlobStore,
     opts: &FsckOptions,
 ) -> anyhow::Result<Scan> {
+    // A bucket that does not answer would make every blob in it look
+    // missing (and --repair mark its media lost): no verdict without it.
+    if store.remote_reachable() == Some(false) {
+        anyhow::bail!(
+            "the bucket ({}) does not answer: fsck cannot check the blobs there; run it again \
+             once the cluster is reachable",
+            store.describe_backend()
+        );
+    }
     let started = Instant::now();
     WriteLockUse::start(index, store);
     let mut summary = FsckSummary {

@@ -204,6 +204,21 @@ pub fn run(
     if store.is_remote() {
         super::remote::collect(index, store, opts, &mut summary)?;
         lap(&mut summary, "blobs");
+    } else if store.has_archive_bucket() {
+        // Zero-count rows may have objects: claimed, their copies deleted
+        // outside the lock, then forgotten (storage-layout.md, "S3 archive
+        // tier"); the bucket's unknown objects go the same way.
+        super::remote::collect(index, store, opts, &mut summary)?;
+        lap(&mut summary, "blobs");
+        collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
+        lap(&mut summary, "unknown_files");
+        super::archive::run(index, store, opts, &mut summary)?;
+        (summary.archive_blobs, summary.archive_bytes) = index.reader().archived_in_bucket()?;
+        if !opts.dry_run {
+            let (blobs, bytes) = (summary.archive_blobs, summary.archive_bytes);
+            index.immediate(|tx| tx.put_archive_stored(blobs, bytes, opts.now_ms))?;
+        }
+        lap(&mut summary, "archive");
     } else {
         collect_zero_count_blobs(index, store, opts, &mut summary)?;
         lap(&mut summary, "blobs");
@@ -354,8 +369,12 @@ fn collect_unknown_files(
                 match entry {
                     BlobEntry::Foreign(p) => summary.foreign_files.push(p),
                     BlobEntry::Blob(hash) => match index.reader().blob_size(&hash)? {
+                        // (An archive bucket's copies are known from the
+                        // index: no request per blob here.)
                         Some(size)
-                            if tier == Tier::Primary && store.archived_whole(&hash, size) =>
+                            if tier == Tier::Primary
+                                && !store.has_archive_bucket()
+                                && store.archived_whole(&hash, size) =>
                         {
                             redundant.push(hash)
                         }

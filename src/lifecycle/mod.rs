@@ -107,11 +107,15 @@ impl Default for GcConfig {
     }
 }
 
-/// `[archive]`: moving old blobs to a second data root (a cheaper disk),
-/// still served transparently.
+/// `[archive]`: moving old blobs to a second data root (a cheaper disk) or
+/// to a bucket (a Garage cluster), still served transparently.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
+    /// `local`: the archive tier is `root` (archival off while it is empty);
+    /// `s3`: the bucket of `[store.s3]`, below the local data folder
+    /// (storage-layout.md, "S3 archive tier").
+    pub backend: crate::store::Backend,
     /// Folder on the archive disk (gets `blobs/` and `tmp/`); empty: archival off.
     pub root: std::path::PathBuf,
     /// A blob moves once its newest upload is this many days old (0: at the
@@ -122,6 +126,7 @@ pub struct ArchiveConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
+            backend: crate::store::Backend::Local,
             root: std::path::PathBuf::new(),
             after_days: 90,
         }
@@ -134,7 +139,19 @@ impl ArchiveConfig {
         (!self.root.as_os_str().is_empty()).then_some(self.root.as_path())
     }
 
+    /// Whether the archive tier is the bucket of `[store.s3]`.
+    pub fn in_bucket(&self) -> bool {
+        self.backend == crate::store::Backend::S3
+    }
+
     pub(crate) fn validate(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        if self.in_bucket() && self.root().is_some() {
+            return Err(
+                "archive.root and archive.backend = \"s3\" exclude each other: the archive \
+                 tier is a folder or the bucket of [store.s3]"
+                    .into(),
+            );
+        }
         let Some(root) = self.root() else {
             return Ok(());
         };

@@ -188,6 +188,45 @@ fn heal(ctx: &crate::index::WriteCtx<'_>, hash: &blake3::Hash) -> Result<()> {
     Ok(())
 }
 
+/// What holds a blob's content, as seen under the index's write lock
+/// without asking the network: a local file (whole or of the wrong size),
+/// or the archive bucket, whose objects the index records (migration 0008).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Whole,
+    /// A local file of the wrong size (where, and its size).
+    Damaged(crate::store::Tier, u64),
+    Absent,
+}
+
+/// See [`Held`]. Only for a local primary (an S3 store pins and puts instead).
+pub fn held(
+    ctx: &crate::index::Tx<'_>,
+    store: &BlobStore,
+    hash: &blake3::Hash,
+    size: u64,
+) -> std::result::Result<Held, IndexError> {
+    Ok(match store.stat_local(hash) {
+        Some((_, stored)) if stored == size => Held::Whole,
+        Some((tier, stored)) => Held::Damaged(tier, stored),
+        None if store.has_archive_bucket() && ctx.blob_archived(hash)? => Held::Whole,
+        None => Held::Absent,
+    })
+}
+
+/// After a local install: the new primary copy stands for the blob, and
+/// archival puts it to the archive bucket again in time.
+pub fn installed_locally(
+    ctx: &crate::index::Tx<'_>,
+    store: &BlobStore,
+    hash: &blake3::Hash,
+) -> std::result::Result<(), IndexError> {
+    if store.has_archive_bucket() {
+        ctx.clear_archived(hash)?;
+    }
+    Ok(())
+}
+
 /// Logs and counts a recorded upload.
 fn stored(row: MediaRow, mime: &str, deduplicated: bool) -> Ingested {
     tracing::info!(
@@ -239,6 +278,20 @@ async fn pin_hash(
             Pin::Claimed => return Err(IndexError::BlobClaimed.into()),
         }
     }
+}
+
+/// With an archive bucket, GC deletes a claimed row's copies outside the
+/// write lock: an upload of that content waits until GC forgets the row (a
+/// claim that appears after this check makes the commit answer 503).
+async fn wait_unclaimed(index: &Index, hash: blake3::Hash) -> Result<()> {
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    while index.read(move |r| r.blob_claimed(&hash)).await? {
+        if std::time::Instant::now() >= deadline {
+            return Err(IndexError::BlobClaimed.into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Drops a pin whose reference did not commit (best effort: a pin left
@@ -537,6 +590,9 @@ impl MediaService {
         if self.store.is_remote() {
             return self.commit_known_remote(hash, size, mime, meta).await;
         }
+        if self.store.has_archive_bucket() {
+            wait_unclaimed(&self.index, hash).await?;
+        }
         let store = self.store.clone();
         let new = meta.into_row(hash, size, mime);
         let clock = self.clock.clone();
@@ -546,9 +602,9 @@ impl MediaService {
                 let now = clock.now_ms();
                 // Only hashed, never staged: a damaged or vanished copy cannot
                 // be healed from this upload, so the client sends the bytes.
-                let recorded = ctx.blob_size(&hash)?;
-                let stored = store.stat(&hash).map(|(_, s)| s);
-                if recorded.is_none() || stored != recorded {
+                if ctx.blob_size(&hash)? != Some(size)
+                    || held(ctx, &store, &hash, size)? != Held::Whole
+                {
                     return Err(MediaError::BlobGone);
                 }
                 if ctx.blob_refcount(&hash)? == Some(0) {
@@ -630,12 +686,16 @@ impl MediaService {
         }
         let hash = staged.hash();
         let size = staged.len();
+        if self.store.has_archive_bucket() {
+            wait_unclaimed(&self.index, hash).await?;
+        }
         // A duplicate needs no fsync: its staged copy is about to be dropped.
         // Checked again under the index writer, which alone decides.
         let store = self.store.clone();
         let staged = crate::tasks::blocking(move || -> Result<StagingFile> {
             let mut staged = staged;
-            if !store.contains(&hash) {
+            // Local files only: asking an archive bucket would cost a request.
+            if store.stat_local(&hash).is_none() {
                 staged.sync()?;
             }
             Ok(staged)
@@ -655,9 +715,9 @@ impl MediaService {
                 // Under the writer (and SQLite's write lock, which `gc` also takes),
                 // "row and file exist" cannot change before this transaction ends.
                 let count = ctx.blob_refcount(&hash)?;
-                let deduplicated = match (count, store.stat(&hash)) {
-                    (Some(_), Some((_, stored))) if stored == size => true,
-                    (Some(_), Some((tier, stored))) => {
+                let deduplicated = match (count, held(ctx, &store, &hash, size)?) {
+                    (Some(_), Held::Whole) => true,
+                    (Some(_), Held::Damaged(tier, stored)) => {
                         // "Exists" is not "whole": keep the new, verified bytes
                         // in place of the damaged copy, which is kept aside.
                         tracing::error!(
@@ -682,6 +742,7 @@ impl MediaService {
                     staged.sync()?;
                     let pending = store.install(staged, &hash)?;
                     ctx.require_durable(pending);
+                    installed_locally(ctx, &store, &hash)?;
                 }
                 ctx.add_blob_ref(&hash, size, now)?;
                 let row = record(ctx, adoption, &new, now)?;

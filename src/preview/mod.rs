@@ -25,6 +25,7 @@ use crate::clock::SharedClock;
 use crate::error::{Classify, ErrorKind};
 use crate::index::renditions::RenditionBlob;
 use crate::index::{Index, IndexError, Layout, MediaRow};
+use crate::media::Held;
 use crate::store::{BlobStore, StagingFile, StoreError};
 
 pub use media_preview::{Fit, OutputFormat, VariantSpec};
@@ -538,7 +539,7 @@ impl PreviewService {
                 // own source would keep it alive forever.
                 return Ok(None);
             }
-            if !store.is_remote() && !store.contains(&staged.hash()) {
+            if !store.is_remote() && store.stat_local(&staged.hash()).is_none() {
                 staged.sync()?;
             }
             Ok(Some((
@@ -573,20 +574,21 @@ impl PreviewService {
                 // The upload's rule (write protocol step 4): deduplicated only
                 // when row and file of the right size exist, else installed.
                 let count = ctx.blob_refcount(&hash)?;
-                let whole = store.stat(&hash).is_some_and(|(_, s)| s == size);
-                if count.is_some() && whole {
+                let held = crate::media::held(ctx, &store, &hash, size)?;
+                if count.is_some() && held == Held::Whole {
                     if count == Some(0) {
                         ctx.require_durable(store.entry(&hash));
                     }
                     drop(staged);
                 } else {
-                    if store.contains(&hash) {
+                    if let Held::Damaged(..) = held {
                         store.quarantine(&hash, now)?;
                     }
                     let mut staged = staged;
                     staged.sync()?;
                     let pending = store.install(staged, &hash)?;
                     ctx.require_durable(pending);
+                    crate::media::installed_locally(ctx, &store, &hash)?;
                 }
                 let blob = RenditionBlob {
                     hash,

@@ -202,6 +202,11 @@ pub struct BlobStore {
     /// With `[store] backend = "s3"`: the bucket holding every blob; the
     /// primary root then keeps only staging files (and the index beside it).
     remote: Option<std::sync::Arc<s3::S3Blobs>>,
+    /// With `[archive] backend = "s3"`: the archive tier is a bucket. Blobs
+    /// live in the primary root until archival puts them there and unlinks
+    /// the primary copy; reads fall back to the bucket (storage-layout.md,
+    /// "S3 archive tier").
+    cold: Option<std::sync::Arc<s3::S3Blobs>>,
     /// Hashing and syncing done through this store and its clones.
     work: std::sync::Arc<Work>,
 }
@@ -414,6 +419,7 @@ impl BlobStore {
             archive: None,
             durable: DurableFolders::default(),
             remote: None,
+            cold: None,
             work: Default::default(),
         })
     }
@@ -435,6 +441,7 @@ impl BlobStore {
             archive: None,
             durable: DurableFolders::default(),
             remote: None,
+            cold: None,
             work: Default::default(),
         })
     }
@@ -448,6 +455,29 @@ impl BlobStore {
             self.remote = None;
             return Ok(self);
         }
+        self.remote = Some(std::sync::Arc::new(self.open_bucket(config)?));
+        Ok(self)
+    }
+
+    /// Makes the bucket of `[store.s3]` the archive tier (`[archive] backend
+    /// = "s3"`) below a local primary; `None` leaves it off.
+    pub fn with_archive_bucket(mut self, config: Option<&StoreConfig>) -> Result<Self> {
+        self.cold = match config {
+            Some(config) => {
+                if self.archive.is_some() || config.backend == Backend::S3 {
+                    return Err(StoreError::Config(
+                        "an archive bucket needs a local primary and no archive root".into(),
+                    ));
+                }
+                Some(std::sync::Arc::new(self.open_bucket(config)?))
+            }
+            None => None,
+        };
+        Ok(self)
+    }
+
+    /// Opens the bucket of `[store.s3]` and checks it is this store's.
+    fn open_bucket(&self, config: &StoreConfig) -> Result<s3::S3Blobs> {
         let remote = s3::S3Blobs::open(&config.s3)?;
         match remote.read_marker()? {
             Some(id) if id == self.id => {}
@@ -467,8 +497,7 @@ impl BlobStore {
             }
             None => remote.write_marker(&self.id)?,
         }
-        self.remote = Some(std::sync::Arc::new(remote));
-        Ok(self)
+        Ok(remote)
     }
 
     /// Whether blobs live in a network store (S3), where nothing may be
@@ -477,17 +506,37 @@ impl BlobStore {
         self.remote.is_some()
     }
 
-    /// Whether the network store answers; `None` for a local store.
-    pub fn remote_reachable(&self) -> Option<bool> {
-        self.remote.as_ref().map(|r| r.reachable())
+    /// Whether the archive tier is a bucket below a local primary.
+    pub fn has_archive_bucket(&self) -> bool {
+        self.cold.is_some()
     }
 
-    /// `local`, or `s3` with its endpoint/bucket/prefix (for `/healthz`).
+    /// The bucket this store uses, as its backend or as its archive tier.
+    fn bucket(&self) -> Option<&s3::S3Blobs> {
+        self.remote.as_deref().or(self.cold.as_deref())
+    }
+
+    /// Whether the network store (backend or archive bucket) answers; `None`
+    /// when the store uses none.
+    pub fn remote_reachable(&self) -> Option<bool> {
+        self.bucket().map(|r| r.reachable())
+    }
+
+    /// `local`, or `s3` with its endpoint/bucket/prefix (for `/healthz`);
+    /// an archive bucket is named after the local primary.
     pub fn describe_backend(&self) -> String {
-        match &self.remote {
-            None => "local".to_owned(),
-            Some(r) => format!("s3 {}", r.location),
+        match (&self.remote, &self.cold) {
+            (Some(r), _) => format!("s3 {}", r.location),
+            (None, Some(c)) => format!("local, archive s3 {}", c.location),
+            (None, None) => "local".to_owned(),
         }
+    }
+
+    /// Whether downloads of this blob come from the bucket: every blob of an
+    /// S3 store, and blobs of an archive bucket that have no local copy.
+    /// Blocking (a file lookup).
+    pub fn served_from_bucket(&self, hash: &blake3::Hash) -> bool {
+        self.is_remote() || (self.cold.is_some() && !self.primary.blob(hash).is_file())
     }
 
     /// Uploads a staged blob to the network store and checks what the store
@@ -507,16 +556,20 @@ impl BlobStore {
         ttl: Duration,
         response_headers: &[(&str, String)],
     ) -> Result<String> {
-        self.remote_store()?.presign(hash, ttl, response_headers)
+        self.bucket()
+            .ok_or_else(|| StoreError::Config("no bucket to presign from".into()))?
+            .presign(hash, ttl, response_headers)
     }
 
-    /// Every object of the network store: pages of (entry, size, last
-    /// modified in Unix ms), in key order.
+    /// Every object of the bucket (the S3 backend, or the archive bucket):
+    /// pages of (entry, size, last modified in Unix ms), in key order.
     pub fn list_remote<E: From<StoreError>>(
         &self,
         f: impl FnMut(Vec<(BlobEntry, u64, i64)>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.remote_store()?.list(f)
+        self.bucket()
+            .ok_or_else(|| StoreError::Config("no bucket to list".into()))?
+            .list(f)
     }
 
     /// `local` or `s3`: the name `migrate-store` records in the index.
@@ -650,8 +703,9 @@ impl BlobStore {
         Ok(ArchiveInit::Initialised)
     }
 
+    /// Whether the store has an archive tier (a root or a bucket).
     pub fn has_archive(&self) -> bool {
-        self.archive.is_some()
+        self.archive.is_some() || self.cold.is_some()
     }
 
     /// Whether each root can be written: (primary, archive if any).
@@ -757,6 +811,13 @@ impl BlobStore {
         [Tier::Primary, Tier::Archive]
             .into_iter()
             .find(|t| self.root(*t).is_some_and(|r| r.blob(hash).is_file()))
+            .or_else(|| self.cold_head(hash).map(|_| Tier::Archive))
+    }
+
+    /// The archive bucket's size and last modification of the blob's object
+    /// (`None` without an archive bucket, or when it cannot say).
+    fn cold_head(&self, hash: &blake3::Hash) -> Option<(u64, i64)> {
+        self.cold.as_ref()?.head(hash).ok().flatten()
     }
 
     pub fn contains(&self, hash: &blake3::Hash) -> bool {
@@ -772,6 +833,17 @@ impl BlobStore {
                 .ok()
                 .flatten()
                 .map(|(s, _)| (Tier::Primary, s));
+        }
+        self.stat_local(hash)
+            .or_else(|| self.cold_head(hash).map(|(size, _)| (Tier::Archive, size)))
+    }
+
+    /// [`BlobStore::stat`] of the local roots only: no network request, so
+    /// it may run under the index's write lock (an archive bucket's objects
+    /// are known from the index there).
+    pub fn stat_local(&self, hash: &blake3::Hash) -> Option<(Tier, u64)> {
+        if self.is_remote() {
+            return self.stat(hash);
         }
         [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
             let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
@@ -805,10 +877,16 @@ impl BlobStore {
             let (size, modified) = remote.head(hash).ok().flatten()?;
             return Some((Tier::Primary, modified as u64, size));
         }
-        [Tier::Primary, Tier::Archive].into_iter().find_map(|t| {
-            let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
-            meta.is_file().then_some((t, file_id(&meta), meta.len()))
-        })
+        [Tier::Primary, Tier::Archive]
+            .into_iter()
+            .find_map(|t| {
+                let meta = fs::metadata(self.root(t)?.blob(hash)).ok()?;
+                meta.is_file().then_some((t, file_id(&meta), meta.len()))
+            })
+            .or_else(|| {
+                let (size, modified) = self.cold_head(hash)?;
+                Some((Tier::Archive, modified as u64, size))
+            })
     }
 
     /// Whether the primary root holds a file for this blob.
@@ -837,7 +915,7 @@ impl BlobStore {
     /// engine hands videos and PDFs to ffmpeg and pdftoppm by name). Never
     /// written through; `NotFound` when neither root holds the blob.
     pub fn read_path(&self, hash: &blake3::Hash) -> io::Result<PathBuf> {
-        if self.is_remote() {
+        if self.served_from_bucket(hash) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "an S3 blob has no file name; use local_copy",
@@ -855,11 +933,14 @@ impl BlobStore {
     /// needs a file name: the blob's own file on disk, or for S3 a download
     /// into a staging file, removed when the copy is dropped. Blocking.
     pub fn local_copy(&self, hash: &blake3::Hash) -> io::Result<LocalCopy> {
-        let Some(remote) = &self.remote else {
-            return Ok(LocalCopy {
-                path: self.read_path(hash)?,
-                _staged: None,
-            });
+        let remote = match self.bucket() {
+            Some(bucket) if self.served_from_bucket(hash) => bucket,
+            _ => {
+                return Ok(LocalCopy {
+                    path: self.read_path(hash)?,
+                    _staged: None,
+                });
+            }
         };
         let mut staged = self.stage().map_err(io::Error::other)?;
         remote.download(hash, &mut staged)?;
@@ -875,7 +956,14 @@ impl BlobStore {
             return remote.read_whole(hash, len);
         }
         let mut buf = vec![0; len as usize];
-        self.open_file(hash)?.read_exact(&mut buf)?;
+        match self.open_file(hash) {
+            Ok(mut file) => file.read_exact(&mut buf)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match &self.cold {
+                Some(cold) => return cold.read_whole(hash, len),
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
         Ok(buf)
     }
 
@@ -896,7 +984,15 @@ impl BlobStore {
             }
             return remote.open_stream(hash, Some(start..start + len));
         }
-        let mut file = self.open_file(hash)?;
+        let mut file = match (self.open_file(hash), &self.cold) {
+            (Err(e), Some(cold)) if e.kind() == io::ErrorKind::NotFound => {
+                if len == 0 {
+                    return Ok(Box::pin(futures_util::stream::empty()));
+                }
+                return cold.open_stream(hash, Some(start..start + len));
+            }
+            (file, _) => file?,
+        };
         file.seek(SeekFrom::Start(start))?;
         let file = tokio::fs::File::from_std(file).take(len);
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
@@ -920,6 +1016,7 @@ impl BlobStore {
             Some(remote) => remote.open_stream(hash, None)?,
             None => self.open_range(hash, 0, size, chunk)?,
         };
+        // (An archive bucket's object is opened by open_range's fallback.)
         Ok(Box::pin(VerifiedStream {
             inner,
             hasher: blake3::Hasher::new(),
@@ -939,8 +1036,11 @@ impl BlobStore {
     /// The path of the blob's file in a root, for operators' reports (dry
     /// runs, fsck); never to be opened by callers.
     pub fn describe(&self, tier: Tier, hash: &blake3::Hash) -> String {
-        if let Some(remote) = &self.remote {
-            return format!("s3 {}", remote.key(hash));
+        match (&self.remote, &self.cold, tier) {
+            (Some(bucket), _, _) | (None, Some(bucket), Tier::Archive) => {
+                return format!("s3 {}", bucket.key(hash));
+            }
+            _ => {}
         }
         self.root(tier)
             .map(|r| r.blob(hash).display().to_string())
@@ -960,9 +1060,14 @@ impl BlobStore {
                 verdict => (verdict, Some(Tier::Primary)),
             };
         }
-        match self.locate(hash) {
-            None => (Verdict::Missing, None),
-            Some(tier) => (self.verify_copy(tier, hash, size), Some(tier)),
+        match (self.stat_local(hash), &self.cold) {
+            (Some((tier, _)), _) => (self.verify_copy(tier, hash, size), Some(tier)),
+            // One GET, as above.
+            (None, Some(cold)) => match cold.verify(hash, size) {
+                Verdict::Missing => (Verdict::Missing, None),
+                verdict => (verdict, Some(Tier::Archive)),
+            },
+            (None, None) => (Verdict::Missing, None),
         }
     }
 
@@ -988,9 +1093,18 @@ impl BlobStore {
                 Tier::Archive => Ok(()),
             };
         }
-        match self.root(tier) {
-            Some(root) => walk_blobs(&root.blobs, on_shard, f),
-            None => Ok(()),
+        match (self.root(tier), &self.cold) {
+            (Some(root), _) => walk_blobs(&root.blobs, on_shard, f),
+            (None, Some(cold)) if tier == Tier::Archive => {
+                let mut f = f;
+                cold.list(|page| {
+                    f(page
+                        .into_iter()
+                        .map(|(e, _, modified)| (e, Some(modified)))
+                        .collect())
+                })
+            }
+            (None, _) => Ok(()),
         }
     }
 
@@ -1011,18 +1125,28 @@ impl BlobStore {
         if let Some(remote) = &self.remote {
             return remote.head(hash).ok().flatten();
         }
+        if tier == Tier::Archive && self.cold.is_some() {
+            return self.cold_head(hash);
+        }
         let path = self.root(tier)?.blob(hash);
         let meta = fs::symlink_metadata(&path).ok()?;
         Some((meta.len(), mtime_ms(&path)?))
     }
 
-    /// Deletes every copy of a blob (both roots). Returns how many files went.
-    /// Callers decide under the index's write lock that the blob is garbage.
+    /// Deletes every copy of a blob (both roots, or the primary copy and the
+    /// archive bucket's object). Returns how many copies went. Callers decide
+    /// that the blob is garbage: under the index's write lock for files, by
+    /// a claim for objects (storage-layout.md, "S3").
     pub fn delete(&self, hash: &blake3::Hash) -> Result<u64> {
         if let Some(remote) = &self.remote {
             return Ok(u64::from(remote.delete(hash)? == Unlinked::Removed));
         }
         let mut removed = 0;
+        if let Some(cold) = &self.cold {
+            // The object first: a failure leaves the claim and the primary
+            // copy for the next run.
+            removed += u64::from(cold.delete(hash)? == Unlinked::Removed);
+        }
         for root in std::iter::once(&self.primary).chain(&self.archive) {
             if unlink(&root.blob(hash))? == Unlinked::Removed {
                 removed += 1;
@@ -1035,6 +1159,9 @@ impl BlobStore {
     pub fn delete_unknown(&self, tier: Tier, hash: &blake3::Hash) -> Result<Unlinked> {
         if let Some(remote) = &self.remote {
             return remote.delete(hash);
+        }
+        if let (Tier::Archive, Some(cold)) = (tier, &self.cold) {
+            return cold.delete(hash);
         }
         match self.root(tier) {
             Some(root) => unlink(&root.blob(hash)),
@@ -1070,6 +1197,9 @@ impl BlobStore {
                 Tier::Archive => Ok(None),
             };
         }
+        if let (Tier::Archive, Some(cold)) = (tier, &self.cold) {
+            return cold.quarantine(hash, now_ms);
+        }
         let Some((moved, pending)) = self.quarantine_copy_unsynced(tier, hash, now_ms)? else {
             return Ok(None);
         };
@@ -1087,7 +1217,7 @@ impl BlobStore {
         hash: &blake3::Hash,
         now_ms: i64,
     ) -> Result<Option<(String, Pending)>> {
-        if self.is_remote() {
+        if self.is_remote() || (tier == Tier::Archive && self.cold.is_some()) {
             return Ok(self
                 .quarantine_copy(tier, hash, now_ms)?
                 .map(|moved| (moved, Pending::default())));
@@ -1124,9 +1254,10 @@ impl BlobStore {
                 Tier::Archive => Verdict::Missing,
             };
         }
-        match self.root(tier) {
-            Some(root) => verify_file(&root.blob(hash), size, hash, &self.work),
-            None => Verdict::Missing,
+        match (self.root(tier), &self.cold) {
+            (Some(root), _) => verify_file(&root.blob(hash), size, hash, &self.work),
+            (None, Some(cold)) if tier == Tier::Archive => cold.verify(hash, size),
+            (None, _) => Verdict::Missing,
         }
     }
 
@@ -1179,6 +1310,9 @@ impl BlobStore {
                 Tier::Archive => None,
             };
         }
+        if tier == Tier::Archive && self.cold.is_some() {
+            return self.cold_head(hash).map(|(_, modified)| modified as u64);
+        }
         let meta = fs::metadata(self.root(tier)?.blob(hash)).ok()?;
         meta.is_file().then_some(file_id(&meta))
     }
@@ -1189,6 +1323,9 @@ impl BlobStore {
     /// are only ever created by renaming a hash-verified, durable copy (A1),
     /// so a file of the right size there is the content.
     pub fn archived_whole(&self, hash: &blake3::Hash, size: u64) -> bool {
+        if self.cold.is_some() {
+            return self.cold_head(hash).is_some_and(|(s, _)| s == size);
+        }
         self.archive
             .as_ref()
             .and_then(|a| fs::metadata(a.blob(hash)).ok())
@@ -1231,6 +1368,25 @@ impl BlobStore {
         staged.sync_as("archive-copy-sync")?;
         self.work.add_syncs(1);
         Ok(ArchiveCopy::Staged(Box::new(staged)))
+    }
+
+    /// A move to the archive bucket, step 1 (storage-layout.md, "S3 archive
+    /// tier"): verifies the primary copy's hash and size, then puts it to
+    /// the bucket (which checks the size it reports). The caller holds a pin
+    /// on the hash and unlinks the primary copy once this returned `Ok`.
+    pub fn put_archive_object(&self, hash: &blake3::Hash, size: u64) -> Result<Copied> {
+        let cold = self
+            .cold
+            .as_ref()
+            .ok_or_else(|| StoreError::Config("is a bug: no archive bucket".into()))?;
+        let path = self.primary.blob(hash);
+        match verify_file(&path, size, hash, &self.work) {
+            Verdict::Ok => {}
+            Verdict::Missing => return Ok(Copied::SourceMissing),
+            Verdict::Corrupt | Verdict::Unreachable => return Ok(Copied::SourceCorrupt),
+        }
+        cold.put_file(&path, size, hash)?;
+        Ok(Copied::Copied)
     }
 
     /// Step 1b: renames staged archive copies (each already made durable by

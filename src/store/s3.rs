@@ -120,10 +120,20 @@ impl StoreConfig {
         if self.backend != Backend::S3 {
             return Ok(());
         }
-        let s3 = &self.s3;
+        self.s3.validate()
+    }
+}
+
+impl S3Config {
+    /// Checks the bucket settings (when a bucket is used: `store.backend`
+    /// or `archive.backend` is `s3`).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let s3 = self;
         if s3.endpoint.is_empty() || s3.bucket.is_empty() {
             return Err(
-                "store.backend = \"s3\" needs store.s3.endpoint and store.s3.bucket".into(),
+                "a bucket (store.backend or archive.backend = \"s3\") needs store.s3.endpoint \
+                 and store.s3.bucket"
+                    .into(),
             );
         }
         if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {

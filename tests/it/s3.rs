@@ -48,6 +48,34 @@ fn object_key(hash: &blake3::Hash) -> object_store::path::Path {
     object_store::path::Path::from(format!("media/blobs/{}", rel.display()))
 }
 
+/// A blob's bytes as a reader finds them, read straight from the disk and
+/// the bucket (not through the daemon's code): the local copy under the
+/// data folder, else the bucket's object (archival puts the object before
+/// it unlinks the local copy).
+async fn stored_blob(
+    data: &std::path::Path,
+    bucket: &S3Bucket,
+    hash: &blake3::Hash,
+) -> Option<bytes::Bytes> {
+    let local = data
+        .join("blobs")
+        .join(media_store::store::blob_relative_path(hash));
+    match std::fs::read(local) {
+        Ok(bytes) => Some(bytes.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => object(bucket, hash).await,
+        Err(e) => panic!("reading a blob file: {e}"),
+    }
+}
+
+/// `[store]` and `[archive]` TOML for an archive bucket below a local
+/// primary (`archive.backend = "s3"`), archiving at the next GC.
+fn archive_bucket_toml(bucket: &S3Bucket, keys: &std::path::Path) -> String {
+    format!(
+        "{}\n[archive]\nbackend = \"s3\"\nafter_days = 0\n",
+        store_toml(bucket, keys, "").replace("backend = \"s3\"", "backend = \"local\"")
+    )
+}
+
 /// The object a blob is kept as, read straight from the bucket (not through
 /// the daemon's code): `None` when there is none.
 async fn object(bucket: &S3Bucket, hash: &blake3::Hash) -> Option<bytes::Bytes> {
@@ -224,34 +252,46 @@ async fn uploads_and_downloads_through_s3_keep_every_behaviour() {
 /// media row's object exists and hashes right (teardown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_racing_uploads_on_s3_never_loses_an_object() {
-    const UPLOADERS: u64 = 4;
-    const GC_ROUNDS: u64 = 1000;
     let bucket = shared_bucket().await;
     let keys = tempfile::tempdir().unwrap();
-    let toml = store_toml(&bucket, keys.path(), "");
+    race_gc_against_uploads(&bucket, &store_toml(&bucket, keys.path(), ""), 1000).await;
+}
+
+/// The same race with an archive bucket below a local primary: every GC
+/// round also archives what the uploads just stored (archive.after_days =
+/// 0), so blobs move to the bucket, are deduplicated against there, and are
+/// claimed and deleted from both places while uploads of the same content
+/// go on (storage-layout.md, "S3 archive tier").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_and_archival_racing_uploads_with_an_archive_bucket_never_lose_a_blob() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    race_gc_against_uploads(&bucket, &archive_bucket_toml(&bucket, keys.path()), 300).await;
+}
+
+/// GC rounds (grace 0, archival on) against 4 uploaders of 3 shared contents
+/// that delete each upload at once; after every 201 the content is read back
+/// as a reader would (the local copy, else the bucket's object) and must
+/// hash right; at teardown every media row's blob is checked.
+async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) {
+    const UPLOADERS: u64 = 4;
     let app = TestApp::start_with(&format!("{toml}\n[preview]\nprobe = false\n")).await;
-    let config = store_config(&toml);
+    let config = config_in(&app.data, toml);
     let contents: Arc<Vec<Vec<u8>>> = Arc::new((0..3).map(|i| unique_png(500 + i)).collect());
     let done = Arc::new(AtomicBool::new(false));
     let uploaded = Arc::new(AtomicU64::new(0));
     let collected = Arc::new(AtomicU64::new(0));
 
     let gc_task = {
-        let (data, done, collected, uploaded) = (
-            app.data.clone(),
-            done.clone(),
-            collected.clone(),
-            uploaded.clone(),
-        );
+        let (done, collected, uploaded) = (done.clone(), collected.clone(), uploaded.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let (mut conn, store) = gc::open_existing(&data, None).unwrap();
-            let store = store.with_backend(&config).unwrap();
+            let (mut conn, store) = media_store::app::open_existing_store(&config).unwrap();
             for round in 0u64.. {
                 let raced_enough = uploaded.load(Ordering::Relaxed) >= 500
                     && collected.load(Ordering::Relaxed) >= 50;
-                if (round >= GC_ROUNDS && raced_enough)
-                    || round >= 5 * GC_ROUNDS
+                if (round >= gc_rounds && raced_enough)
+                    || round >= 5 * gc_rounds
                     || started.elapsed() > Duration::from_secs(300)
                 {
                     break;
@@ -274,11 +314,12 @@ async fn gc_racing_uploads_on_s3_never_loses_an_object() {
     let mut uploaders = Vec::new();
     for u in 0..UPLOADERS {
         let (client, base) = (app.client.clone(), app.base.clone());
-        let (contents, done, uploaded, bucket) = (
+        let (contents, done, uploaded, bucket, data) = (
             contents.clone(),
             done.clone(),
             uploaded.clone(),
             bucket.clone(),
+            app.data.clone(),
         );
         uploaders.push(tokio::spawn(async move {
             let (mut n, mut dedup) = (0u64, 0u64);
@@ -300,10 +341,10 @@ async fn gc_racing_uploads_on_s3_never_loses_an_object() {
                 n += 1;
                 uploaded.fetch_add(1, Ordering::Relaxed);
                 dedup += u64::from(v["deduplicated"] == true);
-                // Our row holds a reference: the object must be there, whole, now.
-                let stored = object(&bucket, &blake3::hash(content))
+                // Our row holds a reference: the blob must be there, whole, now.
+                let stored = stored_blob(&data, &bucket, &blake3::hash(content))
                     .await
-                    .unwrap_or_else(|| panic!("object lost after a 201 ({v})"));
+                    .unwrap_or_else(|| panic!("blob lost after a 201 ({v})"));
                 assert_eq!(
                     blake3::hash(&stored),
                     blake3::hash(content),
@@ -624,6 +665,202 @@ fn config_in(data: &std::path::Path, toml: &str) -> media_store::config::Config 
         listen: None,
     };
     media_store::config::Config::from_parts(toml, &Default::default(), &overrides).unwrap()
+}
+
+/// One GC run (archival included, grace 0) on a test daemon's data folder,
+/// with the tiers its config names.
+async fn gc_in(data: &std::path::Path, toml: &str) -> gc::GcSummary {
+    let config = config_in(data, toml);
+    tokio::task::spawn_blocking(move || {
+        let (mut index, store) = media_store::app::open_existing_store(&config).unwrap();
+        gc::run(
+            &mut index,
+            &store,
+            &Default::default(),
+            &gc_now(Duration::ZERO),
+            None,
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// fsck (no repair) of a test daemon's data folder, with its tiers.
+async fn fsck_in(data: &std::path::Path, toml: &str) -> fsck::FsckSummary {
+    let config = config_in(data, toml);
+    tokio::task::spawn_blocking(move || {
+        let (mut index, store) = media_store::app::open_existing_store(&config).unwrap();
+        let opts = FsckOptions {
+            repair: false,
+            progress: false,
+            now_ms: 0,
+        };
+        fsck::run(&mut index, &store, &opts).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue #13 point 5: recent media on the local disk, media older than
+/// `archive.after_days` moved to the cluster by GC and served transparently
+/// (streamed with Range, ETag/304 and HEAD, or redirected to a presigned
+/// GET), deduplicated against, collected from the bucket once unreferenced,
+/// checked by fsck, and healed by an upload when the object is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_archive_bucket_holds_old_blobs_below_a_local_primary() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = archive_bucket_toml(&bucket, keys.path());
+    let app = TestApp::start_with(&toml).await;
+    let (status, health) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["checks"]["s3"], "ok", "{health}");
+    assert!(
+        health["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("local, archive s3 "),
+        "{health}"
+    );
+
+    let small = unique_png(41);
+    let big = big_png(11 << 20, 42);
+    let a = upload_ok(&app.client, &app.base, 1, small.clone()).await;
+    let b = upload_ok(&app.client, &app.base, 1, big.clone()).await;
+    let local = |content: &[u8]| {
+        app.data
+            .join("blobs")
+            .join(media_store::store::blob_relative_path(&blake3::hash(
+                content,
+            )))
+    };
+    assert!(local(&small).is_file() && local(&big).is_file());
+    assert_eq!(object(&bucket, &blake3::hash(&small)).await, None);
+
+    // GC moves both: objects whole in the bucket, local copies gone.
+    let summary = gc_in(&app.data, &toml).await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.blobs_archived, 2, "{summary:?}");
+    assert_eq!(summary.archive_blobs, 2, "{summary:?}");
+    for content in [&small, &big] {
+        assert!(!local(content).exists());
+        assert_eq!(
+            object(&bucket, &blake3::hash(content)).await.unwrap(),
+            content[..]
+        );
+    }
+
+    // Served from the bucket through the daemon, every behaviour kept.
+    let id_b = b["id"].as_i64().unwrap();
+    assert_eq!(download(&app.client, &app.base, id_b).await, big);
+    let url = signed_url(&app.client, &app.base, id_b, json!({})).await;
+    let ranged = app
+        .client
+        .get(&url)
+        .header("range", "bytes=100-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    let etag = header(&ranged, "etag").to_owned();
+    assert_eq!(ranged.bytes().await.unwrap(), big[100..2000]);
+    let cached = app
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    let head = app.client.head(&url).send().await.unwrap();
+    assert_eq!(header(&head, "content-length"), big.len().to_string());
+    assert_eq!(
+        download(&app.client, &app.base, a["id"].as_i64().unwrap()).await,
+        small
+    );
+
+    // The same content again is deduplicated against the bucket: no new
+    // local copy. New content stays local until archived.
+    let again = upload_ok(&app.client, &app.base, 2, small.clone()).await;
+    assert_eq!(again["deduplicated"], true, "{again}");
+    assert!(!local(&small).exists());
+    let fresh = unique_png(43);
+    let c = upload_ok(&app.client, &app.base, 2, fresh.clone()).await;
+
+    // fsck sees every blob whole, wherever it is; an unknown object is listed.
+    bucket
+        .store()
+        .put(
+            &object_key(&blake3::hash(b"stray")),
+            b"stray".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let checked = fsck_in(&app.data, &toml).await;
+    assert!(
+        checked.missing.is_empty() && checked.corrupt.is_empty(),
+        "{checked:?}"
+    );
+    assert_eq!(checked.blobs_checked, 3, "{checked:?}");
+    assert_eq!(checked.blobs_archived, 2, "{checked:?}");
+    assert_eq!(checked.orphan_files.len(), 1, "{checked:?}");
+
+    // An archived object lost behind the daemon's back: 410, never 500;
+    // the next upload of the content installs a local copy again.
+    bucket
+        .store()
+        .delete(&object_key(&blake3::hash(&big)))
+        .await
+        .unwrap();
+    let resp = app.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 410);
+    let healed = upload_ok(&app.client, &app.base, 1, big.clone()).await;
+    assert_eq!(healed["deduplicated"], false, "{healed}");
+    assert!(local(&big).is_file());
+    assert_eq!(download(&app.client, &app.base, id_b).await, big);
+
+    // Unreferenced: GC deletes the object and the row (and the stray
+    // object, past its grace); the rest stays.
+    for v in [&a, &again] {
+        assert_eq!(
+            delete_media(&app.client, &app.base, v["id"].as_i64().unwrap()).await,
+            204
+        );
+    }
+    let summary = gc_in(&app.data, &toml).await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.blobs_deleted, 1, "{summary:?}");
+    assert_eq!(summary.unknown_files_deleted, 1, "{summary:?}");
+    assert_eq!(object(&bucket, &blake3::hash(&small)).await, None);
+    assert_eq!(object(&bucket, &blake3::hash(b"stray")).await, None);
+    // The healed and the fresh content were archived by that run.
+    assert_eq!(summary.blobs_archived, 2, "{summary:?}");
+    assert_eq!(object(&bucket, &blake3::hash(&big)).await.unwrap(), big);
+    let data = app.data.clone();
+    app.stop().await;
+
+    // serve.s3_redirect: archived blobs redirect to a presigned GET of the
+    // object; a blob with a local copy is streamed by the daemon.
+    let app = TestApp::start_in(&data, &format!("{toml}\n[serve]\ns3_redirect = true\n")).await;
+    let recent = upload_ok(&app.client, &app.base, 3, unique_png(44)).await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = signed_url(&app.client, &app.base, c["id"].as_i64().unwrap(), json!({})).await;
+    let resp = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let got = reqwest::get(header(&resp, "location")).await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), fresh);
+    let url = signed_url(
+        &app.client,
+        &app.base,
+        recent["id"].as_i64().unwrap(),
+        json!({}),
+    )
+    .await;
+    assert_eq!(no_follow.get(&url).send().await.unwrap().status(), 200);
 }
 
 /// `media-store migrate-store`: every blob copied to the bucket, verified;

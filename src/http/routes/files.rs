@@ -253,12 +253,12 @@ pub async fn download_file(
             StatusCode::OK | StatusCode::PARTIAL_CONTENT
         )
         && state.settings().serve.s3_redirect
-        && state.media().store().is_remote()
+        && served_from_bucket(&state, &row).await
     {
         return redirect_to_bucket(&state, &row, &grant, &prepared.headers).await;
     }
     let mut prepared = prepared;
-    if prepared.headers.contains_key(X_ACCEL_REDIRECT) && state.media().store().is_remote() {
+    if prepared.headers.contains_key(X_ACCEL_REDIRECT) && served_from_bucket(&state, &row).await {
         let target = bucket_accel_target(&state, &row, &prepared.headers).await?;
         put(&mut prepared.headers, X_ACCEL_REDIRECT.clone(), &target);
     }
@@ -305,6 +305,20 @@ pub async fn download_file(
 }
 
 const X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
+
+/// Whether the row's blob is read from a bucket (an S3 store, or an archive
+/// bucket holding it without a local copy): then a redirect or nginx goes
+/// to the bucket, not to a file.
+async fn served_from_bucket(state: &HttpState, row: &Media) -> bool {
+    let store = state.media().store().clone();
+    if store.is_remote() || !store.has_archive_bucket() {
+        return store.is_remote();
+    }
+    let hash = row.hash;
+    crate::tasks::blocking(move || store.served_from_bucket(&hash))
+        .await
+        .unwrap_or(false)
+}
 
 /// Where nginx fetches an S3 blob (`serve.nginx_accel` with the S3 backend):
 /// `/_s3/` then a presigned GET's path and query (valid 60 s, with the type

@@ -184,8 +184,11 @@ pub fn s3_consistency_problems(
 fn s3_problems(data: &Path, config: &media_store::store::StoreConfig) -> Vec<String> {
     let idx = index(data);
     let mut problems = Vec::new();
+    // `store.backend = "local"` with an S3 config: an archive bucket.
+    let archive_bucket = config.backend == media_store::store::Backend::Local;
     let store = media_store::store::BlobStore::open_existing(data)
         .and_then(|s| s.with_backend(config))
+        .and_then(|s| s.with_archive_bucket(archive_bucket.then_some(config)))
         .expect("the S3 store opens at teardown");
     type Row = ([u8; 32], u64, i64, i64, Option<i64>);
     let rows: Vec<Row> = idx
@@ -231,6 +234,24 @@ fn s3_problems(data: &Path, config: &media_store::store::StoreConfig) -> Vec<Str
         .unwrap();
     if pins > 0 {
         problems.push(format!("{pins} upload pins left after the daemon stopped"));
+    }
+    // I1: whatever is under the local blobs/ is whole, known or not.
+    problems.extend(partial_blob_files(blob_files(data)));
+    problems
+}
+
+/// The files among `files` (under a blobs/) whose bytes do not hash to their name.
+fn partial_blob_files(files: impl IntoIterator<Item = std::path::PathBuf>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for file in files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        if blake3::hash(&bytes).to_hex().as_str() != name {
+            problems.push(format!(
+                "partial or corrupt file under blobs/: {}",
+                file.display()
+            ));
+        }
     }
     problems
 }
@@ -310,18 +331,10 @@ fn consistency_problems_in(
         ));
     }
     // I1 and A1: whatever is under either blobs/ is whole, whether known or not.
-    for file in blob_files(data)
-        .into_iter()
-        .chain(archive.map(blob_files).unwrap_or_default())
-    {
-        let name = file.file_name().unwrap().to_str().unwrap();
-        let bytes = std::fs::read(&file).unwrap();
-        if blake3::hash(&bytes).to_hex().as_str() != name {
-            problems.push(format!(
-                "partial or corrupt file under blobs/: {}",
-                file.display()
-            ));
-        }
-    }
+    problems.extend(partial_blob_files(
+        blob_files(data)
+            .into_iter()
+            .chain(archive.map(blob_files).unwrap_or_default()),
+    ));
     problems
 }

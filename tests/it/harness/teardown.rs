@@ -17,7 +17,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub struct Teardown {
     data: PathBuf,
     archive: Option<PathBuf>,
-    /// With the S3 backend: its config (blobs are checked in the bucket).
+    /// With the S3 backend or an archive bucket: its config (blobs are
+    /// checked through the store, in the bucket or on disk).
     s3: Option<media_store::store::StoreConfig>,
     mirror: bool,
     /// Set by a test that leaves damage on purpose (fsck's known losses).
@@ -31,8 +32,9 @@ impl Teardown {
         Teardown {
             data: data.to_owned(),
             archive: config.archive.root().map(Path::to_owned),
-            s3: (config.store.backend == media_store::store::Backend::S3)
-                .then(|| config.store.clone()),
+            s3: (config.store.backend == media_store::store::Backend::S3
+                || config.archive.in_bucket())
+            .then(|| config.store.clone()),
             mirror: !config.mysql.url.is_empty(),
             damage: None,
             done: false,
