@@ -280,20 +280,6 @@ async fn pin_hash(
     }
 }
 
-/// With an archive bucket, GC deletes a claimed row's copies outside the
-/// write lock: an upload of that content waits until GC forgets the row (a
-/// claim that appears after this check makes the commit answer 503).
-async fn wait_unclaimed(index: &Index, hash: blake3::Hash) -> Result<()> {
-    let deadline = std::time::Instant::now() + CLAIM_WAIT;
-    while index.read(move |r| r.blob_claimed(&hash)).await? {
-        if std::time::Instant::now() >= deadline {
-            return Err(IndexError::BlobClaimed.into());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Drops a pin whose reference did not commit (best effort: a pin left
 /// behind only delays GC of that content until pins expire).
 async fn unpin(index: &Index, pin: i64) {
@@ -590,13 +576,11 @@ impl MediaService {
         if self.store.is_remote() {
             return self.commit_known_remote(hash, size, mime, meta).await;
         }
-        if self.store.has_archive_bucket() {
-            wait_unclaimed(&self.index, hash).await?;
-        }
+        let pin = self.pin_below_archive_bucket(hash).await?;
         let store = self.store.clone();
         let new = meta.into_row(hash, size, mime);
         let clock = self.clock.clone();
-        let row = self
+        let committed = self
             .index
             .write(move |ctx| -> Result<MediaRow> {
                 let now = clock.now_ms();
@@ -614,15 +598,39 @@ impl MediaService {
                     ctx.require_durable(store.entry(&hash));
                 }
                 ctx.add_blob_ref(&hash, size, now)?;
-                Ok(ctx.insert_media(&new, now)?)
+                let row = ctx.insert_media(&new, now)?;
+                if let Some(pin) = pin {
+                    ctx.unpin_blob(pin)?;
+                }
+                Ok(row)
             })
-            .await?;
+            .await;
+        let row = self.unpin_on_error(pin, committed).await?;
         tracing::info!(media.id = row.id, blob.hash = %hash.to_hex(), size_bytes = size, "stored upload of known content");
         count_upload(true, size);
         Ok(Ingested {
             row,
             deduplicated: true,
         })
+    }
+
+    /// With an archive bucket, GC deletes zero-count blobs (object and local
+    /// copy) outside the write lock once it has claimed them: a local commit
+    /// pins its hash first (waiting while a claim runs), so that no claim
+    /// lands between its checks and its commit, which drops the pin.
+    async fn pin_below_archive_bucket(&self, hash: blake3::Hash) -> Result<Option<i64>> {
+        if !self.store.has_archive_bucket() {
+            return Ok(None);
+        }
+        Ok(Some(pin_hash(&self.index, &self.clock, hash).await?.0))
+    }
+
+    /// Drops the pin of a commit that failed (a committed one dropped it).
+    async fn unpin_on_error<T>(&self, pin: Option<i64>, committed: Result<T>) -> Result<T> {
+        if let (Err(_), Some(pin)) = (&committed, pin) {
+            unpin(&self.index, pin).await;
+        }
+        committed
     }
 
     /// [`MediaService::commit_known`] for a network store: the hash is
@@ -658,13 +666,7 @@ impl MediaService {
                 Ok(row)
             })
             .await;
-        let row = match committed {
-            Ok(row) => row,
-            Err(e) => {
-                unpin(&self.index, pin).await;
-                return Err(e);
-            }
-        };
+        let row = self.unpin_on_error(Some(pin), committed).await?;
         count_upload(true, size);
         Ok(Ingested {
             row,
@@ -686,9 +688,7 @@ impl MediaService {
         }
         let hash = staged.hash();
         let size = staged.len();
-        if self.store.has_archive_bucket() {
-            wait_unclaimed(&self.index, hash).await?;
-        }
+        let pin = self.pin_below_archive_bucket(hash).await?;
         // A duplicate needs no fsync: its staged copy is about to be dropped.
         // Checked again under the index writer, which alone decides.
         let store = self.store.clone();
@@ -706,7 +706,7 @@ impl MediaService {
         let new = meta.into_row(hash, size, mime);
         let quota = self.quota.load_full();
         let clock = self.clock.clone();
-        let (row, deduplicated) = self
+        let committed = self
             .index
             .write(move |ctx| -> Result<(MediaRow, bool)> {
                 let now = clock.now_ms();
@@ -749,9 +749,13 @@ impl MediaService {
                 if !deduplicated {
                     heal(ctx, &hash)?;
                 }
+                if let Some(pin) = pin {
+                    ctx.unpin_blob(pin)?;
+                }
                 Ok((row, deduplicated))
             })
-            .await?;
+            .await;
+        let (row, deduplicated) = self.unpin_on_error(pin, committed).await?;
         Ok(stored(row, mime, deduplicated))
     }
 
@@ -794,13 +798,7 @@ impl MediaService {
                 Ok(row)
             })
             .await;
-        let row = match committed {
-            Ok(row) => row,
-            Err(e) => {
-                unpin(&self.index, pin).await;
-                return Err(e);
-            }
-        };
+        let row = self.unpin_on_error(Some(pin), committed).await?;
         let deduplicated = !pinned.written;
         Ok(stored(row, mime, deduplicated))
     }

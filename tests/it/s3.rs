@@ -281,9 +281,15 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
     let done = Arc::new(AtomicBool::new(false));
     let uploaded = Arc::new(AtomicU64::new(0));
     let collected = Arc::new(AtomicU64::new(0));
+    let archived = Arc::new(AtomicU64::new(0));
 
     let gc_task = {
-        let (done, collected, uploaded) = (done.clone(), collected.clone(), uploaded.clone());
+        let (done, collected, uploaded, archived) = (
+            done.clone(),
+            collected.clone(),
+            uploaded.clone(),
+            archived.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let (mut conn, store) = media_store::app::open_existing_store(&config).unwrap();
@@ -306,6 +312,7 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
                 .unwrap();
                 assert!(s.errors.is_empty(), "{:?}", s.errors);
                 collected.fetch_add(s.blobs_deleted, Ordering::Relaxed);
+                archived.fetch_add(s.blobs_archived, Ordering::Relaxed);
             }
             done.store(true, Ordering::Relaxed);
         })
@@ -368,9 +375,17 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
         dedups += d;
     }
     let collected = collected.load(Ordering::Relaxed);
+    let archived = archived.load(Ordering::Relaxed);
     eprintln!(
-        "{uploads} uploads ({dedups} deduplicated) raced GC on S3; {collected} objects collected"
+        "{uploads} uploads ({dedups} deduplicated) raced GC on S3; {collected} blobs collected, \
+         {archived} archived"
     );
+    if toml.contains("[archive]") {
+        assert!(
+            archived >= 50,
+            "only {archived} blobs moved to the archive bucket"
+        );
+    }
     assert!(uploads >= 500, "only {uploads} uploads raced GC");
     assert!(dedups >= 100, "only {dedups} deduplicated uploads");
     assert!(
@@ -712,7 +727,10 @@ async fn an_archive_bucket_holds_old_blobs_below_a_local_primary() {
     let bucket = shared_bucket().await;
     let keys = tempfile::tempdir().unwrap();
     let toml = archive_bucket_toml(&bucket, keys.path());
-    let app = TestApp::start_with(&toml).await;
+    // A folder of the test's own: the daemon is restarted on it below.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let app = TestApp::start_in(&data, &toml).await;
     let (status, health) = get_json(&app.client, &app.url("/healthz")).await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["checks"]["s3"], "ok", "{health}");
@@ -837,7 +855,6 @@ async fn an_archive_bucket_holds_old_blobs_below_a_local_primary() {
     // The healed and the fresh content were archived by that run.
     assert_eq!(summary.blobs_archived, 2, "{summary:?}");
     assert_eq!(object(&bucket, &blake3::hash(&big)).await.unwrap(), big);
-    let data = app.data.clone();
     app.stop().await;
 
     // serve.s3_redirect: archived blobs redirect to a presigned GET of the
