@@ -382,7 +382,7 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
     );
     if toml.contains("[archive]") {
         assert!(
-            archived >= 50,
+            archived >= 20,
             "only {archived} blobs moved to the archive bucket"
         );
     }
