@@ -880,6 +880,51 @@ async fn an_archive_bucket_holds_old_blobs_below_a_local_primary() {
     assert_eq!(no_follow.get(&url).send().await.unwrap().status(), 200);
 }
 
+/// `serve.nginx_accel` with an archive bucket: nginx serves a blob with a
+/// local copy from the data folder (`/_blobs/`), and an archived one from
+/// the cluster (`/_s3/`, a presigned path the daemon hands it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nginx_serves_local_blobs_from_disk_and_archived_ones_from_the_cluster() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = archive_bucket_toml(&bucket, keys.path());
+    let app = TestApp::start_with(&format!("{toml}\n[serve]\nnginx_accel = true\n")).await;
+    let nginx = Nginx::start_with_blobs_and_s3(
+        app.base.trim_start_matches("http://"),
+        &app.data.join("blobs"),
+        bucket.endpoint.trim_start_matches("http://"),
+    );
+    let old = big_png(300_000, 51);
+    let v_old = upload_ok(&app.client, &app.base, 1, old.clone()).await;
+    let summary = gc_in(&app.data, &toml).await;
+    assert_eq!(summary.blobs_archived, 1, "{summary:?}");
+    let recent = big_png(200_000, 52);
+    let v_recent = upload_ok(&app.client, &app.base, 1, recent.clone()).await;
+
+    for (v, content, location) in [(&v_old, &old, "/_s3/"), (&v_recent, &recent, "/_blobs/")] {
+        let path = sign_with(&app.client, &app.base, v["id"].as_i64().unwrap(), json!({})).await;
+        let direct = app.client.get(app.url(&path)).send().await.unwrap();
+        assert!(
+            header(&direct, "x-accel-redirect").starts_with(location),
+            "{}",
+            header(&direct, "x-accel-redirect")
+        );
+        let resp = app.client.get(nginx.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", nginx.error_log());
+        assert_eq!(header(&resp, "content-type"), "image/png");
+        assert_eq!(resp.bytes().await.unwrap(), content[..]);
+        let ranged = app
+            .client
+            .get(nginx.url(&path))
+            .header("range", "bytes=10-99")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), 206, "{}", nginx.error_log());
+        assert_eq!(ranged.bytes().await.unwrap(), content[10..100]);
+    }
+}
+
 /// `media-store migrate-store`: every blob copied to the bucket, verified;
 /// a daemon configured for S3 is refused until the switch is recorded; a run
 /// after a partial copy copies only what is missing; and back to local.

@@ -119,6 +119,12 @@ impl Nginx {
         Nginx::start_configured(upstream, none, none, s3)
     }
 
+    /// [`Nginx::start`] in front of a daemon with an archive bucket: local
+    /// blobs from `blobs`, archived ones from the endpoint `s3` (`host:port`).
+    pub fn start_with_blobs_and_s3(upstream: &str, blobs: &Path, s3: &str) -> Nginx {
+        Nginx::start_configured(upstream, blobs, &blobs.with_extension("no-archive"), s3)
+    }
+
     fn start_configured(upstream: &str, blobs: &Path, archive_blobs: &Path, s3: &str) -> Nginx {
         let binary = nginx_binary();
         let dir = tempfile::tempdir().unwrap();
