@@ -519,6 +519,17 @@ impl BlobStore {
         self.remote_store()?.list(f)
     }
 
+    /// Multipart uploads under the network store's prefix that were begun
+    /// and never completed nor aborted (a daemon killed mid-upload).
+    pub fn incomplete_uploads(&self) -> Result<Vec<s3::IncompleteUpload>> {
+        self.remote_store()?.incomplete_uploads()
+    }
+
+    /// Aborts one of [`BlobStore::incomplete_uploads`]: its parts are dropped.
+    pub fn abort_upload(&self, upload: &s3::IncompleteUpload) -> Result<()> {
+        self.remote_store()?.abort_upload(upload)
+    }
+
     /// `local` or `s3`: the name `migrate-store` records in the index.
     pub fn backend_name(&self) -> &'static str {
         if self.is_remote() { "s3" } else { "local" }

@@ -38,6 +38,9 @@ use object_store::{
 
 use super::{BlobEntry, BlobStream, Result, StoreError, Verdict, layout};
 
+mod uploads;
+pub use uploads::IncompleteUpload;
+
 /// `[store]`: where blobs live.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -189,6 +192,8 @@ pub(super) struct S3Blobs {
     part_size: usize,
     parallel_parts: usize,
     rt: Runtime,
+    /// Lists incomplete multipart uploads (`s3/uploads.rs`).
+    uploads: uploads::UploadLister,
     /// `endpoint/bucket`, for reports.
     pub(super) location: String,
 }
@@ -222,6 +227,7 @@ impl S3Blobs {
             .with_allow_http(true)
             .with_timeout(config.request_timeout)
             .with_connect_timeout(config.connect_timeout);
+        let uploads = uploads::UploadLister::new(config, &options)?;
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -254,6 +260,7 @@ impl S3Blobs {
             part_size: config.part_size as usize,
             parallel_parts: config.parallel_parts,
             rt: Runtime(Some(rt)),
+            uploads,
             location: format!(
                 "{}/{}/{}",
                 config.endpoint.trim_end_matches('/'),
