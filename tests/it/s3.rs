@@ -544,7 +544,10 @@ async fn gc_aborts_multipart_uploads_a_killed_daemon_left() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(upload.await.unwrap().is_err(), "the upload outlived its daemon");
+    assert!(
+        upload.await.unwrap().is_err(),
+        "the upload outlived its daemon"
+    );
     let blob_key = object_key(&hash).to_string();
     assert_eq!(killed.len(), 1, "{killed:?}");
     assert_eq!(killed[0].0, blob_key);
@@ -603,7 +606,10 @@ async fn gc_aborts_multipart_uploads_a_killed_daemon_left() {
         (foreign.to_string(), foreign_id.clone()),
     ];
     expected.sort();
-    assert_eq!(left, expected, "the young upload or the foreign one was aborted");
+    assert_eq!(
+        left, expected,
+        "the young upload or the foreign one was aborted"
+    );
 
     // fsck lists the store's open upload; `media-store gc --json` with
     // `gc.tmp_max_age = 0s` aborts it and reports it.
@@ -616,7 +622,10 @@ async fn gc_aborts_multipart_uploads_a_killed_daemon_left() {
     let fsck = json_of(&out);
     let listed = fsck["incomplete_uploads"].as_array().unwrap();
     assert_eq!(listed.len(), 1, "{fsck}");
-    assert!(listed[0].as_str().unwrap().contains(young.as_ref()), "{fsck}");
+    assert!(
+        listed[0].as_str().unwrap().contains(young.as_ref()),
+        "{fsck}"
+    );
     let (code, out, err) = run_cli(&data, &cli_toml, &["gc", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let gc_json = json_of(&out);
@@ -660,7 +669,10 @@ async fn a_slow_cluster_is_waited_for_and_one_slower_than_the_timeout_answers_50
     let big_up = t.elapsed();
     let t = std::time::Instant::now();
     let small_id = small["id"].as_i64().unwrap();
-    assert_eq!(download(&app.client, &app.base, small_id).await, unique_png(41));
+    assert_eq!(
+        download(&app.client, &app.base, small_id).await,
+        unique_png(41)
+    );
     let big_id = big["id"].as_i64().unwrap();
     assert_eq!(download(&app.client, &app.base, big_id).await, big_body);
     eprintln!(
@@ -718,7 +730,10 @@ async fn a_slow_cluster_is_waited_for_and_one_slower_than_the_timeout_answers_50
     let after = upload_ok(&app.client, &app.base, 1, body.clone()).await;
     assert_eq!(after["deduplicated"], false);
     assert_eq!(object(&bucket, &hash).await.unwrap(), body);
-    assert_eq!(download(&app.client, &app.base, small_id).await, unique_png(41));
+    assert_eq!(
+        download(&app.client, &app.base, small_id).await,
+        unique_png(41)
+    );
     drop(app);
 }
 

@@ -29,7 +29,6 @@ use object_store::client::{
 };
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
-use object_store::CredentialProvider as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{S3Blobs, S3Config, observe, unavailable};
@@ -126,7 +125,7 @@ fn parse_time_ms(s: &str) -> Option<i64> {
 impl S3Blobs {
     /// Every incomplete multipart upload whose key is under the store's
     /// prefix, in key order (a page of up to 1000 per request).
-    pub(super) fn incomplete_uploads(&self) -> Result<Vec<IncompleteUpload>> {
+    pub(in crate::store) fn incomplete_uploads(&self) -> Result<Vec<IncompleteUpload>> {
         let started = Instant::now();
         let out = self.block_on(self.list_uploads());
         let counted: object_store::Result<()> =
@@ -208,7 +207,9 @@ impl S3Blobs {
                 page.next_key_marker,
                 page.next_upload_id_marker,
             ) {
-                (true, Some(key), Some(id)) if markers.as_ref() != Some(&(key.clone(), id.clone())) => {
+                (true, Some(key), Some(id))
+                    if markers.as_ref() != Some(&(key.clone(), id.clone())) =>
+                {
                     markers = Some((key, id));
                 }
                 _ => return Ok(found),
@@ -219,7 +220,7 @@ impl S3Blobs {
 
     /// Aborts one incomplete upload: the bucket drops its parts. An upload
     /// already gone (completed or aborted meanwhile) is not an error.
-    pub(super) fn abort_upload(&self, upload: &IncompleteUpload) -> Result<()> {
+    pub(in crate::store) fn abort_upload(&self, upload: &IncompleteUpload) -> Result<()> {
         if !upload.key.starts_with(&self.prefix) {
             return Err(StoreError::Config(format!(
                 "refusing to abort an upload outside the store's prefix: {}",
