@@ -638,6 +638,85 @@ async fn gc_aborts_multipart_uploads_a_killed_daemon_left() {
     assert!(bucket.incomplete_uploads().await.is_empty());
 }
 
+/// storage-layout.md S9: one node of three hung (SIGSTOP: its connections
+/// stay open, it answers nothing, nobody is told it is gone). A Garage node
+/// reads from itself and its lowest-ping peer only, and waits
+/// `rpc_timeout_msec` before it asks the third node, so each read of a
+/// request that picked the hung node costs one RPC timeout, until the
+/// others' pings mark it down (about 1.5 minutes). With the timeout advised
+/// in storage-layout.md (a few seconds, here [`HUNG_RPC_TIMEOUT`]) and the
+/// daemon's `request_timeout` well above a few of them, uploads (multipart
+/// included) and downloads through the daemon succeed while either peer of
+/// the daemon's node is hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_node_slows_uploads_and_downloads_but_they_succeed() {
+    const HUNG_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+    let garage = Arc::new(
+        tokio::task::spawn_blocking(|| Garage::start_with_rpc_timeout(Some(HUNG_RPC_TIMEOUT)))
+            .await
+            .unwrap(),
+    );
+    let bucket = {
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.create_bucket())
+            .await
+            .unwrap()
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with(&store_toml(
+        &bucket,
+        keys.path(),
+        "request_timeout = \"30s\"\nretry_timeout = \"30s\"\n",
+    ))
+    .await;
+    let old = big_png(6 << 20, 60);
+    let before = upload_ok(&app.client, &app.base, 1, old.clone()).await;
+    let before_id = before["id"].as_i64().unwrap();
+    // The daemon talks to node 0; each of its two peers hung in turn (one
+    // of them is the one node 0 prefers).
+    for hung in [1usize, 2] {
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.pause_node(hung))
+            .await
+            .unwrap();
+        let seed = 60 + 10 * hung as u64;
+        let t = std::time::Instant::now();
+        let small = upload_ok(&app.client, &app.base, 1, unique_png(seed)).await;
+        let small_up = t.elapsed();
+        let body = big_png(6 << 20, seed + 1);
+        let t = std::time::Instant::now();
+        let big = upload_ok(&app.client, &app.base, 1, body.clone()).await;
+        let big_up = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(download(&app.client, &app.base, before_id).await, old);
+        let old_down = t.elapsed();
+        let t = std::time::Instant::now();
+        let big_id = big["id"].as_i64().unwrap();
+        assert_eq!(download(&app.client, &app.base, big_id).await, body);
+        let small_id = small["id"].as_i64().unwrap();
+        assert_eq!(
+            download(&app.client, &app.base, small_id).await,
+            unique_png(seed)
+        );
+        eprintln!(
+            "node {hung} hung (rpc_timeout {HUNG_RPC_TIMEOUT:?}): small upload {small_up:?}, \
+             6 MiB upload {big_up:?}, 6 MiB download (older) {old_down:?}, \
+             both new downloads {:?}",
+            t.elapsed()
+        );
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.resume_node(hung))
+            .await
+            .unwrap();
+    }
+    // Resumed: fast again.
+    let t = std::time::Instant::now();
+    upload_ok(&app.client, &app.base, 1, big_png(6 << 20, 99)).await;
+    eprintln!("all nodes back: 6 MiB upload {:?}", t.elapsed());
+    drop(app);
+    drop(garage);
+}
+
 /// storage-layout.md S10: a slow cluster (here a link adding 150 ms to each
 /// connection and 20 ms to each 64 KiB) is waited for: uploads, multipart
 /// included, and downloads succeed. One slower than
