@@ -284,6 +284,7 @@ pub fn spawn_background_gc(state: AppState) -> tokio::task::JoinHandle<()> {
                     bytes_freed = s.bytes_freed,
                     media_expired = s.retention.orphans_expired + s.retention.aged_expired,
                     unknown_files_deleted = s.unknown_files_deleted,
+                    multipart_uploads_aborted = s.multipart_uploads_aborted,
                     duration_ms = s.duration_ms,
                     "background gc finished"
                 ),

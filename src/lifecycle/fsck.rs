@@ -56,6 +56,10 @@ pub struct FsckSummary {
     pub orphan_rows: Vec<String>,
     /// Paths under `blobs/` that are not blob files.
     pub foreign_files: Vec<String>,
+    /// S3: multipart uploads under the store's prefix never completed nor
+    /// aborted (`<upload id> <key> begun <time>`); GC aborts those older
+    /// than `gc.tmp_max_age`. Not problems, like orphans.
+    pub incomplete_uploads: Vec<String>,
     pub repaired: bool,
     pub counts_fixed: u64,
     pub quarantined: Vec<String>,
@@ -113,6 +117,9 @@ impl FsckSummary {
         }
         for p in &self.foreign_files {
             s.push_str(&format!("not a blob: {p}\n"));
+        }
+        for u in &self.incomplete_uploads {
+            s.push_str(&format!("incomplete multipart upload {u}\n"));
         }
         if self.repaired {
             s.push_str(&format!(
@@ -252,6 +259,14 @@ pub fn scan(
     orphan_files(index, store, Tier::Primary, opts, &mut summary)?;
     if store.has_archive() {
         orphan_files(index, store, Tier::Archive, opts, &mut summary)?;
+    }
+    if store.uses_bucket() {
+        for u in store.incomplete_uploads()? {
+            let begun = crate::timefmt::rfc3339_ms(u.initiated_ms);
+            summary
+                .incomplete_uploads
+                .push(format!("{} {} begun {begun}", u.upload_id, u.key));
+        }
     }
     Ok(Scan {
         summary,

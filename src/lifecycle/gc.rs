@@ -82,6 +82,9 @@ pub struct GcSummary {
     pub unknown_files_deleted: u64,
     /// Staging files removed from `tmp/` (both roots).
     pub tmp_files_deleted: u64,
+    /// S3: incomplete multipart uploads under the store's prefix begun more
+    /// than `gc.tmp_max_age` ago (a daemon killed mid-upload), aborted.
+    pub multipart_uploads_aborted: u64,
     /// Blobs moved to the archive root (primary copy unlinked).
     pub blobs_archived: u64,
     pub bytes_archived: u64,
@@ -103,7 +106,8 @@ pub struct GcSummary {
     /// Problems that stopped one deletion each (the rest went on).
     pub errors: Vec<String>,
     pub duration_ms: u64,
-    /// Time per phase: retention, blobs, unknown_files, archive, tmp.
+    /// Time per phase: retention, blobs, unknown_files, archive, tmp (S3:
+    /// retention, blobs, multipart, tmp).
     pub phases_ms: std::collections::BTreeMap<&'static str, u64>,
     /// How long the run held the index's write lock (uploads wait meanwhile).
     pub write_lock: WriteLockUse,
@@ -115,6 +119,7 @@ impl GcSummary {
         self.blobs_deleted
             + self.unknown_files_deleted
             + self.tmp_files_deleted
+            + self.multipart_uploads_aborted
             + self.retention.orphans_expired
             + self.retention.aged_expired
             > 0
@@ -148,6 +153,17 @@ impl GcSummary {
             },
             self.duration_ms,
         );
+        if self.multipart_uploads_aborted > 0 {
+            s.push_str(&format!(
+                "{} incomplete multipart uploads (older than gc.tmp_max_age) {}\n",
+                self.multipart_uploads_aborted,
+                if self.dry_run {
+                    "would be aborted"
+                } else {
+                    "aborted"
+                }
+            ));
+        }
         if self.blobs_in_grace > 0 {
             s.push_str(&format!(
                 "{} unreferenced blobs ({} bytes) wait out the grace period (gc.grace); a later run collects them\n",
@@ -201,15 +217,18 @@ pub fn run(
         summary.retention = retention::expire(index, retention_cfg, opts, external)?;
     }
     lap(&mut summary, "retention");
+    if store.is_remote() || store.has_archive_bucket() {
+        // A zero-count blob may have an object: claimed, its copies deleted
+        // outside the lock, then forgotten (storage-layout.md, "S3" and "S3
+        // archive tier"); the bucket's unknown objects go the same way.
+        super::remote::collect(index, store, opts, &mut summary)?;
+        lap(&mut summary, "blobs");
+        super::remote::abort_stale_uploads(store, opts, &mut summary);
+        lap(&mut summary, "multipart");
+    }
     if store.is_remote() {
-        super::remote::collect(index, store, opts, &mut summary)?;
-        lap(&mut summary, "blobs");
+        // The bucket is the whole store: nothing local to sweep or move.
     } else if store.has_archive_bucket() {
-        // Zero-count rows may have objects: claimed, their copies deleted
-        // outside the lock, then forgotten (storage-layout.md, "S3 archive
-        // tier"); the bucket's unknown objects go the same way.
-        super::remote::collect(index, store, opts, &mut summary)?;
-        lap(&mut summary, "blobs");
         collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
         lap(&mut summary, "unknown_files");
         super::archive::run(index, store, opts, &mut summary)?;
@@ -557,6 +576,8 @@ pub mod metric {
     pub const BLOBS_ARCHIVED: &str = "media_store_archive_blobs_moved_total";
     /// Bytes moved to the archive root (counter).
     pub const BYTES_ARCHIVED: &str = "media_store_archive_moved_bytes_total";
+    /// Incomplete S3 multipart uploads aborted (counter).
+    pub const MULTIPART_ABORTED: &str = "media_store_gc_multipart_uploads_aborted_total";
     /// Deletions or moves that failed in a run (counter).
     pub const ERRORS: &str = "media_store_gc_errors_total";
     /// Unix time of the last finished run (gauge).
@@ -577,6 +598,8 @@ pub fn record_metrics(s: &GcSummary, now_ms: i64) {
         .increment(s.retention.orphans_expired + s.retention.aged_expired);
     metrics::counter!(metric::BLOBS_ARCHIVED, "source" => d).increment(s.blobs_archived);
     metrics::counter!(metric::BYTES_ARCHIVED, "source" => d).increment(s.bytes_archived);
+    metrics::counter!(metric::MULTIPART_ABORTED, "source" => d)
+        .increment(s.multipart_uploads_aborted);
     metrics::counter!(metric::ERRORS, "source" => d).increment(s.errors.len() as u64);
     metrics::gauge!(metric::LAST_RUN, "source" => d).set(now_ms as f64 / 1000.0);
     metrics::gauge!(GC_LAST_DURATION, "source" => d).set(s.duration_ms as f64 / 1000.0);

@@ -166,3 +166,47 @@ fn collect_unknown_objects(
     }
     Ok(())
 }
+
+/// Incomplete multipart uploads under the store's prefix begun before
+/// `now - gc.tmp_max_age` are aborted (storage-layout.md, S8): a daemon
+/// killed mid-upload left them, holding their parts' space. The age is the
+/// one after which an upload's pin and staging file count as dead, since no
+/// upload lasts that long; a younger one may be an upload in flight (this
+/// daemon's, or another's) and is left alone. Failures are reported, and
+/// the next run tries again.
+pub(super) fn abort_stale_uploads(store: &BlobStore, opts: &GcOptions, summary: &mut GcSummary) {
+    let cutoff = pin_cutoff(opts);
+    let uploads = match store.incomplete_uploads() {
+        Ok(uploads) => uploads,
+        Err(e) => {
+            summary.errors.push(e.to_string());
+            return;
+        }
+    };
+    for upload in uploads.iter().filter(|u| u.initiated_ms <= cutoff) {
+        if opts.dry_run {
+            summary.would_delete.push(format!(
+                "s3 multipart upload {} of {}",
+                upload.upload_id, upload.key
+            ));
+            summary.multipart_uploads_aborted += 1;
+            continue;
+        }
+        match store.abort_upload(upload) {
+            Ok(()) => {
+                tracing::info!(
+                    key = upload.key,
+                    upload_id = upload.upload_id,
+                    initiated_ms = upload.initiated_ms,
+                    "aborted an incomplete multipart upload"
+                );
+                summary.multipart_uploads_aborted += 1;
+            }
+            Err(e) => {
+                summary.errors.push(e.to_string());
+                // The bucket is failing: the rest waits for the next run.
+                return;
+            }
+        }
+    }
+}

@@ -74,6 +74,8 @@ pub fn record_gc_cli(
                 add(&mut f, "blobs_archived", s.blobs_archived as f64);
                 add(&mut f, "bytes_archived", s.bytes_archived as f64);
                 add(&mut f, "errors", s.errors.len() as f64);
+                let aborted = s.multipart_uploads_aborted as f64;
+                add(&mut f, "multipart_uploads_aborted", aborted);
                 set(&mut f, "last_run_ms", now_ms as f64);
                 set(&mut f, "last_duration_ms", s.duration_ms as f64);
                 set(
@@ -146,6 +148,7 @@ pub fn export(records: &BTreeMap<String, RunFigures>) {
         counter(gc::metric::BLOBS_ARCHIVED, "blobs_archived");
         counter(gc::metric::BYTES_ARCHIVED, "bytes_archived");
         counter(gc::metric::ERRORS, "errors");
+        counter(gc::metric::MULTIPART_ABORTED, "multipart_uploads_aborted");
         if f.contains_key("last_run_ms") {
             metrics::gauge!(gc::metric::LAST_RUN, "source" => "cli")
                 .set(get(f, "last_run_ms") / 1000.0);

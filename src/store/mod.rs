@@ -516,6 +516,17 @@ impl BlobStore {
         self.remote.as_deref().or(self.cold.as_deref())
     }
 
+    /// Whether the store uses a bucket (as its backend or archive tier).
+    pub fn uses_bucket(&self) -> bool {
+        self.bucket().is_some()
+    }
+
+    /// [`BlobStore::bucket`], for operations that make no sense without one.
+    fn any_bucket(&self) -> Result<&s3::S3Blobs> {
+        self.bucket()
+            .ok_or_else(|| StoreError::Config("this store uses no bucket".into()))
+    }
+
     /// Whether the network store (backend or archive bucket) answers; `None`
     /// when the store uses none.
     pub fn remote_reachable(&self) -> Option<bool> {
@@ -556,9 +567,7 @@ impl BlobStore {
         ttl: Duration,
         response_headers: &[(&str, String)],
     ) -> Result<String> {
-        self.bucket()
-            .ok_or_else(|| StoreError::Config("no bucket to presign from".into()))?
-            .presign(hash, ttl, response_headers)
+        self.any_bucket()?.presign(hash, ttl, response_headers)
     }
 
     /// Every object of the bucket (the S3 backend, or the archive bucket):
@@ -567,9 +576,18 @@ impl BlobStore {
         &self,
         f: impl FnMut(Vec<(BlobEntry, u64, i64)>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.bucket()
-            .ok_or_else(|| StoreError::Config("no bucket to list".into()))?
-            .list(f)
+        self.any_bucket()?.list(f)
+    }
+
+    /// Multipart uploads under the network store's prefix that were begun
+    /// and never completed nor aborted (a daemon killed mid-upload).
+    pub fn incomplete_uploads(&self) -> Result<Vec<s3::IncompleteUpload>> {
+        self.any_bucket()?.incomplete_uploads()
+    }
+
+    /// Aborts one of [`BlobStore::incomplete_uploads`]: its parts are dropped.
+    pub fn abort_upload(&self, upload: &s3::IncompleteUpload) -> Result<()> {
+        self.any_bucket()?.abort_upload(upload)
     }
 
     /// `local` or `s3`: the name `migrate-store` records in the index.

@@ -38,6 +38,9 @@ use object_store::{
 
 use super::{BlobEntry, BlobStream, Result, StoreError, Verdict, layout};
 
+mod uploads;
+pub use uploads::IncompleteUpload;
+
 /// `[store]`: where blobs live.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,8 +89,11 @@ pub struct S3Config {
     /// Parts of one upload in flight at once (memory per upload is about
     /// `part_size * (parallel_parts + 1)`).
     pub parallel_parts: usize,
-    /// A request that has not completed in this time is retried (with
-    /// backoff) until `retry_timeout`, then fails: uploads answer 503.
+    /// A request whose answer has not begun in this time (for a put: its
+    /// body sent and the answer begun), or whose answer's body stalls this
+    /// long, is retried (with backoff) until `retry_timeout`, then fails:
+    /// uploads and downloads answer 503. A download that keeps flowing is
+    /// never cut, however long it takes.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -199,6 +205,8 @@ pub(super) struct S3Blobs {
     part_size: usize,
     parallel_parts: usize,
     rt: Runtime,
+    /// Lists incomplete multipart uploads (`s3/uploads.rs`).
+    uploads: uploads::UploadLister,
     /// `endpoint/bucket`, for reports.
     pub(super) location: String,
 }
@@ -228,10 +236,19 @@ impl S3Blobs {
             &config.secret_access_key_file,
             "MEDIA_STORE_S3_SECRET_ACCESS_KEY",
         )?;
+        // `request_timeout` is reqwest's *read* timeout, not its total one:
+        // the answer must begin within it (for a put: the body sent and the
+        // answer begun), and then no read of the body may wait longer. A
+        // total timeout would also bound a whole download's transfer, so a
+        // large blob from a slow cluster (1 GiB at less than 18 MB/s with
+        // 60 s) would fail mid-body however steadily it flowed
+        // (`s3::a_slow_cluster_is_waited_for_…`).
         let options = ClientOptions::new()
             .with_allow_http(true)
-            .with_timeout(config.request_timeout)
+            .with_timeout_disabled()
+            .with_read_timeout(config.request_timeout)
             .with_connect_timeout(config.connect_timeout);
+        let uploads = uploads::UploadLister::new(config, &options)?;
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -264,6 +281,7 @@ impl S3Blobs {
             part_size: config.part_size as usize,
             parallel_parts: config.parallel_parts,
             rt: Runtime(Some(rt)),
+            uploads,
             location: format!(
                 "{}/{}/{}",
                 config.endpoint.trim_end_matches('/'),

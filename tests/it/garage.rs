@@ -28,6 +28,11 @@
 //! - Multipart uploads (`put_multipart`) work, also with SHA-256 checksums,
 //!   and parts smaller than S3's 5 MiB minimum are accepted
 //!   (`multipart_uploads`).
+//! - ListMultipartUploads (`GET /<bucket>?uploads&prefix=`, SigV4-signed;
+//!   object_store has no call for it) lists an upload begun and not
+//!   completed, with its key, id and `Initiated` time, until
+//!   AbortMultipartUpload drops it
+//!   (`s3::gc_aborts_multipart_uploads_a_killed_daemon_left`).
 //! - ListObjectsV2 with a prefix, presigned GET URLs (`Signer::signed_url`)
 //!   and Range GETs (bounded and suffix) work
 //!   (`etag_copy_list_presign_range`).

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::harness::garage::{Garage, S3Bucket};
 use crate::harness::nginx::Nginx;
+use crate::harness::slowproxy::SlowProxy;
 use crate::harness::*;
 
 /// `[store]` TOML for `bucket`, its keys in files under `keys` (as an
@@ -27,12 +28,18 @@ fn store_toml(bucket: &S3Bucket, keys: &std::path::Path, extra_s3: &str) -> Stri
     format!(
         "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
          prefix = \"media/\"\naccess_key_id_file = {:?}\nsecret_access_key_file = {:?}\n\
-         part_size = 5242880\nretry_timeout = \"3s\"\nconnect_timeout = \"1s\"\n{extra_s3}",
+         part_size = 5242880\n{}connect_timeout = \"1s\"\n{extra_s3}",
         bucket.endpoint,
         bucket.bucket,
         bucket.region,
         id.display().to_string(),
         secret.display().to_string(),
+        // A short retry_timeout unless the test sets its own.
+        if extra_s3.contains("retry_timeout") {
+            ""
+        } else {
+            "retry_timeout = \"3s\"\n"
+        },
     )
 }
 
@@ -554,6 +561,329 @@ async fn a_node_down_is_survived_and_a_cluster_down_answers_503_then_recovers() 
     );
     drop(app);
     drop(garage);
+}
+
+/// storage-layout.md S8: a daemon killed in the middle of a multipart upload
+/// leaves it open in the bucket, holding its parts. `gc` aborts the uploads
+/// under the store's prefix begun more than `gc.tmp_max_age` ago, leaves a
+/// younger one (an upload that may be in flight) and any outside the prefix
+/// alone; fsck lists them; the count is in the gc summary and its JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_aborts_multipart_uploads_a_killed_daemon_left() {
+    use object_store::multipart::MultipartStore as _;
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The daemon reaches the cluster through a slow link (64 KiB per 100 ms
+    // and connection), so that its multipart upload lasts seconds.
+    let proxy = SlowProxy::start(&bucket.endpoint).await;
+    let mut slow = bucket.clone();
+    slow.endpoint = proxy.endpoint();
+    let mut daemon = TestDaemon::start(
+        &data,
+        &dir.path().join("log"),
+        &store_toml(&slow, keys.path(), ""),
+    );
+    proxy.set_delays(Duration::ZERO, Duration::from_millis(100));
+    let body = big_png(16 << 20, 31);
+    let hash = blake3::hash(&body);
+    let upload = {
+        let (client, url) = (daemon.client.clone(), daemon.url("/v1/media?uploader_id=1"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("authorization", bearer())
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    let begun = std::time::Instant::now();
+    let killed = loop {
+        let open = bucket.incomplete_uploads().await;
+        if !open.is_empty() {
+            daemon.kill9();
+            break open;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(60),
+            "no multipart upload began:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        upload.await.unwrap().is_err(),
+        "the upload outlived its daemon"
+    );
+    let blob_key = object_key(&hash).to_string();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert_eq!(killed[0].0, blob_key);
+    // Killed: the upload stays open in the bucket, the object was never made.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bucket.incomplete_uploads().await, killed);
+    assert!(object(&bucket, &hash).await.is_none());
+
+    // Another old upload, outside the store's prefix: not the store's.
+    let s3 = bucket.store();
+    let foreign = object_store::path::Path::from("elsewhere/big");
+    let foreign_id = s3.create_multipart(&foreign).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cut = media_store::clock::Clock::now_ms(&media_store::clock::SystemClock);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A young upload under the prefix (begun after the cut): in flight.
+    let young = object_key(&blake3::hash(b"young"));
+    let young_id = s3.create_multipart(&young).await.unwrap();
+    s3.put_part(&young, &young_id, 0, vec![7u8; 1 << 20].into())
+        .await
+        .unwrap();
+    assert_eq!(bucket.incomplete_uploads().await.len(), 3);
+
+    // GC as at `cut + tmp_max_age`: only the killed daemon's upload is old
+    // enough. A dry run counts it and aborts nothing.
+    let config = store_config(&store_toml(&bucket, keys.path(), ""));
+    let (summary, dry) = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut index, store) = gc::open_existing(&data, None).unwrap();
+            let store = store.with_backend(&config).unwrap();
+            let mut opts = gc_now(Duration::from_secs(3600));
+            opts.tmp_max_age = Duration::from_secs(3600);
+            opts.now_ms = cut + 3_600_000;
+            opts.dry_run = true;
+            let dry = gc::run(&mut index, &store, &Default::default(), &opts, None).unwrap();
+            opts.dry_run = false;
+            let s = gc::run(&mut index, &store, &Default::default(), &opts, None).unwrap();
+            (s, dry)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(dry.multipart_uploads_aborted, 1, "{dry:?}");
+    assert!(
+        dry.would_delete.iter().any(|w| w.contains(&blob_key)),
+        "{dry:?}"
+    );
+    assert_eq!(summary.multipart_uploads_aborted, 1, "{summary:?}");
+    assert!(summary.errors.is_empty(), "{summary:?}");
+    assert!(summary.to_text().contains("1 incomplete multipart uploads"));
+    let mut left = bucket.incomplete_uploads().await;
+    left.sort();
+    let mut expected = vec![
+        (young.to_string(), young_id.clone()),
+        (foreign.to_string(), foreign_id.clone()),
+    ];
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "the young upload or the foreign one was aborted"
+    );
+
+    // fsck lists the store's open upload; `media-store gc --json` with
+    // `gc.tmp_max_age = 0s` aborts it and reports it.
+    let cli_toml = format!(
+        "{}\n[gc]\ntmp_max_age = \"0s\"\n",
+        store_toml(&bucket, keys.path(), "")
+    );
+    let (code, out, err) = run_cli(&data, &cli_toml, &["fsck", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let fsck = json_of(&out);
+    let listed = fsck["incomplete_uploads"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{fsck}");
+    assert!(
+        listed[0].as_str().unwrap().contains(young.as_ref()),
+        "{fsck}"
+    );
+    let (code, out, err) = run_cli(&data, &cli_toml, &["gc", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let gc_json = json_of(&out);
+    assert_eq!(gc_json["multipart_uploads_aborted"], 1, "{gc_json}");
+    assert_eq!(
+        bucket.incomplete_uploads().await,
+        vec![(foreign.to_string(), foreign_id.clone())]
+    );
+    s3.abort_multipart(&foreign, &foreign_id).await.unwrap();
+    assert!(bucket.incomplete_uploads().await.is_empty());
+}
+
+/// storage-layout.md S9: one node of three hung (SIGSTOP: its connections
+/// stay open, it answers nothing, nobody is told it is gone). A Garage node
+/// reads from itself and its lowest-ping peer only, and waits
+/// `rpc_timeout_msec` before it asks the third node, so each read of a
+/// request that picked the hung node costs one RPC timeout, until the
+/// others' pings mark it down (about 1.5 minutes). With the timeout advised
+/// in storage-layout.md (a few seconds, here [`HUNG_RPC_TIMEOUT`]) and the
+/// daemon's `request_timeout` well above a few of them, uploads (multipart
+/// included) and downloads through the daemon succeed while either peer of
+/// the daemon's node is hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_node_slows_uploads_and_downloads_but_they_succeed() {
+    const HUNG_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+    let garage = Arc::new(
+        tokio::task::spawn_blocking(|| Garage::start_with_rpc_timeout(Some(HUNG_RPC_TIMEOUT)))
+            .await
+            .unwrap(),
+    );
+    let bucket = {
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.create_bucket())
+            .await
+            .unwrap()
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with(&store_toml(
+        &bucket,
+        keys.path(),
+        "request_timeout = \"30s\"\nretry_timeout = \"30s\"\n",
+    ))
+    .await;
+    let old = big_png(6 << 20, 60);
+    let before = upload_ok(&app.client, &app.base, 1, old.clone()).await;
+    let before_id = before["id"].as_i64().unwrap();
+    // The daemon talks to node 0; each of its two peers hung in turn (one
+    // of them is the one node 0 prefers).
+    for hung in [1usize, 2] {
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.pause_node(hung))
+            .await
+            .unwrap();
+        let seed = 60 + 10 * hung as u64;
+        let t = std::time::Instant::now();
+        let small = upload_ok(&app.client, &app.base, 1, unique_png(seed)).await;
+        let small_up = t.elapsed();
+        let body = big_png(6 << 20, seed + 1);
+        let t = std::time::Instant::now();
+        let big = upload_ok(&app.client, &app.base, 1, body.clone()).await;
+        let big_up = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(download(&app.client, &app.base, before_id).await, old);
+        let old_down = t.elapsed();
+        let t = std::time::Instant::now();
+        let big_id = big["id"].as_i64().unwrap();
+        assert_eq!(download(&app.client, &app.base, big_id).await, body);
+        let small_id = small["id"].as_i64().unwrap();
+        assert_eq!(
+            download(&app.client, &app.base, small_id).await,
+            unique_png(seed)
+        );
+        eprintln!(
+            "node {hung} hung (rpc_timeout {HUNG_RPC_TIMEOUT:?}): small upload {small_up:?}, \
+             6 MiB upload {big_up:?}, 6 MiB download (older) {old_down:?}, \
+             both new downloads {:?}",
+            t.elapsed()
+        );
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.resume_node(hung))
+            .await
+            .unwrap();
+    }
+    // Resumed: fast again.
+    let t = std::time::Instant::now();
+    upload_ok(&app.client, &app.base, 1, big_png(6 << 20, 99)).await;
+    eprintln!("all nodes back: 6 MiB upload {:?}", t.elapsed());
+    drop(app);
+    drop(garage);
+}
+
+/// storage-layout.md S10: a slow cluster (here a link adding 150 ms to each
+/// connection and 20 ms to each 64 KiB) is waited for: uploads, multipart
+/// included, and downloads succeed. One slower than
+/// `store.s3.request_timeout` gets `503 store_unavailable` with
+/// `Retry-After` (uploads and downloads, never 500), nothing half-committed
+/// (no media row, no pin, no object); once it is fast again the same
+/// daemon serves without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_cluster_is_waited_for_and_one_slower_than_the_timeout_answers_503() {
+    let bucket = shared_bucket().await;
+    let keys = tempfile::tempdir().unwrap();
+    let proxy = SlowProxy::start(&bucket.endpoint).await;
+    let mut slow = bucket.clone();
+    slow.endpoint = proxy.endpoint();
+    let app = TestApp::start_with(&store_toml(
+        &slow,
+        keys.path(),
+        "request_timeout = \"4s\"\n",
+    ))
+    .await;
+
+    proxy.set_delays(Duration::from_millis(150), Duration::from_millis(20));
+    let t = std::time::Instant::now();
+    let small = upload_ok(&app.client, &app.base, 1, unique_png(41)).await;
+    let small_up = t.elapsed();
+    let big_body = big_png(6 << 20, 42);
+    let t = std::time::Instant::now();
+    let big = upload_ok(&app.client, &app.base, 1, big_body.clone()).await;
+    let big_up = t.elapsed();
+    let t = std::time::Instant::now();
+    let small_id = small["id"].as_i64().unwrap();
+    assert_eq!(
+        download(&app.client, &app.base, small_id).await,
+        unique_png(41)
+    );
+    let big_id = big["id"].as_i64().unwrap();
+    assert_eq!(download(&app.client, &app.base, big_id).await, big_body);
+    eprintln!(
+        "slow link: small upload {small_up:?}, 6 MiB upload {big_up:?}, both downloads {:?}",
+        t.elapsed()
+    );
+
+    // Slower than request_timeout (4 s): every request times out.
+    proxy.set_delays(Duration::ZERO, Duration::from_secs(6));
+    let body = unique_png(43);
+    let hash = blake3::hash(&body);
+    let t = std::time::Instant::now();
+    let refused = app
+        .client
+        .post(format!("{}/v1/media?uploader_id=1", app.base))
+        .header("authorization", bearer())
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let refused_in = t.elapsed();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let err: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "store_unavailable", "{err}");
+    // (The big blob: small ones may be served from the daemon's memory.)
+    let url = signed_url(&app.client, &app.base, big_id, json!({})).await;
+    let t = std::time::Instant::now();
+    let unserved = app.client.get(url).send().await.unwrap();
+    let unserved_in = t.elapsed();
+    assert_eq!(unserved.status(), 503);
+    assert!(unserved.headers().contains_key("retry-after"));
+    let err: serde_json::Value = unserved.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "store_unavailable", "{err}");
+    eprintln!("too slow: upload refused in {refused_in:?}, download in {unserved_in:?}");
+    assert!(refused_in < Duration::from_secs(30) && unserved_in < Duration::from_secs(30));
+    // Nothing half-committed.
+    {
+        let idx = index(&app.data);
+        let rows: i64 = idx
+            .query_row(
+                "SELECT count(*) FROM media WHERE hash = ?1",
+                [hash.as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let pins: i64 = idx
+            .query_row("SELECT count(*) FROM blob_pins", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((rows, pins), (0, 0), "a refused upload left a row or a pin");
+    }
+    assert!(object(&bucket, &hash).await.is_none());
+
+    // Fast again: the same daemon uploads and serves.
+    proxy.set_delays(Duration::ZERO, Duration::ZERO);
+    let after = upload_ok(&app.client, &app.base, 1, body.clone()).await;
+    assert_eq!(after["deduplicated"], false);
+    assert_eq!(object(&bucket, &hash).await.unwrap(), body);
+    assert_eq!(
+        download(&app.client, &app.base, small_id).await,
+        unique_png(41)
+    );
+    drop(app);
 }
 
 /// `serve.s3_redirect`: a checked download answers 302 to a presigned GET;

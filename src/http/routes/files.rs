@@ -492,6 +492,17 @@ async fn unreadable_blob(state: &HttpState, id: i64, e: std::io::Error) -> ApiEr
     match state.media().get(id).await {
         Err(gone) => ApiError::from(gone),
         Ok(row) if e.kind() == std::io::ErrorKind::NotFound => damaged_blob(state, &row).await,
+        // A bucket that does not answer (down, or slower than
+        // `store.s3.request_timeout`) is not damage and not a bug: 503 with
+        // Retry-After, as uploads answer then.
+        Ok(_) if state.media().store().is_remote() => {
+            tracing::warn!(error = %e, media = id, "the S3 bucket did not serve a blob");
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "store_unavailable",
+                "the blob store did not answer in time; retry later",
+            )
+        }
         Ok(_) => internal("blob file of a live media row cannot be read", e),
     }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod mariadb;
 pub mod nginx;
 pub mod powercut;
+pub mod slowproxy;
 pub mod teardown;
 pub mod wait;
 
