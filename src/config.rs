@@ -456,6 +456,33 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_bucket_needs_a_local_primary_no_root_and_a_bucket() {
+        let toml = |archive: &str, store_backend: &str, endpoint: &str| {
+            format!(
+                "[archive]\n{archive}\n[store]\nbackend = \"{store_backend}\"\n\
+                 [store.s3]\nendpoint = \"{endpoint}\"\nbucket = \"media\"\n"
+            )
+        };
+        let load = |text: String| Config::from_parts(&text, &env(&[]), &Overrides::default());
+        let ok = load(toml("backend = \"s3\"", "local", "http://127.0.0.1:3900")).unwrap();
+        assert!(ok.archive.in_bucket());
+        for bad in [
+            toml(
+                "backend = \"s3\"\nroot = \"/mnt/cold\"",
+                "local",
+                "http://127.0.0.1:3900",
+            ),
+            toml("backend = \"s3\"", "s3", "http://127.0.0.1:3900"),
+            toml("backend = \"s3\"", "local", ""),
+            toml("backend = \"s3\"", "local", "ftp://127.0.0.1"),
+        ] {
+            assert!(load(bad.clone()).is_err(), "accepted:\n{bad}");
+        }
+        // The bucket settings are checked only when a bucket is used.
+        load(toml("", "local", "")).unwrap();
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::from_parts("", &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c, Config::default());
