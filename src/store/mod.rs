@@ -878,9 +878,11 @@ impl BlobStore {
             // An acknowledged put is durable in the cluster.
             return Pending::default();
         }
+        // Local files only (an archive bucket's object needs no sync, and
+        // this runs under the index's write lock: no network request).
         let dirs = self
-            .locate(hash)
-            .and_then(|t| self.root(t))
+            .stat_local(hash)
+            .and_then(|(t, _)| self.root(t))
             .map(|root| root.entry_chain(hash))
             .unwrap_or_default();
         Pending { dirs }
