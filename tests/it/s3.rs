@@ -1197,6 +1197,74 @@ async fn an_archive_bucket_holds_old_blobs_below_a_local_primary() {
     assert_eq!(no_follow.get(&url).send().await.unwrap().status(), 200);
 }
 
+/// An archive bucket whose cluster is down stops neither uploads (new
+/// content goes to the local disk, archived content is deduplicated by the
+/// index without asking the cluster) nor downloads of local blobs; archived
+/// blobs answer `503 store_unavailable` until the cluster is back, with no
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_archive_cluster_down_uploads_go_on_and_archived_blobs_answer_503() {
+    let garage = Arc::new(tokio::task::spawn_blocking(Garage::start).await.unwrap());
+    let bucket = {
+        let g = garage.clone();
+        tokio::task::spawn_blocking(move || g.create_bucket())
+            .await
+            .unwrap()
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let toml = archive_bucket_toml(&bucket, keys.path());
+    let app = TestApp::start_with(&toml).await;
+    let old = unique_png(61);
+    let v_old = upload_ok(&app.client, &app.base, 1, old.clone()).await;
+    assert_eq!(gc_in(&app.data, &toml).await.blobs_archived, 1);
+
+    let g = garage.clone();
+    tokio::task::spawn_blocking(move || g.stop_all())
+        .await
+        .unwrap();
+    let fresh = unique_png(62);
+    let v_fresh = upload_ok(&app.client, &app.base, 1, fresh.clone()).await;
+    assert_eq!(v_fresh["deduplicated"], false);
+    let again = upload_ok(&app.client, &app.base, 2, old.clone()).await;
+    assert_eq!(again["deduplicated"], true, "{again}");
+    assert_eq!(
+        download(&app.client, &app.base, v_fresh["id"].as_i64().unwrap()).await,
+        fresh
+    );
+    let url = signed_url(
+        &app.client,
+        &app.base,
+        v_old["id"].as_i64().unwrap(),
+        json!({}),
+    )
+    .await;
+    let resp = app.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let (_, health) = get_json(&app.client, &app.url("/healthz")).await;
+    assert_eq!(health["checks"]["s3"], "failing", "{health}");
+
+    let g = garage.clone();
+    tokio::task::spawn_blocking(move || g.start_all())
+        .await
+        .unwrap();
+    // Not marked lost meanwhile: served again as soon as the cluster is.
+    let mut served = None;
+    for _ in 0..100 {
+        let resp = app.client.get(&url).send().await.unwrap();
+        if resp.status() == 200 {
+            served = Some(resp.bytes().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        served.as_deref(),
+        Some(&old[..]),
+        "archived blob not served again"
+    );
+}
+
 /// `serve.nginx_accel` with an archive bucket: nginx serves a blob with a
 /// local copy from the data folder (`/_blobs/`), and an archived one from
 /// the cluster (`/_s3/`, a presigned path the daemon hands it).

@@ -253,12 +253,13 @@ pub async fn download_file(
             StatusCode::OK | StatusCode::PARTIAL_CONTENT
         )
         && state.settings().serve.s3_redirect
-        && served_from_bucket(&state, &row).await
+        && served_from_bucket(&state, row.hash).await
     {
         return redirect_to_bucket(&state, &row, &grant, &prepared.headers).await;
     }
     let mut prepared = prepared;
-    if prepared.headers.contains_key(X_ACCEL_REDIRECT) && served_from_bucket(&state, &row).await {
+    if prepared.headers.contains_key(X_ACCEL_REDIRECT) && served_from_bucket(&state, row.hash).await
+    {
         let target = bucket_accel_target(&state, &row, &prepared.headers).await?;
         put(&mut prepared.headers, X_ACCEL_REDIRECT.clone(), &target);
     }
@@ -309,12 +310,11 @@ const X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect")
 /// Whether the row's blob is read from a bucket (an S3 store, or an archive
 /// bucket holding it without a local copy): then a redirect or nginx goes
 /// to the bucket, not to a file.
-async fn served_from_bucket(state: &HttpState, row: &Media) -> bool {
+async fn served_from_bucket(state: &HttpState, hash: blake3::Hash) -> bool {
     let store = state.media().store().clone();
     if store.is_remote() || !store.has_archive_bucket() {
         return store.is_remote();
     }
-    let hash = row.hash;
     crate::tasks::blocking(move || store.served_from_bucket(&hash))
         .await
         .unwrap_or(false)
@@ -495,7 +495,7 @@ async fn unreadable_blob(state: &HttpState, id: i64, e: std::io::Error) -> ApiEr
         // A bucket that does not answer (down, or slower than
         // `store.s3.request_timeout`) is not damage and not a bug: 503 with
         // Retry-After, as uploads answer then.
-        Ok(_) if state.media().store().is_remote() => {
+        Ok(row) if served_from_bucket(state, row.hash).await => {
             tracing::warn!(error = %e, media = id, "the S3 bucket did not serve a blob");
             ApiError::new(
                 ErrorKind::Unavailable,
