@@ -110,7 +110,7 @@ impl Default for S3Config {
             secret_access_key_file: PathBuf::new(),
             part_size: 8 * 1024 * 1024,
             parallel_parts: 2,
-            part_buffers: 6,
+            part_buffers: 4,
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(3),
             retry_timeout: Duration::from_secs(10),
