@@ -803,3 +803,37 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(filled)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_buffers_are_capped_and_come_back_when_the_last_bytes_go() {
+        let pool = PartBuffers::new(16, 2);
+        let first = pool.take();
+        let mut second = pool.take();
+        second.len = 3;
+        let body = Bytes::from_owner(second);
+        assert_eq!(body.len(), 3);
+        // A retry keeps its own reference: the buffer is lent until both go.
+        let retry = body.clone();
+        drop(body);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || tx.send(pool.take().buf.len()).unwrap())
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a third buffer waits while two are lent"
+        );
+        drop(retry);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 16);
+        waiter.join().unwrap();
+        drop(first);
+        let lent = pool.state.lock().unwrap();
+        assert_eq!(lent.out, 0);
+        assert!(lent.free.is_empty(), "idle buffers are released");
+    }
+}
