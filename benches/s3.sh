@@ -120,10 +120,10 @@ CONF
     for id in "${ids[@]}"; do g 0 layout assign -z dc1 -c 1G "${id%@*}" >/dev/null; done
     g 0 layout apply --version 1 >/dev/null
     for _ in $(seq 600); do
-        g 0 json-api GetClusterHealth 2>/dev/null | grep -q '"status": "healthy"' && break
+        g 0 json-api GetClusterHealth 2>/dev/null | grep '"status": "healthy"' >/dev/null && break
         sleep 0.1
     done
-    g 0 json-api GetClusterHealth | grep -q '"status": "healthy"' ||
+    g 0 json-api GetClusterHealth | grep '"status": "healthy"' >/dev/null ||
         { echo "garage cluster not healthy:"; g 0 json-api GetClusterHealth || true; tail "$G"/n*/log; exit 1; }
     BUCKET=media
     g 0 bucket create "$BUCKET" >/dev/null

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,8 +32,8 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore,
+    ObjectStoreExt, PutPayload, RetryConfig,
 };
 
 use super::{BlobEntry, BlobStream, Result, StoreError, Verdict, layout};
@@ -86,9 +86,11 @@ pub struct S3Config {
     pub secret_access_key_file: PathBuf,
     /// Blobs above this size are sent as a multipart upload of parts this big.
     pub part_size: u64,
-    /// Parts of one upload in flight at once (memory per upload is about
-    /// `part_size * (parallel_parts + 1)`).
+    /// Parts of one upload in flight at once (one more is read meanwhile).
     pub parallel_parts: usize,
+    /// Part buffers shared by all uploads: the memory of multipart uploads,
+    /// however many run at once, is at most `part_size * part_buffers`.
+    pub part_buffers: usize,
     /// A request whose answer has not begun in this time (for a put: its
     /// body sent and the answer begun), or whose answer's body stalls this
     /// long, is retried (with backoff) until `retry_timeout`, then fails:
@@ -114,6 +116,7 @@ impl Default for S3Config {
             secret_access_key_file: PathBuf::new(),
             part_size: 8 * 1024 * 1024,
             parallel_parts: 2,
+            part_buffers: 4,
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(3),
             retry_timeout: Duration::from_secs(10),
@@ -149,9 +152,10 @@ impl S3Config {
             ));
         }
         // S3's own minimum part size (except the last part) is 5 MiB.
-        if s3.part_size < 5 * 1024 * 1024 || s3.parallel_parts == 0 {
+        if s3.part_size < 5 * 1024 * 1024 || s3.parallel_parts == 0 || s3.part_buffers == 0 {
             return Err(
-                "store.s3.part_size must be at least 5 MiB and store.s3.parallel_parts positive"
+                "store.s3.part_size must be at least 5 MiB, store.s3.parallel_parts and \
+                 store.s3.part_buffers positive"
                     .into(),
             );
         }
@@ -204,6 +208,7 @@ pub(super) struct S3Blobs {
     prefix: String,
     part_size: usize,
     parallel_parts: usize,
+    parts: Arc<PartBuffers>,
     rt: Runtime,
     /// Lists incomplete multipart uploads (`s3/uploads.rs`).
     uploads: uploads::UploadLister,
@@ -280,6 +285,7 @@ impl S3Blobs {
             prefix: config.prefix.clone(),
             part_size: config.part_size as usize,
             parallel_parts: config.parallel_parts,
+            parts: PartBuffers::new(config.part_size as usize, config.part_buffers),
             rt: Runtime(Some(rt)),
             uploads,
             location: format!(
@@ -412,40 +418,62 @@ impl S3Blobs {
         }
     }
 
+    /// Sends the file as a multipart upload: each part is read into a buffer
+    /// lent by the store's [`PartBuffers`] and sent as it is (no copy), up to
+    /// `parallel_parts` of them in flight while the next one is read.
     fn put_multipart(&self, key: &ObjectPath, file: &mut File) -> Result<()> {
         let started = Instant::now();
-        let upload = self
+        let mut upload = self
             .run("create_multipart", self.client.put_multipart(key))
             .map_err(|e| unavailable("start a multipart upload", e))?;
-        // `WriteMultipart` spawns each part's request on the current runtime.
-        let _entered = self.rt().enter();
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-        let mut buf = vec![0u8; self.part_size];
+        let mut in_flight = tokio::task::JoinSet::new();
+        let rt = self.rt().handle();
+        // The next part to finish, its failure as a store error.
+        let settle_one = |in_flight: &mut tokio::task::JoinSet<object_store::Result<()>>| match self
+            .block_on(in_flight.join_next())
+        {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(unavailable("upload a part", e)),
+            Some(Err(e)) => Err(StoreError::Unavailable(format!(
+                "a part upload task failed: {e}"
+            ))),
+        };
         let result = (|| -> Result<()> {
             loop {
-                let n = read_full(file, &mut buf)
+                let mut part = self.parts.take();
+                let n = read_full(file, &mut part.buf)
                     .map_err(|e| StoreError::io("read staging file", e))?;
                 if n == 0 {
-                    return Ok(());
+                    break;
                 }
-                self.block_on(writer.wait_for_capacity(self.parallel_parts))
-                    .map_err(|e| unavailable("upload a part", e))?;
-                writer.put(Bytes::copy_from_slice(&buf[..n]));
+                part.len = n;
+                while in_flight.len() >= self.parallel_parts {
+                    settle_one(&mut in_flight)?;
+                }
+                let body = PutPayload::from(Bytes::from_owner(part));
+                in_flight.spawn_on(upload.put_part(body), rt);
                 metrics::counter!(metric::REQUESTS, "op" => "put_part").increment(1);
             }
+            while !in_flight.is_empty() {
+                settle_one(&mut in_flight)?;
+            }
+            Ok(())
         })();
         let out = match result {
             Ok(()) => self
-                .block_on(writer.finish())
+                .block_on(upload.complete())
                 .map(|_| ())
                 .map_err(|e| unavailable("complete a multipart upload", e)),
-            Err(e) => {
-                // Leaves no parts behind in the bucket (best effort; a crash
-                // leaves them to the bucket's incomplete-upload cleanup).
-                let _ = self.block_on(writer.abort());
-                Err(e)
-            }
+            Err(e) => Err(e),
         };
+        if out.is_err() {
+            // Leaves no parts behind in the bucket (best effort; a crash
+            // leaves them to the bucket's incomplete-upload cleanup).
+            let _ = self.block_on(async {
+                in_flight.shutdown().await;
+                upload.abort().await
+            });
+        }
         let result: object_store::Result<()> =
             out.as_ref()
                 .map(|_| ())
@@ -459,8 +487,10 @@ impl S3Blobs {
 
     /// Opens the blob's bytes `range` (the whole object for `None`) as a
     /// stream. The request is made here, so a missing object is `NotFound`
-    /// before any byte is promised; the body then flows through a small
-    /// channel from the S3 runtime.
+    /// before any byte is promised. The body is the S3 client's own: its
+    /// connection is driven by the S3 runtime, which hands each chunk read
+    /// from the socket straight to whoever polls the stream (the response
+    /// body on the server's runtime), with no task of ours in between.
     pub(super) fn open_stream(
         &self,
         hash: &blake3::Hash,
@@ -474,17 +504,9 @@ impl S3Blobs {
         let got = self
             .run("get", self.client.get_opts(&key, options))
             .map_err(to_io)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
-        let mut body = got.into_stream();
-        self.rt().spawn(async move {
-            while let Some(chunk) = body.next().await {
-                let failed = chunk.is_err();
-                if tx.send(chunk.map_err(to_io)).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream_from(rx)))
+        Ok(Box::pin(
+            got.into_stream().map(|chunk| chunk.map_err(to_io)),
+        ))
     }
 
     /// The blob's first `len` bytes, in memory (small blobs).
@@ -703,6 +725,100 @@ fn to_io(e: object_store::Error) -> io::Error {
     }
 }
 
+/// The part buffers of every multipart upload of a store: at most
+/// `capacity` buffers of `part_size` bytes exist at once, whatever the number
+/// of uploads (memory for uploads is bounded by `part_size * capacity`). A
+/// buffer is lent to one part, read into from the staging file, sent as the
+/// part's body without a copy, and comes back when the part's request (and
+/// any retry of it) lets go of the bytes. The free buffers are kept for the
+/// next part while uploads run, and released when none does.
+#[derive(Debug)]
+struct PartBuffers {
+    part_size: usize,
+    capacity: usize,
+    state: Mutex<Lent>,
+    returned: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Lent {
+    free: Vec<Vec<u8>>,
+    out: usize,
+}
+
+impl PartBuffers {
+    fn new(part_size: usize, capacity: usize) -> Arc<PartBuffers> {
+        Arc::new(PartBuffers {
+            part_size,
+            capacity: capacity.max(1),
+            state: Mutex::new(Lent::default()),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// A buffer of `part_size` bytes, waiting (blocking) until one is free.
+    fn take(self: &Arc<Self>) -> PartBuf {
+        let mut lent = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(buf) = lent.free.pop() {
+                lent.out += 1;
+                return PartBuf::new(buf, self);
+            }
+            if lent.out < self.capacity {
+                lent.out += 1;
+                drop(lent);
+                return PartBuf::new(vec![0; self.part_size], self);
+            }
+            lent = self.returned.wait(lent).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut lent = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        lent.out -= 1;
+        if lent.out == 0 {
+            // No upload is sending: the memory goes back to the allocator.
+            lent.free = Vec::new();
+            drop(buf);
+        } else {
+            lent.free.push(buf);
+        }
+        drop(lent);
+        self.returned.notify_one();
+    }
+}
+
+/// One lent buffer, `len` bytes of it filled; its bytes become a part's body
+/// with [`bytes::Bytes::from_owner`], and dropping the last reference gives
+/// it back.
+struct PartBuf {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<PartBuffers>,
+}
+
+impl PartBuf {
+    fn new(buf: Vec<u8>, pool: &Arc<PartBuffers>) -> PartBuf {
+        PartBuf {
+            buf,
+            len: 0,
+            pool: pool.clone(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for PartBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PartBuf {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buf));
+    }
+}
+
 fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -716,9 +832,36 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// A receiver as a stream (what `tokio-stream`'s wrapper does, in a line).
-fn tokio_stream_from(
-    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
-) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_buffers_are_capped_and_come_back_when_the_last_bytes_go() {
+        let pool = PartBuffers::new(16, 2);
+        let first = pool.take();
+        let mut second = pool.take();
+        second.len = 3;
+        let body = Bytes::from_owner(second);
+        assert_eq!(body.len(), 3);
+        // A retry keeps its own reference: the buffer is lent until both go.
+        let retry = body.clone();
+        drop(body);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || tx.send(pool.take().buf.len()).unwrap())
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a third buffer waits while two are lent"
+        );
+        drop(retry);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 16);
+        waiter.join().unwrap();
+        drop(first);
+        let lent = pool.state.lock().unwrap();
+        assert_eq!(lent.out, 0);
+        assert!(lent.free.is_empty(), "idle buffers are released");
+    }
 }
