@@ -10,6 +10,10 @@
 //! all know) fight a self-hosted endpoint; `opendal` adds a layer we do not
 //! need over the same requests.
 //!
+//! What the store reports is checked: every request body is signed with
+//! its SHA-256 (SigV4 `x-amz-content-sha256`, on by default), which Garage
+//! verifies before storing it, and after a put a HEAD must report the size.
+//!
 //! Requests run on a small runtime of their own: the store's API is blocking
 //! (it is called from blocking threads, like the disk backend's), and the
 //! daemon's executor is never held up by S3 I/O.
