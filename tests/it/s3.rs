@@ -268,7 +268,7 @@ async fn uploads_and_downloads_through_s3_keep_every_behaviour() {
 async fn gc_racing_uploads_on_s3_never_loses_an_object() {
     let bucket = shared_bucket().await;
     let keys = tempfile::tempdir().unwrap();
-    race_gc_against_uploads(&bucket, &store_toml(&bucket, keys.path(), ""), 1000).await;
+    race_gc_against_uploads(&bucket, &store_toml(&bucket, keys.path(), ""), 2000).await;
 }
 
 /// The same race with an archive bucket below a local primary: every GC
@@ -307,7 +307,9 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let (mut conn, store) = media_store::app::open_existing_store(&config).unwrap();
+            let mut rounds = 0u64;
             for round in 0u64.. {
+                rounds = round;
                 let raced_enough = uploaded.load(Ordering::Relaxed) >= 500
                     && collected.load(Ordering::Relaxed) >= 50;
                 if (round >= gc_rounds && raced_enough)
@@ -329,6 +331,7 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
                 archived.fetch_add(s.blobs_archived, Ordering::Relaxed);
             }
             done.store(true, Ordering::Relaxed);
+            rounds
         })
     };
 
@@ -381,7 +384,7 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
             (n, dedup)
         }));
     }
-    gc_task.await.unwrap();
+    let rounds = gc_task.await.unwrap();
     let (mut uploads, mut dedups) = (0, 0);
     for u in uploaders {
         let (n, d) = u.await.unwrap();
@@ -391,8 +394,8 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
     let collected = collected.load(Ordering::Relaxed);
     let archived = archived.load(Ordering::Relaxed);
     eprintln!(
-        "{uploads} uploads ({dedups} deduplicated) raced GC on S3; {collected} blobs collected, \
-         {archived} archived"
+        "{uploads} uploads ({dedups} deduplicated) raced {rounds} GC rounds on S3; {collected} \
+         blobs collected, {archived} archived"
     );
     if toml.contains("[archive]") {
         assert!(
