@@ -837,6 +837,27 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A download's body, polled inside the S3 client's runtime context whoever
+/// polls it: the client's read timeout needs that runtime's timers (the
+/// caller's runtime may have none), and its connection lives there.
+struct InClientRuntime {
+    inner: BlobStream,
+    runtime: tokio::runtime::Handle,
+}
+
+impl futures_util::Stream for InClientRuntime {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let _context = this.runtime.enter();
+        this.inner.as_mut().poll_next(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,26 +889,5 @@ mod tests {
         let lent = pool.state.lock().unwrap();
         assert_eq!(lent.out, 0);
         assert!(lent.free.is_empty(), "idle buffers are released");
-    }
-}
-
-/// A download's body, polled inside the S3 client's runtime context whoever
-/// polls it: the client's read timeout needs that runtime's timers (the
-/// caller's runtime may have none), and its connection lives there.
-struct InClientRuntime {
-    inner: BlobStream,
-    runtime: tokio::runtime::Handle,
-}
-
-impl futures_util::Stream for InClientRuntime {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let _context = this.runtime.enter();
-        this.inner.as_mut().poll_next(cx)
     }
 }
