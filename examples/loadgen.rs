@@ -74,6 +74,18 @@ fn png_body(size: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// The latencies (sorted) and failure count of all client tasks.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, u64)>>) -> (Vec<Duration>, u64) {
+    let (mut lat, mut failed) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        lat.extend(l);
+        failed += f;
+    }
+    lat.sort();
+    (lat, failed)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -127,15 +139,8 @@ async fn small(url: String, token: String, clients: usize, count: usize, size: u
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    let mut failed = 0;
-    for t in tasks {
-        let (l, f) = t.await.unwrap();
-        lat.extend(l);
-        failed += f;
-    }
+    let (lat, failed) = gather(tasks).await;
     let secs = start.elapsed().as_secs_f64();
-    lat.sort();
     println!(
         "{}",
         json!({"mode": "small", "uploads": lat.len(), "failed": failed, "secs": secs,
@@ -198,14 +203,8 @@ async fn download(url: String, token: String, conns: usize, secs: u64, size: usi
             })
         })
         .collect();
-    let (mut lat, mut failed) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, f) = t.await.unwrap();
-        lat.extend(l);
-        failed += f;
-    }
+    let (lat, failed) = gather(tasks).await;
     let secs = start.elapsed().as_secs_f64();
-    lat.sort();
     println!(
         "{}",
         json!({"mode": "download", "requests": lat.len(), "failed": failed, "secs": secs,
@@ -483,14 +482,8 @@ async fn variant(url: String, token: String, parallel: usize, variant: String, i
             })
         })
         .collect();
-    let (mut lat, mut failed) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, f) = t.await.unwrap();
-        lat.extend(l);
-        failed += f;
-    }
+    let (lat, failed) = gather(tasks).await;
     let secs = start.elapsed().as_secs_f64();
-    lat.sort();
     println!(
         "{}",
         json!({"mode": "variant", "variant": variant, "count": lat.len(), "failed": failed,
