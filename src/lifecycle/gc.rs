@@ -225,30 +225,25 @@ pub fn run(
         lap(&mut summary, "blobs");
         super::remote::abort_stale_uploads(store, opts, &mut summary);
         lap(&mut summary, "multipart");
-    }
-    if store.is_remote() {
-        // The bucket is the whole store: nothing local to sweep or move.
-    } else if store.has_archive_bucket() {
-        collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
-        lap(&mut summary, "unknown_files");
-        super::archive::run(index, store, opts, &mut summary)?;
-        (summary.archive_blobs, summary.archive_bytes) = index.reader().archived_in_bucket()?;
-        if !opts.dry_run {
-            let (blobs, bytes) = (summary.archive_blobs, summary.archive_bytes);
-            index.immediate(|tx| tx.put_archive_stored(blobs, bytes, opts.now_ms))?;
-        }
-        lap(&mut summary, "archive");
     } else {
         collect_zero_count_blobs(index, store, opts, &mut summary)?;
         lap(&mut summary, "blobs");
+    }
+    // An S3 store has nothing local to sweep or move.
+    if !store.is_remote() {
         collect_unknown_files(index, store, Tier::Primary, opts, &mut summary)?;
-        if store.has_archive() {
+        if store.has_archive() && !store.has_archive_bucket() {
             collect_unknown_files(index, store, Tier::Archive, opts, &mut summary)?;
         }
         lap(&mut summary, "unknown_files");
         super::archive::run(index, store, opts, &mut summary)?;
-        summary.archive_blobs += summary.blobs_archived;
-        summary.archive_bytes += summary.bytes_archived;
+        if store.has_archive_bucket() {
+            // The index knows what the bucket holds (no listing walked it).
+            (summary.archive_blobs, summary.archive_bytes) = index.reader().archived_in_bucket()?;
+        } else {
+            summary.archive_blobs += summary.blobs_archived;
+            summary.archive_bytes += summary.bytes_archived;
+        }
         if store.has_archive() && !opts.dry_run {
             let (blobs, bytes) = (summary.archive_blobs, summary.archive_bytes);
             index.immediate(|tx| tx.put_archive_stored(blobs, bytes, opts.now_ms))?;
