@@ -832,6 +832,16 @@ impl BlobStore {
             .or_else(|| self.cold_head(hash).map(|_| Tier::Archive))
     }
 
+    /// The bucket that holds a tier's copies: an S3 store's for the primary
+    /// tier, an archive bucket for the archive tier; `None` for a tier on
+    /// disk (or absent).
+    fn tier_bucket(&self, tier: Tier) -> Option<&s3::S3Blobs> {
+        match tier {
+            Tier::Primary => self.remote.as_deref(),
+            Tier::Archive => self.cold.as_deref(),
+        }
+    }
+
     /// The archive bucket's size and last modification of the blob's object
     /// (`None` without an archive bucket, or when it cannot say).
     fn cold_head(&self, hash: &blake3::Hash) -> Option<(u64, i64)> {
@@ -1101,30 +1111,18 @@ impl BlobStore {
         on_shard: impl FnMut(),
         f: impl FnMut(Vec<(BlobEntry, Option<i64>)>) -> Result<(), E>,
     ) -> Result<(), E> {
-        if let Some(remote) = &self.remote {
+        if let Some(bucket) = self.tier_bucket(tier) {
             let mut f = f;
-            return match tier {
-                Tier::Primary => remote.list(|page| {
-                    f(page
-                        .into_iter()
-                        .map(|(e, _, modified)| (e, Some(modified)))
-                        .collect())
-                }),
-                Tier::Archive => Ok(()),
-            };
+            return bucket.list(|page| {
+                f(page
+                    .into_iter()
+                    .map(|(e, _, modified)| (e, Some(modified)))
+                    .collect())
+            });
         }
-        match (self.root(tier), &self.cold) {
-            (Some(root), _) => walk_blobs(&root.blobs, on_shard, f),
-            (None, Some(cold)) if tier == Tier::Archive => {
-                let mut f = f;
-                cold.list(|page| {
-                    f(page
-                        .into_iter()
-                        .map(|(e, _, modified)| (e, Some(modified)))
-                        .collect())
-                })
-            }
-            (None, _) => Ok(()),
+        match self.root(tier) {
+            Some(root) => walk_blobs(&root.blobs, on_shard, f),
+            None => Ok(()),
         }
     }
 
@@ -1142,11 +1140,8 @@ impl BlobStore {
     /// The blob file's size and last modification (Unix ms) in a root, if
     /// it exists.
     pub fn file_meta(&self, tier: Tier, hash: &blake3::Hash) -> Option<(u64, i64)> {
-        if let Some(remote) = &self.remote {
-            return remote.head(hash).ok().flatten();
-        }
-        if tier == Tier::Archive && self.cold.is_some() {
-            return self.cold_head(hash);
+        if let Some(bucket) = self.tier_bucket(tier) {
+            return bucket.head(hash).ok().flatten();
         }
         let path = self.root(tier)?.blob(hash);
         let meta = fs::symlink_metadata(&path).ok()?;
@@ -1177,11 +1172,8 @@ impl BlobStore {
 
     /// Deletes a blob file the index does not know, in one root.
     pub fn delete_unknown(&self, tier: Tier, hash: &blake3::Hash) -> Result<Unlinked> {
-        if let Some(remote) = &self.remote {
-            return remote.delete(hash);
-        }
-        if let (Tier::Archive, Some(cold)) = (tier, &self.cold) {
-            return cold.delete(hash);
+        if let Some(bucket) = self.tier_bucket(tier) {
+            return bucket.delete(hash);
         }
         match self.root(tier) {
             Some(root) => unlink(&root.blob(hash)),
@@ -1211,14 +1203,8 @@ impl BlobStore {
         hash: &blake3::Hash,
         now_ms: i64,
     ) -> Result<Option<String>> {
-        if let Some(remote) = &self.remote {
-            return match tier {
-                Tier::Primary => remote.quarantine(hash, now_ms),
-                Tier::Archive => Ok(None),
-            };
-        }
-        if let (Tier::Archive, Some(cold)) = (tier, &self.cold) {
-            return cold.quarantine(hash, now_ms);
+        if let Some(bucket) = self.tier_bucket(tier) {
+            return bucket.quarantine(hash, now_ms);
         }
         let Some((moved, pending)) = self.quarantine_copy_unsynced(tier, hash, now_ms)? else {
             return Ok(None);
@@ -1237,7 +1223,7 @@ impl BlobStore {
         hash: &blake3::Hash,
         now_ms: i64,
     ) -> Result<Option<(String, Pending)>> {
-        if self.is_remote() || (tier == Tier::Archive && self.cold.is_some()) {
+        if self.tier_bucket(tier).is_some() {
             return Ok(self
                 .quarantine_copy(tier, hash, now_ms)?
                 .map(|moved| (moved, Pending::default())));
@@ -1268,16 +1254,12 @@ impl BlobStore {
 
     /// Checks the size and hash of the blob's copy in one root.
     pub fn verify_copy(&self, tier: Tier, hash: &blake3::Hash, size: u64) -> Verdict {
-        if let Some(remote) = &self.remote {
-            return match tier {
-                Tier::Primary => remote.verify(hash, size),
-                Tier::Archive => Verdict::Missing,
-            };
+        if let Some(bucket) = self.tier_bucket(tier) {
+            return bucket.verify(hash, size);
         }
-        match (self.root(tier), &self.cold) {
-            (Some(root), _) => verify_file(&root.blob(hash), size, hash, &self.work),
-            (None, Some(cold)) if tier == Tier::Archive => cold.verify(hash, size),
-            (None, _) => Verdict::Missing,
+        match self.root(tier) {
+            Some(root) => verify_file(&root.blob(hash), size, hash, &self.work),
+            None => Verdict::Missing,
         }
     }
 
@@ -1324,14 +1306,10 @@ impl BlobStore {
     /// [`file_id`]): a verdict reached on a file is applied only while the
     /// same file is there.
     pub fn copy_fingerprint(&self, tier: Tier, hash: &blake3::Hash) -> Option<u64> {
-        if self.is_remote() {
-            return match tier {
-                Tier::Primary => self.fingerprint(hash).map(|(_, id, _)| id),
-                Tier::Archive => None,
-            };
-        }
-        if tier == Tier::Archive && self.cold.is_some() {
-            return self.cold_head(hash).map(|(_, modified)| modified as u64);
+        if let Some(bucket) = self.tier_bucket(tier) {
+            // An object's identity: its last modification (a re-put changes it).
+            let (_, modified) = bucket.head(hash).ok().flatten()?;
+            return Some(modified as u64);
         }
         let meta = fs::metadata(self.root(tier)?.blob(hash)).ok()?;
         meta.is_file().then_some(file_id(&meta))
