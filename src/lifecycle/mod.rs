@@ -250,6 +250,18 @@ mod tests {
             .collect()
     }
 
+    /// Nothing was hashed or synced while the run held the write lock.
+    fn assert_no_io_under_lock(lock: &super::report::WriteLockUse, who: &str) {
+        assert_eq!(
+            lock.bytes_hashed_under_lock, 0,
+            "{who} hashed under the write lock: {lock:?}"
+        );
+        assert_eq!(
+            lock.syncs_under_lock, 0,
+            "{who} synced under the write lock: {lock:?}"
+        );
+    }
+
     #[test]
     fn fsck_repair_hashes_nothing_under_the_write_lock() {
         let dir = tempfile::tempdir().unwrap();
@@ -283,14 +295,7 @@ mod tests {
             s.write_lock.transactions, 2,
             "recount, then one batch: {s:?}"
         );
-        assert_eq!(
-            s.write_lock.bytes_hashed_under_lock, 0,
-            "repair re-hashed under the write lock: {s:?}"
-        );
-        assert_eq!(
-            s.write_lock.syncs_under_lock, 0,
-            "repair synced under the write lock: {s:?}"
-        );
+        assert_no_io_under_lock(&s.write_lock, "repair");
     }
 
     #[test]
@@ -332,13 +337,6 @@ mod tests {
             store.syncs() > syncs,
             "the archive copies' folders were synced"
         );
-        assert_eq!(
-            s.write_lock.bytes_hashed_under_lock, 0,
-            "the sweep hashed under the write lock: {s:?}"
-        );
-        assert_eq!(
-            s.write_lock.syncs_under_lock, 0,
-            "the sweep synced under the write lock: {s:?}"
-        );
+        assert_no_io_under_lock(&s.write_lock, "the sweep");
     }
 }
