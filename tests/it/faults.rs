@@ -415,14 +415,7 @@ async fn two_thousand_slow_or_idle_connections_do_not_keep_others_waiting() {
         .expect("upload answered within a second");
         assert_eq!(status, 201);
     }
-    let page = client
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_text(&client, &d.url("/metrics")).await;
     let open: f64 = page
         .lines()
         .find_map(|l| l.strip_prefix("media_store_http_open_connections "))

@@ -171,15 +171,7 @@ async fn rows_appear_with_the_same_ids_and_values_and_deletes_propagate() {
     assert_eq!(health["mysql"]["connected"], true);
     assert_eq!(health["mysql"]["backlog"], 0);
     assert!(health["mysql"]["last_sync_at"].is_string(), "{health}");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app.client, &app.url("/metrics")).await;
     assert!(
         metrics.contains("media_store_mysql_outbox_backlog"),
         "{metrics}"

@@ -230,15 +230,7 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
     // A background GC run has finished.
     let mut page = String::new();
     for _ in 0..100 {
-        page = d
-            .client
-            .get(d.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        page = metrics_text(&d.client, &d.url("/metrics")).await;
         if sample(&page, "media_store_gc_runs_total", &["result=\"ok\""]).is_some() {
             break;
         }
@@ -381,15 +373,7 @@ async fn metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root() {
     assert_eq!(code, 1, "{out}{err}");
     d.accept_damage("fsck quarantined a blob damaged on purpose");
 
-    let page = d
-        .client
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_text(&d.client, &d.url("/metrics")).await;
     let v = |name: &str, labels: &[&str]| {
         sample(&page, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{page}"))
     };
@@ -434,15 +418,7 @@ async fn metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root() {
     assert!(v("media_store_preview_jobs_queued", &[]) >= 0.0);
     let mut idle = false;
     for _ in 0..100 {
-        let page = d
-            .client
-            .get(d.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = metrics_text(&d.client, &d.url("/metrics")).await;
         let jobs = |name| sample(&page, name, &[]).unwrap();
         if jobs("media_store_preview_jobs_queued") == 0.0
             && jobs("media_store_preview_jobs_running") == 0.0

@@ -51,15 +51,7 @@ fn decode(bytes: &[u8]) -> image::RgbImage {
 
 /// The value of a counter with one label in the Prometheus text of `/metrics`.
 async fn counter(app: &TestApp, name: &str, label: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&app.client, &app.url("/metrics")).await;
     let prefix = format!("{name}{{{label}}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -402,14 +394,7 @@ async fn a_decompression_bomb_gets_422_remembered_and_the_daemon_stays_small() {
         assert_eq!(v["error"]["code"], "too_many_pixels", "{v}");
     }
     // Rendered once: the later answers came from the negative cache.
-    let metrics = c
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(c, &daemon.url("/metrics")).await;
     let renders: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("media_store_renditions_rendered_total{variant=\"thumb\"} "))

@@ -21,6 +21,11 @@ pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The Prometheus text of a `/metrics` URL (which must answer).
+pub async fn metrics_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
     send_json(client.get(url)).await
 }
