@@ -133,10 +133,7 @@ impl Tx<'_> {
     /// marked already keep their time). Returns how many were marked.
     pub fn mark_corrupt(&self, hash: &blake3::Hash, now_ms: i64) -> Result<u64> {
         // The archive bucket no longer vouches for the content (migration 0008).
-        self.conn().execute(
-            "UPDATE blobs SET archived_at = NULL WHERE hash = ?1",
-            [hash.as_bytes()],
-        )?;
+        self.clear_archived(hash)?;
         Ok(self.conn().execute(
             "UPDATE media SET corrupt_since = ?2 WHERE hash = ?1 AND corrupt_since IS NULL",
             params![hash.as_bytes(), now_ms],

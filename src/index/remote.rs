@@ -164,19 +164,6 @@ impl Reader<'_> {
             .unwrap_or(false))
     }
 
-    /// Whether GC has claimed the hash's row (it is deleting its copies).
-    pub fn blob_claimed(&self, hash: &blake3::Hash) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT gc_claimed_at IS NOT NULL FROM blobs WHERE hash = ?1",
-                [hash.as_bytes()],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(false))
-    }
-
     /// Blobs and bytes the archive bucket holds, by the index.
     pub fn archived_in_bucket(&self) -> Result<(u64, u64)> {
         Ok(self.conn.query_row(
