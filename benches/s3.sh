@@ -7,9 +7,12 @@
 #
 #   big    1 GiB upload: POST /v1/media vs `rclone copyto` of the same file
 #          (throughput ratio, target >= 0.80)
-#   down   100 MiB download: a signed URL through the daemon vs a direct GET of
-#          the same bytes from Garage (a presigned URL from `rclone link`), both
-#          with curl (target >= 0.90)
+#   down   100 MiB signed download, each of the three ways media-store serves
+#          an S3 blob (streamed through the daemon; `serve.s3_redirect`, curl
+#          following the 302; `serve.nginx_accel` behind nginx/media-store.conf,
+#          whose /_s3/ location proxies to Garage) vs a direct GET of the same
+#          bytes from Garage (a presigned URL from `rclone link`), all with
+#          curl, the order rotating each round (target >= 0.90)
 #   small  4 KiB uploads, 32 clients: the daemon's uploads/s (loadgen) vs
 #          rclone copying a folder of as many 4 KiB files with 32 transfers
 #   rss    peak RSS (VmHWM) of the daemon during 4 concurrent 1 GiB uploads
@@ -25,10 +28,11 @@
 # Environment: BENCH_DIR (scratch folder, holds Garage's data, three copies of
 # everything, deleted blocks kept 10 minutes: about (6 x ROUNDS + 16) x BIG_MB
 # for `all`, checked before starting; default target/bench-s3), BIG_MB (1024),
-# DOWN_MB (100), SMALL_COUNT (3200), ROUNDS (4), MEDIA_STORE_BIN and
+# DOWN_MB (100), SMALL_COUNT (3200), ROUNDS (4), CPU_RUNS (8: downloads each
+# way after the timed rounds, for the CPU time each process spends), MEDIA_STORE_BIN and
 # LOADGEN_BIN (binaries to run instead of building this tree), GARAGE_BIN.
 # Needs: garage (`cargo install --locked garage@2.5.0`, as scripts/test does),
-# rclone, curl, python3.
+# rclone, curl, python3, bc, nginx (for `down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -37,11 +41,12 @@ BIG_MB=${BIG_MB:-1024}
 DOWN_MB=${DOWN_MB:-100}
 SMALL_COUNT=${SMALL_COUNT:-3200}
 ROUNDS=${ROUNDS:-4}
+CPU_RUNS=${CPU_RUNS:-8}
 TOKEN=bench-token-0123456789
 GARAGE=${GARAGE_BIN:-$(command -v garage || echo "${CARGO_HOME:-$HOME/.cargo}/bin/garage")}
 [ -x "$GARAGE" ] || { echo "benches/s3.sh: garage is missing (cargo install --locked garage@2.5.0)" >&2; exit 2; }
-for tool in rclone curl python3 bc; do
-    command -v "$tool" >/dev/null || { echo "benches/s3.sh: $tool is missing (apt-get install $tool)" >&2; exit 2; }
+for tool in rclone curl python3 bc nginx; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "benches/s3.sh: $tool is missing (apt-get install $tool)" >&2; exit 2; }
 done
 mkdir -p "$BENCH_DIR"
 case $what in
@@ -59,6 +64,7 @@ BIN=${MEDIA_STORE_BIN:-$PWD/target/release/media-store}
 LOADGEN=${LOADGEN_BIN:-$PWD/target/release/examples/loadgen}
 summary=()
 pids=()
+garage_pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -68,6 +74,11 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 elapsed() { echo "$(now) - $1" | bc -l; }
+cpu_secs() { # pids -> their CPU time (user + system), seconds
+    local p t=0
+    for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done
+    echo "$t / $(getconf CLK_TCK)" | bc -l
+}
 median() { printf '%s\n' "$@" | python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.stdin))'; }
 free_ports() { python3 -c 'import socket
 s=[socket.socket() for _ in range('"$1"')]
@@ -104,6 +115,7 @@ api_bind_addr = "127.0.0.1:$admin"
 CONF
         "$GARAGE" -c "$G/n$i/garage.toml" server >"$G/n$i/log" 2>&1 &
         pids+=("$!")
+        garage_pids+=("$!")
     done
     local ids=()
     for i in 0 1 2; do
@@ -147,7 +159,7 @@ CONF
 RCLONE=(env -u AWS_CA_BUNDLE rclone --s3-no-check-bucket --s3-disable-checksum)
 
 # --- the daemon on that bucket ------------------------------------------------
-start_daemon() { # $1 name -> sets URL, DPID
+start_daemon() { # $1 name, $2 more config -> sets URL, DPID
     local d=$BENCH_DIR/$1
     rm -rf "$d"; mkdir -p "$d"
     printf '%s' "$KEY_ID" >"$d/s3-key-id"; printf '%s' "$KEY_SECRET" >"$d/s3-secret"
@@ -164,11 +176,13 @@ prefix = "$1/"
 path_style = true
 access_key_id_file = "$d/s3-key-id"
 secret_access_key_file = "$d/s3-secret"
+${2:-}
 CONF
     MEDIA_STORE_API_TOKEN=$TOKEN "$BIN" serve --data-dir "$d/data" --config "$d/config.toml" \
         --listen 127.0.0.1:0 >"$d/log" 2>&1 &
     DPID=$!
     pids+=("$DPID")
+    daemon_pids+=("$DPID")
     for _ in $(seq 600); do
         URL=$(sed -n 's/^listening on //p' "$d/log" 2>/dev/null || true)
         [ -n "$URL" ] && return 0
@@ -178,6 +192,58 @@ CONF
     echo "daemon did not start"; cat "$d/log"; exit 1
 }
 stop_daemon() { kill "$DPID"; wait "$DPID" 2>/dev/null || true; }
+daemon_pids=()
+stop_daemons() {
+    local p
+    for p in "${daemon_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+    daemon_pids=()
+}
+signed_url() { # id -> the path and query of a signed download URL, valid a day
+    curl -sSf -X POST -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+        -d '{"ttl_secs": 86400}' "$URL/v1/media/$1/url" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])'
+}
+
+# --- nginx: the shipped site, its @ values replaced (as benches/serve.sh and
+# tests/it/harness/nginx.rs do), /_s3/ proxying to node 0 -----------------------
+start_nginx() { # $1 the daemon's host:port -> sets NGINX_PORT
+    local n=$BENCH_DIR/nginx nginx_bin s3_host=${S3_ENDPOINT#http://}
+    nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+    rm -rf "$n"; mkdir -p "$n"/{client_body,proxy,fastcgi,uwsgi,scgi,blobs}
+    NGINX_PORT=$(free_ports 1)
+    sed -e "s|listen 80; # @listen|listen 127.0.0.1:$NGINX_PORT; # @listen|" \
+        -e "s|^\( *\)server [^ ]*; # @upstream|\1server $1; # @upstream|" \
+        -e "s|alias /var/lib/media-store/blobs/; # @blobs|alias $n/blobs/; # @blobs|" \
+        -e "s|access_log /var/log/nginx/media-store.access.log media_store;|access_log off;|" \
+        -e "s|proxy_pass http://127.0.0.1:3900; # @s3|proxy_pass http://$s3_host; # @s3|" \
+        -e "s|proxy_set_header Host 127.0.0.1:3900; # @s3_host|proxy_set_header Host $s3_host; # @s3_host|" \
+        nginx/media-store.conf >"$n/site.conf"
+    for marker in "server $1; # @upstream" "proxy_pass http://$s3_host; # @s3" "Host $s3_host; # @s3_host"; do
+        grep -qF "$marker" "$n/site.conf" || { echo "nginx/media-store.conf: no line for '$marker'"; exit 2; }
+    done
+    local user_line=""; [ "$(id -u)" -eq 0 ] && user_line="user root;"
+    cat >"$n/nginx.conf" <<CONF
+$user_line
+daemon off;
+worker_processes 1;
+pid $n/nginx.pid;
+error_log $n/error.log warn;
+events { worker_connections 1024; }
+http {
+  include /etc/nginx/mime.types;
+  default_type application/octet-stream;
+  client_body_temp_path $n/client_body; proxy_temp_path $n/proxy;
+  fastcgi_temp_path $n/fastcgi; uwsgi_temp_path $n/uwsgi; scgi_temp_path $n/scgi;
+  include $n/site.conf;
+}
+CONF
+    "$nginx_bin" -t -q -p "$n" -e "$n/error.log" -c "$n/nginx.conf"
+    "$nginx_bin" -p "$n" -e "$n/error.log" -c "$n/nginx.conf" &
+    NGINX_PID=$!
+    pids+=("$NGINX_PID")
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && return 0; sleep 0.05; done
+    echo "nginx did not start"; cat "$n/error.log"; exit 1
+}
+stop_nginx() { kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; }
 
 upload() { # file -> prints "id"; fails unless 201
     curl -sS --fail-with-body -X POST -T "$1" -H "Authorization: Bearer $TOKEN" "$URL/v1/media?uploader_id=1" |
@@ -219,35 +285,81 @@ bench_big() {
 }
 
 bench_down() {
-    local src=$BENCH_DIR/down.mp4 ms_t=() direct_t=() ratios=()
+    local src=$BENCH_DIR/down.mp4 ratios_stream=() ratios_redirect=() ratios_nginx=()
+    local t_direct=() t_stream=() t_redirect=() t_nginx=()
     make_video "$src" "$DOWN_MB"
-    start_daemon down
-    local id url direct
-    id=$(upload "$src")
-    url=$URL$(curl -sSf -X POST -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-        -d '{"ttl_secs": 86400}' "$URL/v1/media/$id/url" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
+    # One daemon per serving mode, each on its own prefix of the bucket (a
+    # prefix is one store), each holding the same file.
+    local stream_url redirect_url accel_url accel_addr direct
+    start_daemon down-stream
+    stream_url=$URL$(signed_url "$(upload "$src")")
+    start_daemon down-redirect "[serve]
+s3_redirect = true
+s3_redirect_ttl_secs = 86400"
+    redirect_url=$URL$(signed_url "$(upload "$src")")
+    start_daemon down-accel "[serve]
+nginx_accel = true"
+    accel_addr=${URL#http://}
+    accel_url=$(signed_url "$(upload "$src")")
+    start_nginx "$accel_addr"
+    accel_url=http://127.0.0.1:$NGINX_PORT$accel_url
     # The same bytes as an object of their own, read straight from Garage.
     "${RCLONE[@]}" copyto "$src" "garage:$BUCKET/rclone/down"
     direct=$("${RCLONE[@]}" link --expire 1d "garage:$BUCKET/rclone/down")
-    for u in "$url" "$direct"; do
-        cmp -s <(curl -sSf "$u") "$src" || { echo "wrong bytes from $u"; exit 1; }
+    for u in "$stream_url" "$redirect_url" "$accel_url" "$direct"; do
+        cmp -s <(curl -sSfL "$u") "$src" || { echo "wrong bytes from $u"; exit 1; }
     done
-    get() { local t; t=$(now); curl -sSf -o /dev/null "$1"; elapsed "$t"; }
+    # curl -L: the redirect mode's 302 and the presigned GET it leads to.
+    get() { local t; t=$(now); curl -sSfL -o /dev/null "$1"; elapsed "$t"; }
+    local ways=(direct stream redirect nginx) order i w
     for r in $(seq "$ROUNDS"); do
-        if [ $((r % 2)) = 1 ]; then
-            ms_t+=("$(get "$url")"); direct_t+=("$(get "$direct")")
-        else
-            direct_t+=("$(get "$direct")"); ms_t+=("$(get "$url")")
-        fi
-        ratios+=("$(echo "${direct_t[-1]}/${ms_t[-1]}" | bc -l)")
-        echo "down round $r: media-store ${ms_t[-1]} s, direct ${direct_t[-1]} s"
+        # Rotate who goes first: each way takes each position in turn.
+        order=()
+        for i in 0 1 2 3; do order+=("${ways[$(( (i + r) % 4 ))]}"); done
+        for w in "${order[@]}"; do
+            case $w in
+                direct) t_direct+=("$(get "$direct")") ;;
+                stream) t_stream+=("$(get "$stream_url")") ;;
+                redirect) t_redirect+=("$(get "$redirect_url")") ;;
+                nginx) t_nginx+=("$(get "$accel_url")") ;;
+            esac
+        done
+        ratios_stream+=("$(echo "${t_direct[-1]}/${t_stream[-1]}" | bc -l)")
+        ratios_redirect+=("$(echo "${t_direct[-1]}/${t_redirect[-1]}" | bc -l)")
+        ratios_nginx+=("$(echo "${t_direct[-1]}/${t_nginx[-1]}" | bc -l)")
+        echo "down round $r (${order[*]}): direct ${t_direct[-1]} s, streamed ${t_stream[-1]} s, redirect ${t_redirect[-1]} s, nginx ${t_nginx[-1]} s"
     done
-    stop_daemon
+    # Where the CPU goes: the processes' CPU time over CPU_RUNS more
+    # downloads each way (garage: all three nodes; the daemon; nginx's master
+    # and worker; curl).
+    local cpu_lines=() stream_pid=${daemon_pids[0]} accel_pid=${daemon_pids[2]}
+    for w in direct stream redirect nginx; do
+        local u before_g before_d before_n after_g after_d after_n curl_s d_pid
+        case $w in
+            direct) u=$direct d_pid=$stream_pid ;; stream) u=$stream_url d_pid=$stream_pid ;;
+            redirect) u=$redirect_url d_pid=${daemon_pids[1]} ;; nginx) u=$accel_url d_pid=$accel_pid ;;
+        esac
+        before_g=$(cpu_secs "${garage_pids[@]}"); before_d=$(cpu_secs "$d_pid"); before_n=$(cpu_secs "$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+        curl_s=$(python3 -c 'import resource,subprocess,sys
+for _ in range(int(sys.argv[1])):
+    subprocess.run(["curl", "-sSfL", "-o", "/dev/null", sys.argv[2]], check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r.ru_utime + r.ru_stime)' "$CPU_RUNS" "$u")
+        after_g=$(cpu_secs "${garage_pids[@]}"); after_d=$(cpu_secs "$d_pid"); after_n=$(cpu_secs "$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+        per() { echo "($1) * 1000 / $CPU_RUNS" | bc -l | xargs printf '%.0f'; }
+        cpu_lines+=("  CPU ms per download, $w: garage $(per "$after_g - $before_g"), media-store $(per "$after_d - $before_d"), nginx $(per "$after_n - $before_n"), curl $(per "$curl_s")")
+    done
+    stop_nginx
+    stop_daemons
     "${RCLONE[@]}" deletefile "garage:$BUCKET/rclone/down"
     rm -f "$src"
-    local ms d
-    ms=$(median "${ms_t[@]}"); d=$(median "${direct_t[@]}")
-    summary+=("$DOWN_MB MiB download, curl, median of $ROUNDS rounds: signed URL through media-store $(echo "$DOWN_MB/$ms" | bc -l | xargs printf '%.0f') MiB/s, presigned GET straight from Garage $(echo "$DOWN_MB/$d" | bc -l | xargs printf '%.0f') MiB/s; media-store/direct = $(median "${ratios[@]}" | xargs printf '%.2f') (target >= 0.90)")
+    rate() { echo "$DOWN_MB/$(median "$@")" | bc -l | xargs printf '%.0f'; }
+    summary+=("$DOWN_MB MiB signed download, curl, median of $ROUNDS rounds (order rotating): presigned GET straight from Garage $(rate "${t_direct[@]}") MiB/s;"
+        "  streamed through media-store (whole download BLAKE3-verified) $(rate "${t_stream[@]}") MiB/s, ratio $(median "${ratios_stream[@]}" | xargs printf '%.2f');"
+        "  serve.s3_redirect (302, then the presigned GET) $(rate "${t_redirect[@]}") MiB/s, ratio $(median "${ratios_redirect[@]}" | xargs printf '%.2f');"
+        "  serve.nginx_accel (nginx/media-store.conf proxying /_s3/ to Garage) $(rate "${t_nginx[@]}") MiB/s, ratio $(median "${ratios_nginx[@]}" | xargs printf '%.2f')"
+        "  (ratios: medians of per-round direct/way time ratios; target >= 0.90)"
+        "${cpu_lines[@]}")
 }
 
 bench_small() {

@@ -1006,28 +1006,39 @@ impl BlobStore {
         len: u64,
         chunk: usize,
     ) -> io::Result<BlobStream> {
+        Ok(self.open_bytes(hash, start, len, chunk, false)?.0)
+    }
+
+    /// [`open_range`](Self::open_range), saying which bucket the bytes come
+    /// from (an S3 store, or an archive bucket when there is no local copy)
+    /// and the object's version. `whole`: all of the blob (`start` 0, `len`
+    /// its size), asked of a bucket without a Range.
+    fn open_bytes(
+        &self,
+        hash: &blake3::Hash,
+        start: u64,
+        len: u64,
+        chunk: usize,
+        whole: bool,
+    ) -> io::Result<BucketOpened<'_>> {
         use std::io::{Seek, SeekFrom};
         use tokio::io::AsyncReadExt as _;
+        let range = (!whole).then_some(start..start + len);
         if let Some(remote) = &self.remote {
-            if len == 0 {
-                return Ok(Box::pin(futures_util::stream::empty()));
-            }
-            return remote.open_stream(hash, Some(start..start + len));
+            return open_object(remote, hash, range, len);
         }
         let mut file = match (self.open_file(hash), &self.cold) {
             (Err(e), Some(cold)) if e.kind() == io::ErrorKind::NotFound => {
-                if len == 0 {
-                    return Ok(Box::pin(futures_util::stream::empty()));
-                }
-                return cold.open_stream(hash, Some(start..start + len));
+                return open_object(cold, hash, range, len);
             }
             (file, _) => file?,
         };
         file.seek(SeekFrom::Start(start))?;
         let file = tokio::fs::File::from_std(file).take(len);
-        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
-            file, chunk,
-        )))
+        Ok((
+            Box::pin(tokio_util::io::ReaderStream::with_capacity(file, chunk)),
+            None,
+        ))
     }
 
     /// The whole blob as a stream that is checked against its hash as it
@@ -1035,6 +1046,11 @@ impl BlobStore {
     /// mismatch the stream ends with an error instead (the client sees a
     /// failed transfer, never a clean wrong body) and `on_mismatch` runs.
     /// BLAKE3 hashes faster than the disk reads, so this costs little.
+    ///
+    /// A bucket's object is hashed once per object version (unless
+    /// `store.s3.verify_downloads = "always"`): a version hashed right
+    /// before is served as it comes, the bucket checking its own blocks on
+    /// every read (storage-layout.md, "Serving S3 blobs").
     pub fn open_verified(
         &self,
         hash: &blake3::Hash,
@@ -1042,18 +1058,28 @@ impl BlobStore {
         chunk: usize,
         on_mismatch: Box<dyn FnOnce() + Send>,
     ) -> io::Result<BlobStream> {
-        let inner = match &self.remote {
-            Some(remote) => remote.open_stream(hash, None)?,
-            None => self.open_range(hash, 0, size, chunk)?,
-        };
-        // (An archive bucket's object is opened by open_range's fallback.)
+        let (inner, bucket) = self.open_bytes(hash, 0, size, chunk, true)?;
+        let mut on_match = None;
+        let from_bucket = bucket.is_some();
+        if let Some((bucket, Some(version))) = bucket {
+            if bucket.verified_before(hash, &version) {
+                metrics::counter!(s3::metric::WHOLE_DOWNLOADS, "check" => "version").increment(1);
+                return Ok(inner);
+            }
+            on_match = bucket.on_verified(hash, version);
+        }
+        if from_bucket {
+            metrics::counter!(s3::metric::WHOLE_DOWNLOADS, "check" => "hashed").increment(1);
+        }
         Ok(Box::pin(VerifiedStream {
             inner,
+            work: self.work.clone(),
             hasher: blake3::Hasher::new(),
             expected: *hash,
             held: None,
             done: false,
             on_mismatch: Some(on_mismatch),
+            on_match,
         }))
     }
 
@@ -1264,8 +1290,8 @@ impl BlobStore {
     }
 
     /// Bytes this store (and its clones) has read and hashed so far, to verify
-    /// blobs or copy them to the archive: lifecycle runs check that none of it
-    /// happens while they hold the index's write lock.
+    /// blobs (downloads included) or copy them to the archive: lifecycle runs
+    /// check that none of it happens while they hold the index's write lock.
     pub fn bytes_hashed(&self) -> u64 {
         self.work.hashed.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -1451,15 +1477,39 @@ pub fn roots_overlap(a: &Path, b: &Path) -> bool {
     a == b || a.starts_with(b.join("blobs")) || b.starts_with(a.join("blobs"))
 }
 
+/// A blob's bytes from a bucket, which says the object's version.
+type BucketOpened<'a> = (
+    BlobStream,
+    Option<(&'a s3::S3Blobs, Option<s3::ObjectVersion>)>,
+);
+
+/// `len` bytes of the object (`range`, or all of it), with the bucket.
+fn open_object<'a>(
+    bucket: &'a s3::S3Blobs,
+    hash: &blake3::Hash,
+    range: Option<std::ops::Range<u64>>,
+    len: u64,
+) -> io::Result<BucketOpened<'a>> {
+    if len == 0 {
+        return Ok((Box::pin(futures_util::stream::empty()), None));
+    }
+    let (stream, version) = bucket.open_stream(hash, range)?;
+    Ok((stream, Some((bucket, version))))
+}
+
 /// See [`BlobStore::open_verified`].
 struct VerifiedStream {
     inner: BlobStream,
+    /// Counts the bytes hashed ([`BlobStore::bytes_hashed`]).
+    work: std::sync::Arc<Work>,
     hasher: blake3::Hasher,
     expected: blake3::Hash,
     /// The latest chunk, sent once the next one arrives or the hash is right.
     held: Option<Bytes>,
     done: bool,
     on_mismatch: Option<Box<dyn FnOnce() + Send>>,
+    /// Runs when the bytes hashed right.
+    on_match: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Stream for VerifiedStream {
@@ -1483,6 +1533,7 @@ impl Stream for VerifiedStream {
                 }
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.hasher.update(&chunk);
+                    this.work.add_hashed(chunk.len() as u64);
                     if let Some(previous) = this.held.replace(chunk) {
                         return Poll::Ready(Some(Ok(previous)));
                     }
@@ -1490,6 +1541,9 @@ impl Stream for VerifiedStream {
                 Poll::Ready(None) => {
                     this.done = true;
                     if this.hasher.finalize() == this.expected {
+                        if let Some(recorded) = this.on_match.take() {
+                            recorded();
+                        }
                         return Poll::Ready(this.held.take().map(Ok));
                     }
                     if let Some(report) = this.on_mismatch.take() {

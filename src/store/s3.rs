@@ -17,6 +17,8 @@
 //! Requests run on a small runtime of their own: the store's API is blocking
 //! (it is called from blocking threads, like the disk backend's), and the
 //! daemon's executor is never held up by S3 I/O.
+//! Downloads the daemon streams are the exception: their connection is
+//! driven by the response body, on the daemon's runtime (`s3/direct.rs`).
 //!
 //! What S3 does not give, and how the store copes (storage-layout.md, "S3"):
 //! Garage answers a `PutObject` with `If-None-Match: *` by overwriting, and a
@@ -42,7 +44,9 @@ use object_store::{
 
 use super::{BlobEntry, BlobStream, Result, StoreError, Verdict, layout};
 
+mod direct;
 mod uploads;
+pub(super) use direct::ObjectVersion;
 pub use uploads::IncompleteUpload;
 
 /// `[store]`: where blobs live.
@@ -106,6 +110,19 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_timeout: Duration,
+    /// Whole downloads streamed by the daemon are hashed (BLAKE3) against
+    /// their name: `once` per object version (ETag and Last-Modified; after
+    /// that the bucket's own block checksums stand guard, see
+    /// storage-layout.md, "Serving S3 blobs"), or `always`.
+    pub verify_downloads: VerifyDownloads,
+}
+
+/// `store.s3.verify_downloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyDownloads {
+    Once,
+    Always,
 }
 
 impl Default for S3Config {
@@ -124,6 +141,7 @@ impl Default for S3Config {
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(3),
             retry_timeout: Duration::from_secs(10),
+            verify_downloads: VerifyDownloads::Once,
         }
     }
 }
@@ -179,6 +197,10 @@ pub mod metric {
     pub const ERRORS: &str = "media_store_s3_errors_total";
     /// Time per request, retries included, by `op` (histogram, seconds).
     pub const SECONDS: &str = "media_store_s3_request_seconds";
+    /// Whole downloads of objects streamed by the daemon, by `check`:
+    /// `hashed` (BLAKE3 as they streamed) or `version` (the object version
+    /// was hashed right before; `verify_downloads = "once"`) (counter).
+    pub const WHOLE_DOWNLOADS: &str = "media_store_s3_whole_downloads_total";
 }
 
 /// An S3 request outcome that is not a failure of the store: the object is
@@ -216,6 +238,13 @@ pub(super) struct S3Blobs {
     rt: Runtime,
     /// Lists incomplete multipart uploads (`s3/uploads.rs`).
     uploads: uploads::UploadLister,
+    /// Streamed downloads go through `s3/direct.rs` (plain http endpoints).
+    direct_reads: bool,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    /// Object versions a whole download has hashed right (`verify_downloads
+    /// = "once"`; `None` with `always`). In memory: a restart hashes again.
+    verified: Option<moka::sync::Cache<blake3::Hash, ObjectVersion>>,
     /// `endpoint/bucket`, for reports.
     pub(super) location: String,
 }
@@ -292,6 +321,12 @@ impl S3Blobs {
             parts: PartBuffers::new(config.part_size as usize, config.part_buffers),
             rt: Runtime(Some(rt)),
             uploads,
+            direct_reads: config.endpoint.starts_with("http://"),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.request_timeout,
+            // 100 000 versions: a few MiB, the working set of a busy store.
+            verified: (config.verify_downloads == VerifyDownloads::Once)
+                .then(|| moka::sync::Cache::new(100_000)),
             location: format!(
                 "{}/{}/{}",
                 config.endpoint.trim_end_matches('/'),
@@ -489,17 +524,28 @@ impl S3Blobs {
         out
     }
 
-    /// Opens the blob's bytes `range` (the whole object for `None`) as a
-    /// stream. The request is made here, so a missing object is `NotFound`
-    /// before any byte is promised. The body is the S3 client's own: its
-    /// connection is driven by the S3 runtime, which hands each chunk read
-    /// from the socket straight to whoever polls the stream (the response
-    /// body on the server's runtime), with no task of ours in between.
+    /// A stream of the object's bytes (`range`, or all of them) and the
+    /// version of the object they come from, when the bucket says. The
+    /// request is made here, so a missing object is `NotFound` before any
+    /// byte is promised.
+    /// Streamed through `s3/direct.rs` when the endpoint is plain http and
+    /// the caller runs inside a multi-threaded runtime (the daemon: the
+    /// socket is served by that runtime while this thread waits for the
+    /// answer's head); otherwise, or when that fails short of a timeout,
+    /// through object_store's GET, whose body is polled inside the S3
+    /// runtime's context whoever polls it.
     pub(super) fn open_stream(
         &self,
         hash: &blake3::Hash,
         range: Option<Range<u64>>,
-    ) -> io::Result<BlobStream> {
+    ) -> io::Result<(BlobStream, Option<ObjectVersion>)> {
+        if self.direct_reads
+            && let Ok(caller) = tokio::runtime::Handle::try_current()
+            && caller.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && let Some(opened) = self.open_direct(&caller, hash, range.clone())?
+        {
+            return Ok(opened);
+        }
         let key = self.key(hash);
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
@@ -508,10 +554,75 @@ impl S3Blobs {
         let got = self
             .run("get", self.client.get_opts(&key, options))
             .map_err(to_io)?;
-        Ok(Box::pin(InClientRuntime {
+        let version = got.meta.e_tag.clone().map(|etag| ObjectVersion {
+            etag,
+            last_modified: got.meta.last_modified.into(),
+        });
+        let stream = Box::pin(InClientRuntime {
             inner: Box::pin(got.into_stream().map(|chunk| chunk.map_err(to_io))),
             runtime: self.rt().handle().clone(),
-        }))
+        });
+        Ok((stream, version))
+    }
+
+    /// `Ok(None)`: not served this way (see `s3/direct.rs`), ask
+    /// object_store. Counted as a `get` request.
+    fn open_direct(
+        &self,
+        caller: &tokio::runtime::Handle,
+        hash: &blake3::Hash,
+        range: Option<Range<u64>>,
+    ) -> io::Result<Option<(BlobStream, Option<ObjectVersion>)>> {
+        use object_store::signer::Signer as _;
+        let started = Instant::now();
+        // Signed for a minute: the GET is sent at once.
+        let url = self
+            .block_on(self.client.signed_url(
+                http::Method::GET,
+                &self.key(hash),
+                Duration::from_secs(60),
+            ))
+            .map_err(to_io)?;
+        let request = {
+            let _caller = caller.enter();
+            direct::Request::connect(url.as_str(), range, self.connect_timeout, self.read_timeout)
+        };
+        let outcome = match request {
+            Ok(request) => self.block_on(request.send()),
+            Err(why) => Ok(direct::Outcome::Fallback(why)),
+        };
+        metrics::counter!(metric::REQUESTS, "op" => "get").increment(1);
+        metrics::histogram!(metric::SECONDS, "op" => "get").record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(direct::Outcome::Opened(body, version)) => Ok(Some((Box::pin(body), version))),
+            Ok(direct::Outcome::Fallback(why)) => {
+                tracing::debug!(%why, "streamed GET through object_store instead");
+                Ok(None)
+            }
+            Err(e) => {
+                metrics::counter!(metric::ERRORS, "op" => "get").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a whole download of `version` may skip hashing: one hashed
+    /// it right before (and `verify_downloads` is `once`).
+    pub(super) fn verified_before(&self, hash: &blake3::Hash, version: &ObjectVersion) -> bool {
+        self.verified
+            .as_ref()
+            .is_some_and(|seen| seen.get(hash).is_some_and(|v| v == *version))
+    }
+
+    /// What a whole download that hashed right runs: records the version.
+    pub(super) fn on_verified(
+        &self,
+        hash: &blake3::Hash,
+        version: ObjectVersion,
+    ) -> Option<Box<dyn FnOnce() + Send>> {
+        let seen = self.verified.clone()?;
+        let hash = *hash;
+        Some(Box::new(move || seen.insert(hash, version)))
     }
 
     /// The blob's first `len` bytes, in memory (small blobs).
@@ -589,6 +700,9 @@ impl S3Blobs {
 
     pub(super) fn delete(&self, hash: &blake3::Hash) -> Result<super::Unlinked> {
         let key = self.key(hash);
+        if let Some(seen) = &self.verified {
+            seen.invalidate(hash);
+        }
         // S3 answers a delete of a missing key with success, so ask first
         // only to report what happened; the delete itself is idempotent.
         let existed = self.head(hash)?.is_some();

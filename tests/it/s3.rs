@@ -413,6 +413,96 @@ async fn race_gc_against_uploads(bucket: &S3Bucket, toml: &str, gc_rounds: u64) 
     // claim is left.
 }
 
+/// Whole downloads from the bucket are hashed as they stream once per object
+/// version with `store.s3.verify_downloads = "once"` (the default), every
+/// time with `"always"`; an object swapped for other bytes behind the
+/// daemon's back is a version never hashed, so it is hashed and caught, and
+/// it stays caught (a failed version is not remembered). Read as the daemon
+/// reads: `open_verified` on a blocking thread of a multi-threaded runtime,
+/// which streams through the direct GET path (`store/s3/direct.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_downloads_hash_each_object_version_once_or_always() {
+    for (policy, hashes_again) in [("once", false), ("always", true)] {
+        let bucket = shared_bucket().await;
+        let keys = tempfile::tempdir().unwrap();
+        let toml = store_toml(
+            &bucket,
+            keys.path(),
+            &format!("verify_downloads = \"{policy}\"\n"),
+        );
+        let mut app = TestApp::start_with(&toml).await;
+        let content = big_png(300_000, 41);
+        let size = content.len() as u64;
+        let hash = blake3::hash(&content);
+        upload_ok(&app.client, &app.base, 1, content.clone()).await;
+        let config = store_config(&toml);
+        let data = app.data.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            let (_index, store) = gc::open_existing(&data, None).unwrap();
+            store.with_backend(&config).unwrap()
+        })
+        .await
+        .unwrap();
+        let damage_reported = Arc::new(AtomicBool::new(false));
+        // (bytes or the stream's error, bytes hashed)
+        let read = || {
+            let store = store.clone();
+            let reported = damage_reported.clone();
+            async move {
+                let before = store.bytes_hashed();
+                let opened = store.clone();
+                let mut stream = tokio::task::spawn_blocking(move || {
+                    let report = Box::new(move || reported.store(true, Ordering::SeqCst));
+                    opened.open_verified(&hash, size, 64 * 1024, report)
+                })
+                .await
+                .unwrap()
+                .unwrap();
+                let mut got = Vec::new();
+                let mut failed = None;
+                while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                    match chunk {
+                        Ok(chunk) => got.extend_from_slice(&chunk),
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                }
+                (failed.map_or(Ok(got), Err), store.bytes_hashed() - before)
+            }
+        };
+        let (first, hashed) = read().await;
+        assert_eq!(first.unwrap(), content, "{policy}");
+        assert_eq!(hashed, size, "{policy}: the first download hashes");
+        let (second, hashed) = read().await;
+        assert_eq!(second.unwrap(), content, "{policy}");
+        assert_eq!(
+            hashed,
+            if hashes_again { size } else { 0 },
+            "{policy}: the second download of the same version"
+        );
+        // Other bytes of the same size under the blob's key.
+        let mut swapped = content.clone();
+        swapped[size as usize / 2] ^= 0xff;
+        bucket
+            .store()
+            .put(&object_key(&hash), swapped.into())
+            .await
+            .unwrap();
+        for round in 0..2 {
+            let (third, hashed) = read().await;
+            assert!(
+                third.is_err(),
+                "{policy}, round {round}: swapped bytes streamed as a clean body"
+            );
+            assert_eq!(
+                hashed, size,
+                "{policy}, round {round}: a new version is hashed"
+            );
+        }
+        assert!(damage_reported.load(Ordering::SeqCst), "{policy}");
+        app.accept_damage("the test swapped an object's bytes");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fsck_and_downloads_see_objects_damaged_behind_the_daemons_back() {
     let bucket = shared_bucket().await;
