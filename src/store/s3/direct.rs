@@ -1,25 +1,32 @@
-//! Downloads from the bucket whose HTTP connection is driven by the stream
-//! that reads them: read from the cluster, hashed and written to the client
-//! in the response's own task, as nginx's proxy does it in one event loop.
+//! Downloads from the bucket read by the stream that sends them on: bytes go
+//! from the cluster's socket to the client's in the response's own task, as
+//! nginx's proxy moves them in one event loop.
 //!
 //! Why not object_store's GET, which everything else uses: its client
-//! (reqwest) runs each connection as a task of its own, on the S3 runtime,
-//! and hands every chunk it reads to the response body through a channel, so
-//! each chunk costs two wake-ups across threads. On a 100 MiB download that
-//! was about 40 % of the daemon's CPU (`perf`: `finish_task_switch` and
-//! wake-up spinlocks), and the daemon used 55-60 ms of CPU per 100 MiB where
-//! this path uses 45-48 (`benches/s3.sh down`, which prints both).
+//! (reqwest) runs each connection as a task of its own on the S3 runtime
+//! and hands every chunk it reads to the response body through a channel,
+//! two wake-ups across threads per chunk: on a 100 MiB download that was
+//! about 40 % of the daemon's CPU (`perf`: `finish_task_switch`, wake-up
+//! spinlocks). Why not hyper's connection-level client either, tried first:
+//! polled from the response body it still passes each chunk through the
+//! body's channel, waking the task once more per chunk. Per 100 MiB the
+//! daemon used 59-62 ms of CPU with reqwest, 35-38 with hyper's client and
+//! 28-29 reading the socket here, which put the download at 0.75-0.81,
+//! 0.85-0.88 and 0.93-0.95 of a direct GET's rate (`benches/s3.sh down`,
+//! ROUNDS=40, interleaved). What is written by hand is small: one GET,
+//! `Connection: close`, the answer's head parsed by `httparse`, then exactly
+//! `Content-Length` bytes; any other answer (chunked, no length, a status
+//! other than the one asked for) goes to object_store's GET instead.
 //!
-//! The request is a GET presigned by object_store's signer (SigV4 in the
-//! query, no body to sign), sent with hyper's connection-level client over a
-//! connection of its own (only blobs above the small-body limit are
-//! streamed, so a connect, ~0.1 ms on a LAN, is little beside the transfer).
-//! Plain `http://` endpoints only: an `https://` endpoint, a connection that
-//! fails or an answer other than the one asked for falls back to
-//! object_store's GET, with its retries and its errors (404 is `NotFound`),
-//! so what callers see does not change. A cluster that does not answer in
-//! `request_timeout` is not asked again: that fails at once, as a retried
-//! GET would after `retry_timeout`.
+//! The request is presigned by object_store's signer (SigV4 in the query,
+//! no body to sign) and sent over a connection of its own (only blobs above
+//! the small-body limit are streamed, so a connect, ~0.1 ms on a LAN, is
+//! little beside the transfer). Plain `http://` endpoints only: an
+//! `https://` endpoint, a connection that fails or an unexpected answer
+//! falls back to object_store's GET, with its retries and its errors (404 is
+//! `NotFound`), so what callers see does not change. A cluster that does not
+//! answer within `request_timeout` is not asked again: that fails at once,
+//! as a retried GET would after `retry_timeout`.
 
 use std::future::Future;
 use std::io;
@@ -29,12 +36,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use headers::HeaderMapExt as _;
-use http_body::Body as _;
-use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 
 /// One write of an object: its ETag and modification time as the bucket
 /// reports them. A re-put (even of the same bytes) changes the time.
@@ -54,8 +57,6 @@ impl ObjectVersion {
         })
     }
 }
-
-type Connection = http1::Connection<TokioIo<tokio::net::TcpStream>, Empty<Bytes>>;
 
 /// What a direct GET came to.
 pub(super) enum Outcome {
@@ -113,39 +114,27 @@ impl Request {
     /// Sends the GET and waits for the answer's head, `read_timeout` at most.
     pub async fn send(self) -> io::Result<Outcome> {
         let Request {
-            socket,
+            mut socket,
             authority,
             target,
             range,
             read_timeout,
         } = self;
         let exchange = async {
-            let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(socket))
-                .await
-                .map_err(io::Error::other)?;
-            let mut conn = Box::pin(conn);
-            let mut request =
-                http::Request::get(target).header(http::header::HOST, authority.as_str());
+            use tokio::io::AsyncWriteExt as _;
+            let mut head = format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\n");
             if let Some(range) = &range {
-                request = request.header(
-                    http::header::RANGE,
-                    format!("bytes={}-{}", range.start, range.end - 1),
-                );
+                head.push_str(&format!(
+                    "Range: bytes={}-{}\r\n",
+                    range.start,
+                    range.end - 1
+                ));
             }
-            let request = request.body(Empty::new()).map_err(io::Error::other)?;
-            let mut answer = Box::pin(sender.send_request(request));
-            // The connection must be polled for the answer to arrive.
-            let answer = std::future::poll_fn(|cx| {
-                if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
-                    let why = ended.err().map_or("closed".to_owned(), |e| e.to_string());
-                    return Poll::Ready(Err(io::Error::other(format!("connection ended: {why}"))));
-                }
-                answer.as_mut().poll(cx).map_err(io::Error::other)
-            })
-            .await?;
-            Ok::<_, io::Error>((answer, conn))
+            head.push_str("Connection: close\r\n\r\n");
+            socket.write_all(head.as_bytes()).await?;
+            read_head(&mut socket).await
         };
-        let (answer, conn) = match tokio::time::timeout(read_timeout, exchange).await {
+        let (status, headers, rest) = match tokio::time::timeout(read_timeout, exchange).await {
             Err(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -153,25 +142,78 @@ impl Request {
                 ));
             }
             Ok(Err(e)) => return Ok(Outcome::Fallback(e.to_string())),
-            Ok(Ok(exchanged)) => exchanged,
+            Ok(Ok(head)) => head,
         };
         let expected = if range.is_some() { 206 } else { 200 };
-        if answer.status().as_u16() != expected {
-            return Ok(Outcome::Fallback(format!("answered {}", answer.status())));
+        if status != expected {
+            return Ok(Outcome::Fallback(format!("answered {status}")));
         }
-        let version = ObjectVersion::from_headers(answer.headers());
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let (Some(length), false) = (
+            length,
+            headers.contains_key(http::header::TRANSFER_ENCODING),
+        ) else {
+            return Ok(Outcome::Fallback(
+                "a body without a plain Content-Length".into(),
+            ));
+        };
         Ok(Outcome::Opened(
             DirectBody {
-                body: answer.into_body(),
-                conn: Some(conn),
+                socket,
+                buf: rest,
+                remaining: length,
                 read_timeout,
                 stall: None,
                 fed: false,
             },
-            version,
+            ObjectVersion::from_headers(&headers),
         ))
     }
 }
+
+/// Reads until the answer's head is whole: its status, its headers, and
+/// the body bytes that came with it.
+async fn read_head(
+    socket: &mut tokio::net::TcpStream,
+) -> io::Result<(u16, http::HeaderMap, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    loop {
+        if tokio_util::io::read_buf(socket, &mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the answer's head ended",
+            ));
+        }
+        let mut parsed = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut parsed);
+        let httparse::Status::Complete(head_len) = answer.parse(&buf).map_err(io::Error::other)?
+        else {
+            if buf.len() > MAX_HEAD {
+                return Err(io::Error::other("the answer's head is too long"));
+            }
+            continue;
+        };
+        let mut headers = http::HeaderMap::new();
+        for header in answer.headers.iter() {
+            let name = http::HeaderName::from_bytes(header.name.as_bytes());
+            let value = http::HeaderValue::from_bytes(header.value);
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        let status = answer.code.unwrap_or(0);
+        let _head = buf.split_to(head_len);
+        return Ok((status, headers, buf));
+    }
+}
+
+/// Bytes asked of the socket per read (what it holds is what comes): as
+/// nginx's `proxy_buffer_size` in the shipped config.
+const READ_SIZE: usize = 256 * 1024;
+/// S3 answers' heads are a few hundred bytes.
+const MAX_HEAD: usize = 64 * 1024;
 
 fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<std::net::TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
@@ -188,11 +230,13 @@ fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<std::net::Tcp
     Err(last)
 }
 
-/// The answer's body. Polling it polls the connection first (which reads
-/// from the socket into the body), then takes what arrived.
+/// The answer's body: `remaining` bytes read straight from the socket, each
+/// read's bytes one chunk.
 pub(super) struct DirectBody {
-    body: hyper::body::Incoming,
-    conn: Option<Pin<Box<Connection>>>,
+    socket: tokio::net::TcpStream,
+    /// Bytes read and not yet handed on (after the head: what came with it).
+    buf: BytesMut,
+    remaining: u64,
     read_timeout: Duration,
     /// Fires when no data has come for `read_timeout` (the read timeout of
     /// object_store's client, kept): made once, moved on as data comes.
@@ -206,23 +250,27 @@ impl futures_util::Stream for DirectBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(conn) = this.conn.as_mut()
-            && let Poll::Ready(ended) = conn.as_mut().poll(cx)
-        {
-            this.conn = None;
-            if let Err(e) = ended {
-                return Poll::Ready(Some(Err(io::Error::other(e))));
-            }
+        if this.remaining == 0 {
+            return Poll::Ready(None);
         }
-        loop {
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(io::Error::other(e)))),
-                Poll::Ready(Some(Ok(frame))) => {
-                    this.fed = true;
-                    if let Ok(data) = frame.into_data() {
-                        return Poll::Ready(Some(Ok(data)));
-                    }
+        if this.buf.is_empty() {
+            // Chunks handed on keep their part of the buffer alive until
+            // sent; a fresh one is taken when little room is left.
+            if this.buf.capacity() < READ_SIZE / 4 {
+                this.buf.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.socket), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    this.remaining = 0;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the bucket closed the connection mid-body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => this.fed = true,
+                Poll::Ready(Err(e)) => {
+                    this.remaining = 0;
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Pending => {
                     let deadline = tokio::time::Instant::now() + this.read_timeout;
@@ -233,6 +281,7 @@ impl futures_util::Stream for DirectBody {
                         stall.as_mut().reset(deadline);
                     }
                     if stall.as_mut().poll(cx).is_ready() {
+                        this.remaining = 0;
                         return Poll::Ready(Some(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             format!(
@@ -245,6 +294,9 @@ impl futures_util::Stream for DirectBody {
                 }
             }
         }
+        let n = (this.buf.len() as u64).min(this.remaining) as usize;
+        this.remaining -= n as u64;
+        Poll::Ready(Some(Ok(this.buf.split_to(n).freeze())))
     }
 }
 
@@ -386,6 +438,36 @@ mod tests {
             .map(|_| ())
         });
         assert!(refused.await.unwrap().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_body_is_content_length_bytes_and_a_short_one_fails() {
+        // More bytes than announced: only the announced ones are the body.
+        let (_server, request) = serve_once(HEAD_200, vec![3; 6000], Duration::ZERO, None).await;
+        let Outcome::Opened(stream, _) = request.send().await.unwrap() else {
+            panic!("the 200 was not taken");
+        };
+        assert_eq!(drain(stream).await.unwrap(), vec![3; 5000]);
+        // The connection closed after 4000 of 5000: an error, not an end.
+        let (_server, request) = serve_once(HEAD_200, vec![3; 4000], Duration::ZERO, None).await;
+        let Outcome::Opened(stream, _) = request.send().await.unwrap() else {
+            panic!("the 200 was not taken");
+        };
+        let e = drain(stream).await.expect_err("a short body ended cleanly");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // A chunked body (or one without a length) is object_store's to read.
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (_server, request) = serve_once(
+            chunked,
+            b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            Duration::ZERO,
+            None,
+        )
+        .await;
+        assert!(matches!(
+            request.send().await.unwrap(),
+            Outcome::Fallback(_)
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
