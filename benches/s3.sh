@@ -35,6 +35,7 @@
 # rclone, curl, python3, bc, nginx (for `down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/nginx.sh
 what=${1:-all}
 BENCH_DIR=${BENCH_DIR:-$PWD/target/bench-s3}
 BIG_MB=${BIG_MB:-1024}
@@ -211,7 +212,7 @@ signed_url() { # id -> the path and query of a signed download URL, valid a day
 start_nginx() { # $1 the daemon's host:port -> sets NGINX_PORT
     local n=$BENCH_DIR/nginx nginx_bin s3_host=${S3_ENDPOINT#http://}
     nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-    rm -rf "$n"; mkdir -p "$n"/{client_body,proxy,fastcgi,uwsgi,scgi,blobs}
+    rm -rf "$n"; mkdir -p "$n/blobs"
     NGINX_PORT=$(free_ports 1)
     sed -e "s|listen 80; # @listen|listen 127.0.0.1:$NGINX_PORT; # @listen|" \
         -e "s|^\( *\)server [^ ]*; # @upstream|\1server $1; # @upstream|" \
@@ -223,22 +224,7 @@ start_nginx() { # $1 the daemon's host:port -> sets NGINX_PORT
     for marker in "server $1; # @upstream" "proxy_pass http://$s3_host; # @s3" "Host $s3_host; # @s3_host"; do
         grep -qF "$marker" "$n/site.conf" || { echo "nginx/media-store.conf: no line for '$marker'"; exit 2; }
     done
-    local user_line=""; [ "$(id -u)" -eq 0 ] && user_line="user root;"
-    cat >"$n/nginx.conf" <<CONF
-$user_line
-daemon off;
-worker_processes 1;
-pid $n/nginx.pid;
-error_log $n/error.log warn;
-events { worker_connections 1024; }
-http {
-  include /etc/nginx/mime.types;
-  default_type application/octet-stream;
-  client_body_temp_path $n/client_body; proxy_temp_path $n/proxy;
-  fastcgi_temp_path $n/fastcgi; uwsgi_temp_path $n/uwsgi; scgi_temp_path $n/scgi;
-  include $n/site.conf;
-}
-CONF
+    nginx_conf "$n" 1 1024 "  include $n/site.conf;"
     "$nginx_bin" -t -q -p "$n" -e "$n/error.log" -c "$n/nginx.conf"
     "$nginx_bin" -p "$n" -e "$n/error.log" -c "$n/nginx.conf" &
     NGINX_PID=$!

@@ -13,6 +13,7 @@
 #        `keepalive` runs only the 4 KiB keep-alive comparisons, for tuning)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/nginx.sh
 DUR=${1:-5}
 ROUNDS=${2:-3}
 ONLY=${3:-all}
@@ -93,7 +94,7 @@ shard() { echo "${1:0:2}/${1:2:2}/$1"; }
 # loopback TCP and over its Unix socket, plus a static server for the baseline,
 # serving the same blob files.
 NGX=$WORK/nginx
-mkdir -p "$NGX"/{client_body,proxy,fastcgi,uwsgi,scgi}
+mkdir -p "$NGX"
 PORT_SITE=$(free_port)
 PORT_SITE_UNIX=$(free_port)
 PORT_STATIC=$(free_port)
@@ -110,20 +111,7 @@ grep -q "server $ADDR_accel; # @upstream" "$NGX/site.conf" || { echo "no @upstre
 site "$PORT_SITE_UNIX" "unix:$WORK/accel/http.sock" |
     sed -e '/^log_format /,/;$/d' -e 's|upstream media_store {|upstream media_store_unix {|' \
         -e 's|proxy_pass http://media_store;|proxy_pass http://media_store_unix;|' >"$NGX/site-unix.conf"
-USER_LINE=""; [ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
-cat >"$NGX/nginx.conf" <<CONF
-$USER_LINE
-daemon off;
-worker_processes 2;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log warn;
-events { worker_connections 4096; }
-http {
-  include /etc/nginx/mime.types;
-  default_type application/octet-stream;
-  client_body_temp_path $NGX/client_body; proxy_temp_path $NGX/proxy;
-  fastcgi_temp_path $NGX/fastcgi; uwsgi_temp_path $NGX/uwsgi; scgi_temp_path $NGX/scgi;
-  include $NGX/site.conf;
+nginx_conf "$NGX" 2 4096 "  include $NGX/site.conf;
   include $NGX/site-unix.conf;
   server {
     listen 127.0.0.1:$PORT_STATIC;
@@ -132,9 +120,7 @@ http {
     # Same file settings as the shipped internal location, for a fair baseline.
     open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
     location /static/ { alias $WORK/plain/data/blobs/; }
-  }
-}
-CONF
+  }"
 "$NGINX" -t -q -p "$NGX" -e "$NGX/error.log" -c "$NGX/nginx.conf"
 "$NGINX" -p "$NGX" -e "$NGX/error.log" -c "$NGX/nginx.conf" &
 PIDS+=($!)
