@@ -316,8 +316,10 @@ async fn metrics_cover_requests_uploads_index_gc_and_connections() {
             "media_store_renditions_rendered_total",
         ];
         // `media-store fsck` runs reach /metrics once one has run
-        // (`metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root`).
+        // (`metrics_show_cli_gc_and_fsck_runs_and_blobs_by_root`); the S3
+        // families need a bucket (`s3::uploads_and_downloads_through_s3_…`).
         if name.starts_with("media_store_mysql_")
+            || name.starts_with("media_store_s3_")
             || name.starts_with("media_store_fsck_")
             || on_first_event.contains(&name)
         {

@@ -231,6 +231,22 @@ async fn uploads_and_downloads_through_s3_keep_every_behaviour() {
     let id_a = a["id"].as_i64().unwrap();
     assert_eq!(download(&app.client, &app.base, id_a).await, small);
 
+    // /metrics counts the bucket's requests, by op, and their latency, and
+    // the whole downloads streamed (the shipped dashboard's S3 row).
+    let page = metrics_text(&app.client, &app.url("/metrics")).await;
+    for family in [
+        "media_store_s3_requests_total{op=\"put\"}",
+        "media_store_s3_requests_total{op=\"put_part\"}",
+        "media_store_s3_requests_total{op=\"get\"}",
+        "media_store_s3_request_seconds_count{op=\"get\"}",
+        "media_store_s3_whole_downloads_total{check=\"hashed\"}",
+    ] {
+        assert!(
+            page.lines().any(|l| l.starts_with(family)),
+            "/metrics lacks {family}"
+        );
+    }
+
     // Deleting every media of a content lets GC remove its object.
     for v in [&a, &again, &b] {
         assert_eq!(
