@@ -213,11 +213,14 @@ pub struct BlobStore {
 
 /// Work counters ([`BlobStore::bytes_hashed`], [`BlobStore::syncs`]):
 /// lifecycle runs check that none of this happens while they hold the
-/// index's write lock.
+/// index's write lock. Downloads hash on their own counter
+/// ([`BlobStore::download_bytes_hashed`]): they run beside GC in the daemon
+/// and are not its work.
 #[derive(Debug, Default)]
 struct Work {
     hashed: std::sync::atomic::AtomicU64,
     syncs: std::sync::atomic::AtomicU64,
+    download_hashed: std::sync::atomic::AtomicU64,
 }
 
 impl Work {
@@ -1290,10 +1293,18 @@ impl BlobStore {
     }
 
     /// Bytes this store (and its clones) has read and hashed so far, to verify
-    /// blobs (downloads included) or copy them to the archive: lifecycle runs
-    /// check that none of it happens while they hold the index's write lock.
+    /// blobs or copy them to the archive: lifecycle runs check that none of it
+    /// happens while they hold the index's write lock.
     pub fn bytes_hashed(&self) -> u64 {
         self.work.hashed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes whole downloads ([`BlobStore::open_verified`]) have hashed so
+    /// far through this store and its clones.
+    pub fn download_bytes_hashed(&self) -> u64 {
+        self.work
+            .download_hashed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// File and folder syncs (fsync, fdatasync, syncfs) this store (and its
@@ -1500,7 +1511,7 @@ fn open_object<'a>(
 /// See [`BlobStore::open_verified`].
 struct VerifiedStream {
     inner: BlobStream,
-    /// Counts the bytes hashed ([`BlobStore::bytes_hashed`]).
+    /// Counts the bytes hashed ([`BlobStore::download_bytes_hashed`]).
     work: std::sync::Arc<Work>,
     hasher: blake3::Hasher,
     expected: blake3::Hash,
@@ -1533,7 +1544,9 @@ impl Stream for VerifiedStream {
                 }
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.hasher.update(&chunk);
-                    this.work.add_hashed(chunk.len() as u64);
+                    this.work
+                        .download_hashed
+                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if let Some(previous) = this.held.replace(chunk) {
                         return Poll::Ready(Some(Ok(previous)));
                     }

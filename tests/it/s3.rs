@@ -465,7 +465,7 @@ async fn whole_downloads_hash_each_object_version_once_or_always() {
             let store = store.clone();
             let reported = damage_reported.clone();
             async move {
-                let before = store.bytes_hashed();
+                let before = store.download_bytes_hashed();
                 let opened = store.clone();
                 let mut stream = tokio::task::spawn_blocking(move || {
                     let report = Box::new(move || reported.store(true, Ordering::SeqCst));
@@ -482,7 +482,7 @@ async fn whole_downloads_hash_each_object_version_once_or_always() {
                         Err(e) => failed = Some(e.to_string()),
                     }
                 }
-                (failed.map_or(Ok(got), Err), store.bytes_hashed() - before)
+                (failed.map_or(Ok(got), Err), store.download_bytes_hashed() - before)
             }
         };
         let (first, hashed) = read().await;
