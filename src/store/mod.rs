@@ -1062,18 +1062,20 @@ impl BlobStore {
         on_mismatch: Box<dyn FnOnce() + Send>,
     ) -> io::Result<BlobStream> {
         let (inner, bucket) = self.open_bytes(hash, 0, size, chunk, true)?;
-        let mut on_match = None;
-        let from_bucket = bucket.is_some();
-        if let Some((bucket, Some(version))) = bucket {
-            if bucket.verified_before(hash, &version) {
-                metrics::counter!(s3::metric::WHOLE_DOWNLOADS, "check" => "version").increment(1);
-                return Ok(inner);
+        let on_match = match bucket {
+            None => None,
+            Some((bucket, version)) => {
+                if let Some(seen) = &version
+                    && bucket.verified_before(hash, seen)
+                {
+                    metrics::counter!(s3::metric::WHOLE_DOWNLOADS, "check" => "version")
+                        .increment(1);
+                    return Ok(inner);
+                }
+                metrics::counter!(s3::metric::WHOLE_DOWNLOADS, "check" => "hashed").increment(1);
+                version.and_then(|version| bucket.on_verified(hash, version))
             }
-            on_match = bucket.on_verified(hash, version);
-        }
-        if from_bucket {
-            metrics::counter!(s3::metric::WHOLE_DOWNLOADS, "check" => "hashed").increment(1);
-        }
+        };
         Ok(Box::pin(VerifiedStream {
             inner,
             work: self.work.clone(),

@@ -498,13 +498,11 @@ impl S3Blobs {
             }
             Ok(())
         })();
-        let out = match result {
-            Ok(()) => self
-                .block_on(upload.complete())
+        let out = result.and_then(|()| {
+            self.block_on(upload.complete())
                 .map(|_| ())
-                .map_err(|e| unavailable("complete a multipart upload", e)),
-            Err(e) => Err(e),
-        };
+                .map_err(|e| unavailable("complete a multipart upload", e))
+        });
         if out.is_err() {
             // Leaves no parts behind in the bucket (best effort; a crash
             // leaves them to the bucket's incomplete-upload cleanup).
@@ -591,17 +589,12 @@ impl S3Blobs {
             Ok(request) => self.block_on(request.send()),
             Err(why) => Ok(direct::Outcome::Fallback(why)),
         };
-        metrics::counter!(metric::REQUESTS, "op" => "get").increment(1);
-        metrics::histogram!(metric::SECONDS, "op" => "get").record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(direct::Outcome::Opened(body, version)) => Ok(Some((Box::pin(body), version))),
-            Ok(direct::Outcome::Fallback(why)) => {
+        count_request("get", started, outcome.is_err());
+        match outcome? {
+            direct::Outcome::Opened(body, version) => Ok(Some((Box::pin(body), version))),
+            direct::Outcome::Fallback(why) => {
                 tracing::debug!(%why, "streamed GET through object_store instead");
                 Ok(None)
-            }
-            Err(e) => {
-                metrics::counter!(metric::ERRORS, "op" => "get").increment(1);
-                Err(e)
             }
         }
     }
@@ -823,11 +816,14 @@ impl S3Blobs {
 }
 
 fn observe<T>(op: &'static str, started: Instant, out: &object_store::Result<T>) {
+    count_request(op, started, out.as_ref().is_err_and(|e| !is_not_found(e)));
+}
+
+/// One request to the bucket in the metrics: its time, and whether it failed.
+fn count_request(op: &'static str, started: Instant, failed: bool) {
     metrics::counter!(metric::REQUESTS, "op" => op).increment(1);
     metrics::histogram!(metric::SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
-    if let Err(e) = out
-        && !is_not_found(e)
-    {
+    if failed {
         metrics::counter!(metric::ERRORS, "op" => op).increment(1);
     }
 }
