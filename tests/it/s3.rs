@@ -13,7 +13,7 @@ use media_store::store::{BlobStore, StoreConfig};
 use object_store::ObjectStoreExt as _;
 use serde_json::json;
 
-use crate::harness::garage::{Garage, S3Bucket};
+use crate::harness::garage::{Garage, RPC_TIMEOUT, S3Bucket};
 use crate::harness::nginx::Nginx;
 use crate::harness::slowproxy::SlowProxy;
 use crate::harness::*;
@@ -96,6 +96,29 @@ async fn object(bucket: &S3Bucket, hash: &blake3::Hash) -> Option<bytes::Bytes> 
 
 async fn shared_bucket() -> S3Bucket {
     tokio::task::spawn_blocking(|| Garage::shared().create_bucket())
+        .await
+        .unwrap()
+}
+
+/// A cluster of the test's own, for tests that stop or pause its nodes
+/// (`rpc_timeout`: as [`Garage::start_with_rpc_timeout`]), and a bucket on it.
+async fn own_cluster(rpc_timeout: Option<Duration>) -> (Arc<Garage>, S3Bucket) {
+    let garage = tokio::task::spawn_blocking(move || Garage::start_with_rpc_timeout(rpc_timeout))
+        .await
+        .unwrap();
+    let garage = Arc::new(garage);
+    let bucket = on_cluster(&garage, |g| g.create_bucket()).await;
+    (garage, bucket)
+}
+
+/// Runs `f` on the cluster on a blocking thread (the harness waits for its
+/// nodes).
+async fn on_cluster<T: Send + 'static>(
+    garage: &Arc<Garage>,
+    f: impl FnOnce(&Garage) -> T + Send + 'static,
+) -> T {
+    let garage = garage.clone();
+    tokio::task::spawn_blocking(move || f(&garage))
         .await
         .unwrap()
 }
@@ -482,7 +505,10 @@ async fn whole_downloads_hash_each_object_version_once_or_always() {
                         Err(e) => failed = Some(e.to_string()),
                     }
                 }
-                (failed.map_or(Ok(got), Err), store.download_bytes_hashed() - before)
+                (
+                    failed.map_or(Ok(got), Err),
+                    store.download_bytes_hashed() - before,
+                )
             }
         };
         let (first, hashed) = read().await;
@@ -602,37 +628,22 @@ async fn fsck_and_downloads_see_objects_damaged_behind_the_daemons_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_down_is_survived_and_a_cluster_down_answers_503_then_recovers() {
-    let garage = Arc::new(tokio::task::spawn_blocking(Garage::start).await.unwrap());
-    let bucket = {
-        let g = garage.clone();
-        tokio::task::spawn_blocking(move || g.create_bucket())
-            .await
-            .unwrap()
-    };
+    let (garage, bucket) = own_cluster(Some(RPC_TIMEOUT)).await;
     let keys = tempfile::tempdir().unwrap();
     let app = TestApp::start_with(&store_toml(&bucket, keys.path(), "")).await;
     let before = upload_ok(&app.client, &app.base, 1, unique_png(21)).await;
 
     // One node of three down (not the one the daemon talks to): writes and
     // reads still reach their quorum of 2.
-    let g = garage.clone();
-    tokio::task::spawn_blocking(move || g.stop_node(2))
-        .await
-        .unwrap();
+    on_cluster(&garage, move |g| g.stop_node(2)).await;
     let during = upload_ok(&app.client, &app.base, 1, big_png(6 << 20, 22)).await;
     assert_eq!(during["deduplicated"], false);
     let id = before["id"].as_i64().unwrap();
     assert_eq!(download(&app.client, &app.base, id).await, unique_png(21));
-    let g = garage.clone();
-    tokio::task::spawn_blocking(move || g.start_node(2))
-        .await
-        .unwrap();
+    on_cluster(&garage, move |g| g.start_node(2)).await;
 
     // The whole cluster down: 503 with Retry-After, nothing half-committed.
-    let g = garage.clone();
-    tokio::task::spawn_blocking(move || g.stop_all())
-        .await
-        .unwrap();
+    on_cluster(&garage, move |g| g.stop_all()).await;
     let refused = app
         .client
         .post(format!("{}/v1/media?uploader_id=1", app.base))
@@ -656,10 +667,7 @@ async fn a_node_down_is_survived_and_a_cluster_down_answers_503_then_recovers() 
     );
 
     // Back up: the same daemon (no restart) uploads again.
-    let g = garage.clone();
-    tokio::task::spawn_blocking(move || g.start_all())
-        .await
-        .unwrap();
+    on_cluster(&garage, move |g| g.start_all()).await;
     let after = upload_ok(&app.client, &app.base, 1, unique_png(23)).await;
     assert_eq!(after["deduplicated"], false);
     assert_eq!(
@@ -833,17 +841,7 @@ async fn gc_aborts_multipart_uploads_a_killed_daemon_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_node_slows_uploads_and_downloads_but_they_succeed() {
     const HUNG_RPC_TIMEOUT: Duration = Duration::from_secs(3);
-    let garage = Arc::new(
-        tokio::task::spawn_blocking(|| Garage::start_with_rpc_timeout(Some(HUNG_RPC_TIMEOUT)))
-            .await
-            .unwrap(),
-    );
-    let bucket = {
-        let g = garage.clone();
-        tokio::task::spawn_blocking(move || g.create_bucket())
-            .await
-            .unwrap()
-    };
+    let (garage, bucket) = own_cluster(Some(HUNG_RPC_TIMEOUT)).await;
     let keys = tempfile::tempdir().unwrap();
     let app = TestApp::start_with(&store_toml(
         &bucket,
@@ -857,10 +855,7 @@ async fn a_hung_node_slows_uploads_and_downloads_but_they_succeed() {
     // The daemon talks to node 0; each of its two peers hung in turn (one
     // of them is the one node 0 prefers).
     for hung in [1usize, 2] {
-        let g = garage.clone();
-        tokio::task::spawn_blocking(move || g.pause_node(hung))
-            .await
-            .unwrap();
+        on_cluster(&garage, move |g| g.pause_node(hung)).await;
         let seed = 60 + 10 * hung as u64;
         let t = std::time::Instant::now();
         let small = upload_ok(&app.client, &app.base, 1, unique_png(seed)).await;
@@ -886,10 +881,7 @@ async fn a_hung_node_slows_uploads_and_downloads_but_they_succeed() {
              both new downloads {:?}",
             t.elapsed()
         );
-        let g = garage.clone();
-        tokio::task::spawn_blocking(move || g.resume_node(hung))
-            .await
-            .unwrap();
+        on_cluster(&garage, move |g| g.resume_node(hung)).await;
     }
     // Resumed: fast again.
     let t = std::time::Instant::now();
@@ -1317,13 +1309,7 @@ async fn an_archive_bucket_holds_old_blobs_below_a_local_primary() {
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_archive_cluster_down_uploads_go_on_and_archived_blobs_answer_503() {
-    let garage = Arc::new(tokio::task::spawn_blocking(Garage::start).await.unwrap());
-    let bucket = {
-        let g = garage.clone();
-        tokio::task::spawn_blocking(move || g.create_bucket())
-            .await
-            .unwrap()
-    };
+    let (garage, bucket) = own_cluster(Some(RPC_TIMEOUT)).await;
     let keys = tempfile::tempdir().unwrap();
     let toml = archive_bucket_toml(&bucket, keys.path());
     let app = TestApp::start_with(&toml).await;
@@ -1331,10 +1317,7 @@ async fn with_the_archive_cluster_down_uploads_go_on_and_archived_blobs_answer_5
     let v_old = upload_ok(&app.client, &app.base, 1, old.clone()).await;
     assert_eq!(gc_in(&app.data, &toml).await.blobs_archived, 1);
 
-    let g = garage.clone();
-    tokio::task::spawn_blocking(move || g.stop_all())
-        .await
-        .unwrap();
+    on_cluster(&garage, move |g| g.stop_all()).await;
     let fresh = unique_png(62);
     let v_fresh = upload_ok(&app.client, &app.base, 1, fresh.clone()).await;
     assert_eq!(v_fresh["deduplicated"], false);
@@ -1357,10 +1340,7 @@ async fn with_the_archive_cluster_down_uploads_go_on_and_archived_blobs_answer_5
     let (_, health) = get_json(&app.client, &app.url("/healthz")).await;
     assert_eq!(health["checks"]["s3"], "failing", "{health}");
 
-    let g = garage.clone();
-    tokio::task::spawn_blocking(move || g.start_all())
-        .await
-        .unwrap();
+    on_cluster(&garage, move |g| g.start_all()).await;
     // Not marked lost meanwhile: served again as soon as the cluster is.
     let mut served = None;
     for _ in 0..100 {
